@@ -50,6 +50,9 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
             raise ValueError(f"The file is {size / 2**20:.1f} MB; upload an image under {max_bytes / 2**20:.0f} MB.")
         try:
             img = Image.open(fp)  # reads the header only
+        except Image.DecompressionBombError:
+            raise ValueError(f"The image has far more than {max_pixels / 1e6:.0f} megapixels (the limit). "
+                             "Downscale it and upload again.") from None
         except (UnidentifiedImageError, OSError, ValueError):
             raise ValueError("That file is not an image this app can read; upload a PNG, JPEG, WebP or GIF.") from None
     w, h = img.size
