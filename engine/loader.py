@@ -185,7 +185,7 @@ def _load_vae(preset: Preset, device: str, dtype: torch.dtype, local_only: bool)
     kwargs = _pretrained_kwargs(preset, local_only)
     if preset.variant:
         kwargs["variant"] = preset.variant
-    vae = AutoencoderKL.from_pretrained(preset.source, torch_dtype=dtype, **kwargs)
+    vae = AutoencoderKL.from_pretrained(preset.source, dtype=dtype, **kwargs)
     return vae.to(device).eval()
 
 
@@ -197,8 +197,8 @@ def _load_pipeline(cls, preset: Preset, device: str, dtype: torch.dtype, local_o
     if vae_repo:
         from diffusers import AutoencoderKL
 
-        kwargs["vae"] = AutoencoderKL.from_pretrained(vae_repo, torch_dtype=dtype, local_files_only=local_only)
-    pipe = cls.from_pretrained(preset.source, torch_dtype=dtype, **kwargs)
+        kwargs["vae"] = AutoencoderKL.from_pretrained(vae_repo, dtype=dtype, local_files_only=local_only)
+    pipe = cls.from_pretrained(preset.source, dtype=dtype, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
