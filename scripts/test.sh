@@ -8,6 +8,7 @@ if ! command -v chromium >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist 
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium $(cat packages.txt) >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -r requirements-test.txt
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -r tests/requirements.txt
 # pytest exits 5 when it collected no test: that is a failure here, as any non-zero code.
-python3 -m pytest "$@"
+python3 -m pytest tests -ra --timeout=600 -p no:cacheprovider \
+  -W ignore::DeprecationWarning -W ignore::FutureWarning "$@"
