@@ -1,0 +1,534 @@
+"""The VAE round trip: image -> latent -> image, and what the compression keeps.
+
+Stable Diffusion is a *latent* diffusion model (Rombach et al. 2022, "High-Resolution
+Image Synthesis with Latent Diffusion Models", CVPR, sections 3 and 4.3.2): a
+variational autoencoder (``AutoencoderKL``) maps an RGB image of H x W pixels to a
+latent of 4 x H/8 x W/8 values, and the UNet denoises that latent instead of the
+pixels. A 512 x 512 image has 3 * 512 * 512 = 786,432 values; its latent has
+4 * 64 * 64 = 16,384, 48 times fewer (the book, "Hands-On Generative AI with
+Transformers and Diffusion Models", O'Reilly 2024, chapter 5, "Stable Diffusion").
+
+Conventions, as in diffusers' pipelines:
+
+* images are tensors [1, 3, H, W] in [-1, 1] (``engine.images.pil_to_tensor``);
+* latents are [1, 4, H/8, W/8], *scaled*: ``(z - shift_factor) * scaling_factor``
+  where z is the encoder's output. The scaling gives the latents roughly unit
+  variance (LDM, section 4.3.2 and appendix D.1): 0.18215 for SD 1.x, 0.13025 for SDXL.
+  This is what the UNet sees;
+* PSNR and SSIM compare the 8-bit images a user sees: the preprocessed input and
+  the reconstruction clamped to [-1, 1] and rounded to uint8.
+
+Every function takes plain values and returns tensors, PIL images or dicts; bad
+arguments raise ValueError with a message meant for the user.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
+
+SIZES = (256, 512, 768, 1024)  # short side of the preprocessed image, in pixels
+FITS = ("crop", "pad")
+MAX_ASPECT = 2.0  # longer side at most twice the shorter one, so memory stays bounded
+TILED_DECODE_ABOVE = 64  # latent pixels a side (512 image pixels); larger latents decode in tiles
+PAD_COLOR = (255, 255, 255)
+
+# Stable Diffusion's training noise schedule (the DDPMScheduler in SD 1.x / SDXL's scheduler config).
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END, BETA_SCHEDULE = 0.00085, 0.012, "scaled_linear"
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
+SSIM_METHOD = "mean of the R, G, B channels' SSIM; Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, L=255 (Wang et al. 2004)"
+PSNR_METHOD = "8-bit RGB, peak 255, mean squared error over all pixels and channels"
+
+
+# ----------------------------------------------------------------------------
+# 1. Preprocessing
+
+
+def _ceil8(n: float) -> int:
+    return int(math.ceil(n / 8)) * 8
+
+
+def preprocess(image: Image.Image, size: int = 512, fit: str = "crop") -> tuple[Image.Image, list[str]]:
+    """Resize and crop (or pad) an RGB image so both sides are multiples of 8.
+
+    * ``size`` (one of ``SIZES``) is the short side after resizing.
+    * ``fit="crop"``: the long side is centre-cropped down to a multiple of 8
+      (and to at most ``MAX_ASPECT`` times the short side).
+    * ``fit="pad"``: nothing is cut off; the image keeps its aspect ratio and is
+      padded with white up to multiples of 8 (a very long image is first
+      shrunk so its long side is ``MAX_ASPECT * size``).
+
+    Returns (RGB image of W x H, both multiples of 8, notes for the user).
+    """
+    size, fit = check_size(size), check_fit(fit)
+    image = to_rgb(image)
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    notes = []
+    if fit == "crop":
+        scale = size / short
+    else:
+        scale = min(size / short, MAX_ASPECT * size / long)
+    rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+    resized = image.resize((rw, rh), Image.Resampling.LANCZOS)
+
+    if fit == "crop":
+        max_long = int(MAX_ASPECT * size)
+        cw, ch = min(rw, max_long) // 8 * 8, min(rh, max_long) // 8 * 8
+        left, top = (rw - cw) // 2, (rh - ch) // 2
+        out = resized.crop((left, top, left + cw, top + ch))
+        if rw - cw > 8 or rh - ch > 8:
+            notes.append(f"Centre-cropped from {rw}x{rh} to {cw}x{ch} (at most {MAX_ASPECT:g}:1).")
+        return out, notes
+
+    cw, ch = _ceil8(rw), _ceil8(rh)
+    if max(cw, ch) > MAX_ASPECT * min(cw, ch):  # a very long image: pad the short side too
+        if cw > ch:
+            ch = _ceil8(cw / MAX_ASPECT)
+        else:
+            cw = _ceil8(ch / MAX_ASPECT)
+    out = Image.new("RGB", (cw, ch), PAD_COLOR)
+    out.paste(resized, ((cw - rw) // 2, (ch - rh) // 2))
+    if (cw, ch) != (rw, rh):
+        notes.append(f"Padded with white from {rw}x{rh} to {cw}x{ch}.")
+    return out, notes
+
+
+def check_size(size) -> int:
+    try:
+        value = int(size)
+    except (TypeError, ValueError):
+        value = None
+    if value not in SIZES:
+        raise ValueError(f"Size must be one of {', '.join(map(str, SIZES))} pixels, got {size!r}.")
+    return value
+
+
+def check_fit(fit) -> str:
+    if fit not in FITS:
+        raise ValueError(f"Fit must be 'crop' or 'pad', got {fit!r}.")
+    return fit
+
+
+# ----------------------------------------------------------------------------
+# 2. Encode and decode
+
+
+def vae_scale_factor(vae) -> int:
+    """How much the VAE shrinks each side: 2 ** (number of down blocks - 1), 8 for SD's VAE."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _shift(vae) -> float:
+    return getattr(vae.config, "shift_factor", None) or 0.0
+
+
+def scale_latent(z: torch.Tensor, vae) -> torch.Tensor:
+    """Encoder output z -> the latent the UNet sees: ``(z - shift_factor) * scaling_factor``."""
+    return (z - _shift(vae)) * vae.config.scaling_factor
+
+
+def unscale_latent(latent: torch.Tensor, vae) -> torch.Tensor:
+    """The inverse of ``scale_latent``: ``latent / scaling_factor + shift_factor``."""
+    return latent / vae.config.scaling_factor + _shift(vae)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def encode(image: torch.Tensor, vae, sample: bool = False, seed: int = 0) -> torch.Tensor:
+    """Encode an image [1, 3, H, W] in [-1, 1] into the scaled latent [1, C, H/8, W/8].
+
+    The encoder gives a diagonal Gaussian posterior q(z|x) (LDM's KL-regularised
+    autoencoder). By default this returns its mean, which is deterministic; with
+    ``sample=True`` a sample drawn with a CPU generator seeded by ``seed``
+    (so the same seed gives the same latent on any device).
+    Returns float32 on the CPU, scaled by ``vae.config.scaling_factor``.
+    """
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"Expected an image tensor [1, 3, H, W], got shape {tuple(image.shape)}.")
+    f = vae_scale_factor(vae)
+    if image.shape[-2] % f or image.shape[-1] % f:
+        raise ValueError(f"Image sides must be multiples of {f}, got {image.shape[-1]}x{image.shape[-2]}.")
+    posterior = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
+    if sample:
+        z = posterior.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+    else:
+        z = posterior.mean
+    return scale_latent(z.float(), vae).cpu()
+
+
+@torch.no_grad()
+def decode(latent: torch.Tensor, vae, tiled: bool | None = None) -> torch.Tensor:
+    """Decode a scaled latent [1, C, h, w] into an image [1, 3, 8h, 8w], about [-1, 1] (not clamped).
+
+    Latents larger than ``TILED_DECODE_ABOVE`` a side decode in overlapping tiles
+    (``AutoencoderKL.tiled_decode``, tiles of the VAE's ``sample_size``, blended
+    at the seams), so memory stays bounded for 768 and 1024 px images.
+    ``tiled`` forces the choice. Returns float32 on the CPU.
+    """
+    if latent.ndim != 4 or latent.shape[1] != vae.config.latent_channels:
+        raise ValueError(f"Expected a latent [1, {vae.config.latent_channels}, h, w], got shape {tuple(latent.shape)}.")
+    z = unscale_latent(latent.float(), vae).to(device=vae.device, dtype=vae.dtype)
+    if tiled is None:
+        tiled = max(z.shape[-2:]) > TILED_DECODE_ABOVE
+    image = vae.tiled_decode(z).sample if tiled else vae.decode(z).sample
+    return image.float().cpu()
+
+
+# ----------------------------------------------------------------------------
+# 3. Quality: PSNR and SSIM on 8-bit images
+
+
+def to_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"Expected 8-bit image data, got {arr.dtype}.")
+    return arr
+
+
+def psnr(reference, test) -> float:
+    """Peak signal-to-noise ratio in dB of two 8-bit images (H, W, 3): 10 log10(255^2 / MSE).
+
+    Identical images give ``inf``.
+    """
+    a, b = to_uint8(reference).astype(np.float64), to_uint8(test).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR needs images of the same shape, got {a.shape} and {b.shape}.")
+    mse = np.mean((a - b) ** 2)
+    return math.inf if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
+    x = np.arange(size) - (size - 1) / 2
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable 'valid' filtering of (H, W) with the 1-D window g (as MATLAB's filter2 'valid')."""
+    k = len(g)
+    x = np.lib.stride_tricks.sliding_window_view(x, k, axis=0) @ g
+    return np.lib.stride_tricks.sliding_window_view(x, k, axis=1) @ g
+
+
+def ssim(reference, test) -> float:
+    """Structural similarity (Wang et al. 2004) of two 8-bit images, (H, W) or (H, W, 3).
+
+    Gaussian window 11 x 11 with sigma 1.5, K1 = 0.01, K2 = 0.03, L = 255; the
+    SSIM map over the 'valid' region (windows fully inside the image) is averaged,
+    per channel, then over R, G and B. Identical images give 1.0.
+    """
+    a, b = to_uint8(reference).astype(np.float64), to_uint8(test).astype(np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"SSIM needs images of the same shape, got {a.shape} and {b.shape}.")
+    if min(a.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW} px a side, got {a.shape[1]}x{a.shape[0]}.")
+    if a.ndim == 2:
+        a, b = a[..., None], b[..., None]
+    g = _gaussian_window()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    scores = []
+    for x, y in zip(np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0)):
+        mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
+        var_x = _filter_valid(x * x, g) - mu_x**2
+        var_y = _filter_valid(y * y, g) - mu_y**2
+        cov = _filter_valid(x * y, g) - mu_x * mu_y
+        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        scores.append(ssim_map.mean())
+    return float(np.mean(scores))
+
+
+# ----------------------------------------------------------------------------
+# 4. The round trip and its numbers
+
+
+@dataclass
+class RoundTrip:
+    """One image through the VAE and back.
+
+    image: the preprocessed input (RGB, W x H multiples of 8);
+    reconstruction: the decoded image, clamped and rounded to 8 bits, same size;
+    latent: the scaled latent [1, 4, H/8, W/8], float32 on the CPU;
+    numbers: sizes, compression, latent statistics, PSNR/SSIM, timings (JSON-ready).
+    """
+
+    image: Image.Image
+    reconstruction: Image.Image
+    latent: torch.Tensor
+    numbers: dict = field(default_factory=dict)
+
+
+def roundtrip(image: Image.Image, vae, size: int = 512, fit: str = "crop", sample: bool = False,
+              seed: int = 0) -> RoundTrip:
+    """Preprocess ``image``, encode it, decode it, and measure what was lost.
+
+    ``image`` is an opened RGB PIL image (``engine.images.open_image`` does the
+    upload checks). See ``preprocess`` for ``size``/``fit`` and ``encode`` for
+    ``sample``/``seed``.
+    """
+    prepared, notes = preprocess(image, size, fit)
+    x = pil_to_tensor(prepared)
+
+    _sync(vae.device)
+    start = time.perf_counter()
+    latent = encode(x, vae, sample=sample, seed=seed)
+    _sync(vae.device)
+    encode_seconds = time.perf_counter() - start
+
+    tiled = max(latent.shape[-2:]) > TILED_DECODE_ABOVE
+    start = time.perf_counter()
+    decoded = decode(latent, vae, tiled=tiled)
+    _sync(vae.device)
+    decode_seconds = time.perf_counter() - start
+
+    reconstruction = tensor_to_pil(decoded)[0]
+    numbers = compression_numbers(x, latent, vae)
+    value = psnr(prepared, reconstruction)
+    numbers.update({
+        "psnr": round(value, 3) if math.isfinite(value) else None,
+        "ssim": round(ssim(prepared, reconstruction), 4),
+        "psnr_on": PSNR_METHOD,
+        "ssim_on": SSIM_METHOD,
+        "latent": f"posterior sample (seed {int(seed)})" if sample else "posterior mean",
+        "encode_seconds": round(encode_seconds, 4),
+        "decode_seconds": round(decode_seconds, 4),
+        "tiled_decode": tiled,
+        "device": str(vae.device),
+        "dtype": str(vae.dtype).replace("torch.", ""),
+        "notes": notes,
+    })
+    return RoundTrip(prepared, reconstruction, latent, numbers)
+
+
+def compression_numbers(image: torch.Tensor, latent: torch.Tensor, vae) -> dict:
+    """Sizes and latent statistics for an image [1, 3, H, W] and its scaled latent [1, C, h, w].
+
+    The compression ratio is (3 * H * W) / (C * h * w): 48 for SD's VAE
+    (C = 4, h = H/8, w = W/8). Mean and std are over all latent values, before
+    scaling (the encoder's z) and after (what the UNet sees).
+    """
+    _, c, h, w = latent.shape
+    _, c_in, height, width = image.shape
+    raw = unscale_latent(latent, vae)
+    return {
+        "image_size": [width, height],
+        "input_shape": [c_in, height, width],
+        "latent_shape": [c, h, w],
+        "input_values": c_in * height * width,
+        "latent_values": c * h * w,
+        "compression_ratio": round(c_in * height * width / (c * h * w), 3),
+        "downsampling_factor": height // h,
+        "scaling_factor": vae.config.scaling_factor,
+        "shift_factor": _shift(vae),
+        "latent_mean_before_scaling": round(raw.mean().item(), 5),
+        "latent_std_before_scaling": round(raw.std().item(), 5),
+        "latent_mean_after_scaling": round(latent.mean().item(), 5),
+        "latent_std_after_scaling": round(latent.std().item(), 5),
+        "latent_min": round(latent.min().item(), 5),
+        "latent_max": round(latent.max().item(), 5),
+    }
+
+
+# ----------------------------------------------------------------------------
+# 5. "What the UNet sees": the latent after forward diffusion to timestep t
+
+
+def sd_noise_scheduler():
+    """SD's training schedule: DDPM, 1000 steps, betas "scaled_linear" from 0.00085 to 0.012."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START,
+                         beta_end=BETA_END, beta_schedule=BETA_SCHEDULE)
+
+
+def check_timestep(timestep) -> int:
+    t = int(timestep)
+    if not 0 <= t < NUM_TRAIN_TIMESTEPS:
+        raise ValueError(f"The timestep must be between 0 and {NUM_TRAIN_TIMESTEPS - 1}, got {timestep}.")
+    return t
+
+
+def add_noise(x: torch.Tensor, timestep: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """Forward diffusion q(x_t | x_0): sqrt(alpha_bar_t) * x + sqrt(1 - alpha_bar_t) * noise.
+
+    Works on a latent [1, 4, h, w] or on an image [1, 3, H, W] alike; the noise
+    comes from a CPU generator seeded by ``seed``. Returns (x_t, schedule numbers).
+    """
+    t = check_timestep(timestep)
+    scheduler = sd_noise_scheduler()
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    noisy = scheduler.add_noise(x.float().cpu(), noise, torch.tensor([t]))
+    alpha_bar = scheduler.alphas_cumprod[t].item()
+    info = {
+        "timestep": t,
+        "alpha_bar": round(alpha_bar, 6),
+        "signal_weight": round(math.sqrt(alpha_bar), 5),
+        "noise_weight": round(math.sqrt(1 - alpha_bar), 5),
+        "snr": round(alpha_bar / (1 - alpha_bar), 5),
+    }
+    return noisy, info
+
+
+def unet_view(latent: torch.Tensor, image: Image.Image, vae, timestep: int, seed: int = 0
+              ) -> tuple[Image.Image, Image.Image, dict]:
+    """Noise the latent to ``timestep`` and decode it; the same noise level in pixel space beside it.
+
+    ``latent`` is the scaled latent of ``image`` (the preprocessed input). Returns
+    (decoded noisy latent, noisy image in pixel space, numbers). In latent space
+    each noisy value stands for an 8 x 8 patch, so the decoded picture stays
+    coherent where pixel noise of the same strength is grain everywhere.
+    """
+    noisy_latent, info = add_noise(latent, timestep, seed)
+    decoded = tensor_to_pil(decode(noisy_latent, vae))[0]
+    noisy_pixels = tensor_to_pil(add_noise(pil_to_tensor(image), timestep, seed)[0])[0]
+    info["psnr_latent_noise"] = _finite(psnr(image, decoded))
+    info["psnr_pixel_noise"] = _finite(psnr(image, noisy_pixels))
+    return decoded, noisy_pixels, info
+
+
+def _finite(value: float, digits: int = 3) -> float | None:
+    return round(value, digits) if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------
+# 6. Pictures: channels with a shared colour scale, colour bar, histogram, difference heatmap
+
+# Diverging map for signed latent values (ColorBrewer RdBu, blue < 0 < red), and a
+# sequential one (black -> purple -> orange -> pale yellow) for differences.
+DIVERGING = [(0.0, (33, 102, 172)), (0.25, (103, 169, 207)), (0.5, (247, 247, 247)),
+             (0.75, (239, 138, 98)), (1.0, (178, 24, 43))]
+SEQUENTIAL = [(0.0, (0, 0, 4)), (0.25, (87, 16, 110)), (0.5, (188, 55, 84)),
+              (0.75, (249, 142, 9)), (1.0, (252, 255, 164))]
+CHANNEL_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
+PANEL_SIZE = 256  # channel images are scaled up (nearest) to about this many pixels a side
+
+
+def colormap(values: np.ndarray, anchors=DIVERGING) -> np.ndarray:
+    """Map values in [0, 1] (any shape) to uint8 RGB (shape + (3,)) by linear interpolation between anchors."""
+    v = np.clip(values, 0.0, 1.0)
+    xs = [a[0] for a in anchors]
+    rgb = [np.interp(v, xs, [a[1][i] for a in anchors]) for i in range(3)]
+    return np.stack(rgb, axis=-1).round().astype(np.uint8)
+
+
+def _font(size: int = 12):
+    return ImageFont.load_default(size=size)
+
+
+def latent_range(latent: torch.Tensor) -> float:
+    """The shared colour scale's half-width: the largest |value| in the latent (at least 1e-6)."""
+    return max(float(latent.abs().max()), 1e-6)
+
+
+def channel_images(latent: torch.Tensor) -> list[tuple[Image.Image, str]]:
+    """One RGB image per latent channel, all on the same colour scale [-m, m], m = ``latent_range``.
+
+    Like the book's "Channel 0 ... Channel 3" figure. Blue is negative, white 0,
+    red positive. Each image is scaled up with nearest-neighbour so one latent
+    value is a visible square. Returns [(image, caption)] for channels 0..C-1.
+    """
+    m = latent_range(latent)
+    z = latent[0].float().numpy()
+    factor = max(1, PANEL_SIZE // max(z.shape[1:]))
+    out = []
+    for c, channel in enumerate(z):
+        rgb = colormap((channel + m) / (2 * m))
+        img = Image.fromarray(rgb).resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.NEAREST)
+        out.append((img, f"Channel {c}: mean {channel.mean():+.3f}, std {channel.std():.3f}"))
+    return out
+
+
+def colorbar(m: float, width: int = 512, height: int = 48) -> Image.Image:
+    """The shared colour scale of ``channel_images`` as a bar from -m to +m with labelled ticks."""
+    bar_h = height - 18
+    strip = colormap(np.linspace(0, 1, width))[None].repeat(bar_h, axis=0)
+    img = Image.new("RGB", (width, height), "white")
+    img.paste(Image.fromarray(strip), (0, 0))
+    draw, font = ImageDraw.Draw(img), _font()
+    for frac, label in ((0.0, f"{-m:.3g}"), (0.5, "0"), (1.0, f"{m:.3g}")):
+        x = int(frac * (width - 1))
+        draw.line([(x, bar_h - 6), (x, bar_h + 2)], fill="black")
+        anchor = "la" if frac == 0 else "ra" if frac == 1 else "ma"
+        draw.text((x, bar_h + 3), label, fill="black", font=font, anchor=anchor)
+    return img
+
+
+def histogram(latent: torch.Tensor, bins: int = 60) -> dict:
+    """Per-channel histograms of the scaled latent values over [-m, m], m = ``latent_range``.
+
+    Returns {"edges": (bins + 1,) array, "counts": (C, bins) array}.
+    """
+    m = latent_range(latent)
+    edges = np.linspace(-m, m, bins + 1)
+    z = latent[0].float().numpy()
+    counts = np.stack([np.histogram(channel, bins=edges)[0] for channel in z])
+    return {"edges": edges, "counts": counts}
+
+
+def histogram_image(latent: torch.Tensor, bins: int = 60, width: int = 560, height: int = 280) -> Image.Image:
+    """A line histogram of each latent channel (colours as in the legend), with the
+    standard normal N(0, 1) as a dashed grey reference: well-scaled latents follow it."""
+    hist = histogram(latent, bins)
+    edges, counts = hist["edges"], hist["counts"]
+    centres = (edges[:-1] + edges[1:]) / 2
+    per_channel = latent[0, 0].numel()
+    normal = per_channel * (edges[1] - edges[0]) * np.exp(-centres**2 / 2) / math.sqrt(2 * math.pi)
+    top = max(counts.max(), 1)
+
+    left, right, top_pad, bottom = 40, 24, 24, 24
+    img = Image.new("RGB", (width, height), "white")
+    draw, font = ImageDraw.Draw(img), _font()
+    pw, ph = width - left - right, height - top_pad - bottom
+
+    def xy(xs, ys):
+        px = left + (xs - edges[0]) / (edges[-1] - edges[0]) * pw
+        py = top_pad + ph - np.minimum(ys / top, 1.05) * ph
+        return list(zip(px.tolist(), py.tolist()))
+
+    draw.rectangle([left, top_pad, left + pw, top_pad + ph], outline=(160, 160, 160))
+    points = xy(centres, normal)
+    for i in range(0, len(points) - 1, 2):  # dashed
+        draw.line(points[i:i + 2], fill=(140, 140, 140), width=1)
+    for c, row in enumerate(counts):
+        draw.line(xy(centres, row), fill=CHANNEL_COLORS[c % len(CHANNEL_COLORS)], width=2)
+    for frac, value in ((0.0, edges[0]), (0.5, 0.0), (1.0, edges[-1])):
+        x = left + frac * pw
+        draw.line([(x, top_pad + ph), (x, top_pad + ph + 4)], fill="black")
+        draw.text((x, top_pad + ph + 6), f"{value:.3g}", fill="black", font=font, anchor="ma")
+    draw.text((left - 4, top_pad), f"{top}", fill="black", font=font, anchor="ra")
+    draw.text((left - 4, top_pad + ph), "0", fill="black", font=font, anchor="rb")
+    x = left + 4
+    for c in range(len(counts)):
+        draw.text((x, 6), f"channel {c}", fill=CHANNEL_COLORS[c % len(CHANNEL_COLORS)], font=font)
+        x += 78
+    draw.text((x, 6), "- - N(0, 1)", fill=(110, 110, 110), font=font)
+    return img
+
+
+def difference_heatmap(reference: Image.Image, test: Image.Image, gain: float = 4.0) -> Image.Image:
+    """|reference - test| averaged over R, G, B, times ``gain``, as a heatmap (black = equal).
+
+    Pixel value d (0..255) is drawn at colour ``min(d * gain, 255) / 255`` of the
+    sequential map, so with gain 4 a difference of 64/255 or more is pale yellow.
+    """
+    if not gain > 0:
+        raise ValueError(f"The amplification must be positive, got {gain}.")
+    a, b = to_uint8(reference).astype(np.float32), to_uint8(test).astype(np.float32)
+    if a.shape != b.shape:
+        raise ValueError(f"The two images differ in size: {a.shape} and {b.shape}.")
+    diff = np.abs(a - b).mean(axis=-1) if a.ndim == 3 else np.abs(a - b)
+    return Image.fromarray(colormap(np.minimum(diff * gain, 255) / 255, SEQUENTIAL))
