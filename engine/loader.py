@@ -176,7 +176,12 @@ def _pretrained_kwargs(preset: Preset, local_only: bool) -> dict:
 def _load_tokenizer(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(preset.source, **_pretrained_kwargs(preset, local_only))
+    tok = CLIPTokenizer.from_pretrained(preset.source, **_pretrained_kwargs(preset, local_only))
+    # transformers 5 returns an empty tokenizer, without an error, when vocab.json and
+    # merges.txt cannot be found: refuse it rather than tokenize everything to nothing.
+    if len(tok.get_vocab()) < 1000:
+        raise OSError("no tokenizer files (vocab.json, merges.txt) were found there")
+    return tok
 
 
 def _load_vae(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):

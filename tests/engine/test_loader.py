@@ -130,3 +130,15 @@ def test_importing_the_app_loads_no_model():
             "sys.exit(1 if loader.loaded_models() else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=presets.REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_folder_without_tokenizer_files_is_refused_not_loaded_empty(tmp_path, monkeypatch):
+    """transformers 5 would build an empty tokenizer here; the loader must say what is missing."""
+    import json
+
+    (tmp_path / "empty").mkdir()
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps([{"name": "Empty tok", "kind": "tokenizer", "path": str(tmp_path / "empty")}]))
+    monkeypatch.setenv("EXPLORER_MODELS", str(f))
+    with pytest.raises(loader.ModelUnavailable, match="no tokenizer files"):
+        loader.load("Empty tok", "tokenizer")
