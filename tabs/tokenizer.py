@@ -31,6 +31,15 @@ CSS = """
 .tok-legend {font-size:.85em; margin-top:6px;}
 """
 MAX_CUT_CHIPS = 200
+PAD_TABLE = """**Same vocabulary, different padding.** Both CLIP tokenizers share one byte-pair vocabulary,
+so a prompt gets the same ids; only the filler after `<|endoftext|>` differs:
+
+| Tokenizer | Used by | Pad token (id) |
+|---|---|---|
+| CLIP ViT-L/14 | SD 1.x, SDXL `tokenizer` | `<\\|endoftext\\|>` (49407) |
+| OpenCLIP ViT-bigG/14 | SDXL `tokenizer_2` | `!` (0) |
+
+Pick the other tokenizer above and watch the grey padding chip change."""
 
 
 def _chip(token: str, token_id: int, kind: str, piece: str | None = None) -> str:
@@ -75,15 +84,18 @@ def summary_markdown(view: dict) -> str:
     return "\n\n".join(lines)
 
 
-def shapes_table(view: dict) -> list[list[str]]:
-    return [[encoder, name, str(shape)] for encoder, outs in view["shapes"].items() for name, shape in outs.items()]
+def shapes_markdown(view: dict) -> str:
+    rows = [f"| {encoder} | `{name}` | `{list(shape)}` |"
+            for encoder, outs in view["shapes"].items() for name, shape in outs.items()]
+    return ("**Tensor shapes the text encoders make of this prompt** (batch 1; always 77 positions, "
+            "whatever the prompt's length):\n\n| Text encoder | Output | Shape |\n|---|---|---|\n" + "\n".join(rows))
 
 
 @user_errors
 def tokenize(prompt: str, tokenizer: str):
     """Event handler: returns the chips, the summary, the shapes, the round trip and the JSON."""
     view = engine.tokenize(prompt, tokenizer)
-    return chips_html(view), summary_markdown(view), shapes_table(view), view["decoded"], view
+    return chips_html(view), summary_markdown(view), shapes_markdown(view), view["decoded"], view
 
 
 def build() -> None:
@@ -102,12 +114,13 @@ def build() -> None:
                                 info="SDXL's second tokenizer pads with '!' (id 0) instead of <|endoftext|>.")
     chips = gr.HTML(label="Tokens")
     summary = gr.Markdown()
-    with gr.Row():
-        shapes = gr.Dataframe(headers=["Text encoder", "Output", "Shape"], label="Tensor shapes for this prompt",
-                              interactive=False, wrap=True)
-        decoded = gr.Textbox(label="Round trip: the ids the model sees, decoded back to text", interactive=False)
-    as_json = gr.JSON(label="As JSON (the /tokenize API returns this)")
+    decoded = gr.Textbox(label="Round trip: the ids the model sees, decoded back to text", interactive=False)
     gr.Examples(EXAMPLES, inputs=[prompt], label="Examples")
+    with gr.Row():
+        shapes = gr.Markdown()
+        gr.Markdown(PAD_TABLE)
+    with gr.Accordion("As JSON (what the /tokenize API returns)", open=False):
+        as_json = gr.JSON(show_label=False)
 
     outputs = [chips, summary, shapes, decoded, as_json]
     # triggers=None: on page load (the book's example is shown at once) and on every edit.

@@ -21,6 +21,7 @@ def test_tokenize_api(client):
     assert view["shapes"]["SD 1.x · CLIP ViT-L/14"]["prompt_embeds"] == [1, 77, 768]
     assert "8853" in chips and "<|startoftext|>" in chips.replace("&lt;", "<").replace("&gt;", ">")
     assert decoded == "a photograph of a puppy"
+    assert "`[1, 77, 2048]`" in shapes and "`[1, 1280]`" in shapes
 
 
 def test_tokenize_api_truncates_and_warns(client):
