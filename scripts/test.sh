@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian machine (as root), then run them.
 #   Debian: chromium (browser tests) and dataset-fashion-mnist (the class-conditional model's data).
-#   PyPI:   the pinned runtime and test requirements (never `playwright install`: we use Debian's chromium).
+#   PyPI:   the pinned runtime and test requirements (Playwright drives Debian's chromium; it downloads no browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null || [ ! -d /usr/share/datasets/fashion-mnist ]; then
