@@ -12,7 +12,7 @@ import os
 import gradio as gr
 
 from engine.device import setup_cpu
-from tabs import class_conditional, text_to_image, tokenizer, vae
+from tabs import class_conditional, status, text_to_image, tokenizer, vae
 
 TITLE = "Stable Diffusion Explorer"
 INTRO = """# Stable Diffusion Explorer
@@ -33,6 +33,7 @@ with gr.Blocks(title=TITLE) as demo:
             vae.build()
         with gr.Tab("Tokenizer", id="tokenizer"):
             tokenizer.build()
+    status.build()
 
 demo.queue(max_size=int(os.environ.get("EXPLORER_QUEUE_SIZE", "32")))
 

@@ -56,3 +56,11 @@ def test_a_pipeline_presets_tokenizer_uses_the_same_path(client):
     *_, view = client.predict(prompt="A photograph of a puppy", tokenizer="tiny-SDXL (test) · tokenizer_2",
                               api_name="/tokenize")
     assert view["ids"] == [49406, 320, 8853, 539, 320, 6829, 49407] and view["pad_token_id"] == 0
+
+
+def test_loaded_models_report_lists_what_was_used(client):
+    client.predict(prompt="hi", tokenizer=L14, api_name="/tokenize")
+    report = client.predict(api_name="/loaded_models")
+    names = [m["name"] for m in report["models"]]
+    assert L14 in names and report["device"] in ("cpu", "cuda", "mps")
+    assert "Missing hub model (test) · tokenizer" not in names  # failures are not cached as loaded
