@@ -1,7 +1,166 @@
-"""Tab placeholder: says plainly that this part is not built yet."""
+"""Tab 3: the VAE compression viewer. An image goes into the VAE's 4-channel latent and back.
 
-from tabs.common import not_built_yet
+Shows what latent diffusion (Rombach et al. 2022) compresses away: input and
+reconstruction side by side, the amplified difference, the 4 latent channels on
+one colour scale, their histogram, the numbers (sizes, 48x compression, PSNR,
+SSIM, timings), and what the UNet sees: the latent noised to a timestep, decoded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from engine import loader
+from engine import vae as engine
+from engine.images import open_image
+from engine.presets import presets_for
+from tabs.common import COMPUTE, user_errors
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
+EXAMPLES = [[str(EXAMPLES_DIR / name)] for name in ("scene.png", "fashion_collage.png", "test_pattern.png")]
+EXAMPLE_LABELS = ["Geometric scene with text", "Fashion-MNIST collage", "High-frequency test pattern"]
+
+INTRO = """### How much does the VAE keep?
+Stable Diffusion does not denoise pixels. Its VAE encodes an image of 3 × H × W values into a latent of
+**4 × H/8 × W/8** values, **48 times fewer**, the UNet denoises that latent, and the VAE decodes the result.
+Upload an image (or pick an example) and see what survives the round trip."""
+
+NO_OFFLINE_VAE = """**No offline VAE is installed yet.** An offline one arrives with the embedded mini model.
+The presets below come from the Hugging Face Hub: they download about 330 MB on first use and need internet
+access (without it you get a short message instead). Operators can add a local VAE through `EXPLORER_MODELS`, e.g.
+`[{"name": "My VAE", "kind": "vae", "path": "/models/my-vae"}]`, a folder saved with `AutoencoderKL.save_pretrained`."""
+
+UNET_INTRO = """### What the UNet sees
+During training, the latent is noised to a random timestep t with Stable Diffusion's schedule
+(DDPM, 1000 steps, "scaled_linear" betas 0.00085 to 0.012): x_t = √ᾱ_t · latent + √(1 − ᾱ_t) · noise.
+Left: that noisy latent, decoded. Right: the same noise level added to the pixels. The UNet works on
+48× fewer values, and each one stands for an 8 × 8 patch."""
+
+
+def vae_choices() -> list[str]:
+    """VAE preset names, local folders first (they work offline), then hub ones."""
+    presets = presets_for("vae")
+    return [p.name for p in presets if not p.is_hub] + [p.name for p in presets if p.is_hub]
+
+
+def _has_offline_vae() -> bool:
+    return any(not p.is_hub for p in presets_for("vae"))
+
+
+def _upload_path(image) -> str | None:
+    """The uploaded file's path. The event runs with ``preprocess=False``, so gradio hands us its
+    file payload unopened and ``open_image`` does every check (size, pixel count) before decoding."""
+    if image is None or isinstance(image, str):
+        return image
+    if isinstance(image, dict):
+        return image.get("path")
+    return getattr(image, "path", None)
+
+
+def summary_markdown(numbers: dict) -> str:
+    c, h, w = numbers["latent_shape"]
+    psnr = "∞ (identical)" if numbers["psnr"] is None else f"{numbers['psnr']:.2f} dB"
+    lines = [
+        f"**{numbers['input_values']:,}** input values (3 × {numbers['input_shape'][1]} × {numbers['input_shape'][2]}) → "
+        f"**{numbers['latent_values']:,}** latent values ({c} × {h} × {w}): **{numbers['compression_ratio']:g}× fewer**.",
+        f"PSNR **{psnr}**, SSIM **{numbers['ssim']:.4f}** · encode {numbers['encode_seconds']:.2f} s, "
+        f"decode {numbers['decode_seconds']:.2f} s on {numbers['device']} ({numbers['dtype']}).",
+    ]
+    lines += [f"ℹ️ {note}" for note in numbers["notes"]]
+    return "\n\n".join(lines)
+
+
+@user_errors
+def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = False, seed: int = 0,
+                  gain: float = 4.0):
+    """Event handler (API ``/vae_roundtrip``): upload -> preprocess -> encode -> decode -> pictures and numbers.
+
+    Returns (reconstruction, channel images, numbers, preprocessed input, difference heatmap,
+    colour bar, histogram, summary, state for the noise view).
+    """
+    opened, notes = open_image(_upload_path(image))
+    if not vae:
+        raise ValueError("Choose a VAE first.")
+    model = loader.load(vae, "vae")
+    result = engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=int(seed or 0))
+    numbers = {"vae": vae, **result.numbers, "notes": notes + result.numbers["notes"]}
+    state = {"vae": vae, "latent": result.latent, "image": result.image}
+    return (
+        result.reconstruction,
+        engine.channel_images(result.latent),
+        numbers,
+        result.image,
+        engine.difference_heatmap(result.image, result.reconstruction, gain),
+        engine.colorbar(engine.latent_range(result.latent)),
+        engine.histogram_image(result.latent),
+        summary_markdown(numbers),
+        state,
+    )
+
+
+@user_errors
+def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
+    """Event handler: noise the last round trip's latent to ``timestep`` and decode it."""
+    if not state:
+        raise ValueError("Run the round trip first: the noise is added to its latent.")
+    model = loader.load(state["vae"], "vae")
+    return engine.unet_view(state["latent"], state["image"], model, timestep, int(seed or 0))
+
+
+def _output_image(label: str) -> gr.Image:
+    # PNG, not gradio's default WebP: lossless, so PSNR/SSIM can be checked from the downloads.
+    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"])
 
 
 def build() -> None:
-    not_built_yet("The VAE compression viewer comes in a later version.")
+    gr.Markdown(INTRO)
+    choices = vae_choices()
+    if not _has_offline_vae():
+        gr.Markdown(NO_OFFLINE_VAE)
+    with gr.Row():
+        with gr.Column(scale=1):
+            image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                             height=320)
+            gr.Examples(EXAMPLES, inputs=[image], example_labels=EXAMPLE_LABELS, label="Examples (made for this app)")
+        with gr.Column(scale=1):
+            vae = gr.Dropdown(choices, value=choices[0] if choices else None, label="VAE",
+                              info="Local models first; hub ones download on first use.")
+            size = gr.Radio(list(engine.SIZES), value=512, label="Size (short side, pixels)")
+            fit = gr.Radio([("Centre-crop to a multiple of 8", "crop"), ("Keep the aspect ratio, pad with white", "pad")],
+                           value="crop", label="Fit")
+            with gr.Accordion("More settings", open=False):
+                sample = gr.Checkbox(False, label="Sample the latent from the posterior (instead of its mean)")
+                seed = gr.Number(0, precision=0, label="Seed (posterior sample and noise)")
+                gain = gr.Slider(1, 32, value=4, step=1, label="Difference amplification (×)")
+            run = gr.Button("Encode and decode", variant="primary")
+    summary = gr.Markdown()
+    with gr.Row():
+        shown_input = _output_image("Input (preprocessed)")
+        reconstruction = _output_image("Reconstruction")
+        heatmap = _output_image("|input − reconstruction|, amplified (black = identical)")
+    gr.Markdown("### The latent: 4 channels on one colour scale\nBlue is negative, white zero, red positive. "
+                "Each square is one latent value, standing for 8 × 8 pixels.")
+    channels = gr.Gallery(label="Latent channels", columns=4, format="png", object_fit="contain", height="auto",
+                          buttons=["download", "download_all", "fullscreen"], interactive=False, elem_id="vae-channels")
+    with gr.Row():
+        legend = _output_image("Shared colour scale")
+        histogram = _output_image("Histogram of latent values (after scaling)")
+    numbers = gr.JSON(label="Numbers (the /vae_roundtrip API returns this)")
+
+    gr.Markdown(UNET_INTRO)
+    timestep = gr.Slider(0, engine.NUM_TRAIN_TIMESTEPS - 1, value=250, step=1, label="Timestep t")
+    with gr.Row():
+        noisy_latent = _output_image("Noisy latent, decoded")
+        noisy_pixels = _output_image("Same noise level in pixel space")
+    noise_numbers = gr.JSON(label="Noise schedule at t")
+    state = gr.State(None)
+
+    outputs = [reconstruction, channels, numbers, shown_input, heatmap, legend, histogram, summary, state]
+    # preprocess=False: gradio would open the upload with PIL before our guard; open_image checks it first.
+    event = run.click(vae_roundtrip, inputs=[image, vae, size, fit, sample, seed, gain], outputs=outputs,
+                      api_name="vae_roundtrip", preprocess=False, **COMPUTE)
+    noise_inputs, noise_outputs = [state, timestep, seed], [noisy_latent, noisy_pixels, noise_numbers]
+    event.success(what_the_unet_sees, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private", **COMPUTE)
+    timestep.release(what_the_unet_sees, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private", **COMPUTE)
