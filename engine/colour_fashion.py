@@ -1,0 +1,332 @@
+""""Fashion-MNIST in colour": captioned 64x64 RGB pictures for the mini Stable Diffusion.
+
+Each Fashion-MNIST item (28x28 grey, Xiao et al. 2017) is upscaled to 48x48,
+placed in the middle of a 64x64 light background and tinted with one of eight
+named colours. The pixel intensity v in [0, 1] is the shading: a pixel is
+``background + v * (colour - background)``, so the brightest parts of the item
+take the full colour and its faint parts fade into the background. Because the
+mix is linear in v, ``ink()`` gets v back from a picture (up to scale): that is
+the grey version the Fashion-MNIST judge reads.
+
+Captions come from templates and synonyms ("a red ankle boot", "a photo of blue
+trousers", "sneakers in yellow", "a green bag"); about 10% are empty, so the
+UNet also learns the unconditional prediction that classifier-free guidance
+needs (Ho & Salimans 2022). Everything is drawn from one seed.
+
+The second half is SDXL's micro-conditioning as training augmentations
+(Podell et al. 2023, "SDXL", §2.2):
+
+* size conditioning: a picture is downscaled to a smaller ``original_size`` and
+  upscaled back, so it is blurry, and the UNet is told that true size;
+* crop conditioning: the 64x64 window is cut from a larger canvas at
+  ``crops_coords_top_left`` = (top, left), and the UNet is told where.
+
+Shapes: pictures are float tensors [N, 3, 64, 64] in [0, 1] unless a function
+says otherwise; sizes and crops are (height, width) and (top, left), as
+diffusers' ``original_size`` and ``crops_coords_top_left``. No gradio here.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.fashion_data import CLASS_NAMES, load_split
+
+IMAGE_SIZE = 64
+ITEM_SIZE = 48  # the 28 px item is upscaled to this and centred: an 8 px margin all round
+BACKGROUND = (0.95, 0.94, 0.92)  # a light, slightly warm grey, RGB in [0, 1]
+EMPTY_CAPTION_SHARE = 0.1
+
+#: The named colours, RGB in [0, 1]. Hues (degrees): red 0, orange 27, yellow 56,
+#: green 129, blue 224, purple 275, pink 327; black has no hue (saturation ~0).
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.85, 0.10, 0.10),
+    "orange": (0.95, 0.45, 0.05),
+    "yellow": (0.90, 0.85, 0.05),
+    "green": (0.10, 0.60, 0.20),
+    "blue": (0.10, 0.30, 0.85),
+    "purple": (0.50, 0.15, 0.75),
+    "pink": (0.95, 0.40, 0.70),
+    "black": (0.10, 0.10, 0.10),
+}
+COLOUR_NAMES = tuple(COLOURS)
+
+#: Nouns per Fashion-MNIST class, as (singular, plural); None = no singular ("trousers").
+#: The first one is the class's canonical noun, used in evaluation prompts.
+CLASS_NOUNS: tuple[tuple[tuple[str | None, str], ...], ...] = (
+    (("t-shirt", "t-shirts"), ("tee", "tees"), ("top", "tops")),
+    ((None, "trousers"), (None, "pants"), (None, "slacks")),
+    (("pullover", "pullovers"), ("sweater", "sweaters"), ("jumper", "jumpers")),
+    (("dress", "dresses"), ("frock", "frocks")),
+    (("coat", "coats"), ("jacket", "jackets")),
+    (("sandal", "sandals"), ("summer sandal", "summer sandals")),
+    (("shirt", "shirts"), ("blouse", "blouses"), ("button-up shirt", "button-up shirts")),
+    (("sneaker", "sneakers"), ("trainer", "trainers"), ("running shoe", "running shoes")),
+    (("bag", "bags"), ("handbag", "handbags"), ("purse", "purses")),
+    (("ankle boot", "ankle boots"), ("boot", "boots")),
+)
+assert len(CLASS_NOUNS) == len(CLASS_NAMES)
+
+#: Caption templates. {np}: "a red sneaker" / "red sneakers"; {noun}: "a sneaker" / "sneakers";
+#: {word}: "sneaker" / "sneakers".
+TEMPLATES = (
+    "{np}",
+    "a photo of {np}",
+    "a picture of {np}",
+    "{noun} in {colour}",
+    "{colour} {word}",
+)
+PLURAL_SHARE = 0.25
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def noun_phrase(colour: str, singular: str | None, plural: str, use_plural: bool) -> str:
+    """ "a red sneaker", "an orange bag", "blue trousers" (plural nouns take no article)."""
+    if use_plural or singular is None:
+        return f"{colour} {plural}"
+    return f"{_article(colour)} {colour} {singular}"
+
+
+def make_caption(label: int, colour: str, template: int, noun: int, use_plural: bool) -> str:
+    """One caption from its choices: class ``label``, ``colour`` name, template and noun indices."""
+    singular, plural = CLASS_NOUNS[label][noun]
+    use_plural = use_plural or singular is None
+    word = plural if use_plural else singular
+    noun = word if use_plural else f"{_article(singular)} {singular}"
+    return TEMPLATES[template].format(np=noun_phrase(colour, singular, plural, use_plural), noun=noun,
+                                      word=word, colour=colour)
+
+
+def prompt_for(label: int, colour: str) -> str:
+    """The evaluation prompt "a {colour} {class}": "a red ankle boot", "blue trousers"."""
+    singular, plural = CLASS_NOUNS[label][0]
+    return noun_phrase(colour, singular, plural, use_plural=False)
+
+
+def caption_vocabulary() -> set[str]:
+    """Every word a caption can contain (for tests and the model card)."""
+    words = {w for t in TEMPLATES for w in re.sub(r"{\w+}", " ", t).split()}
+    words |= set(COLOUR_NAMES) | {"a", "an"}
+    for nouns in CLASS_NOUNS:
+        for singular, plural in nouns:
+            words |= set(plural.split()) | set((singular or "").split())
+    return words
+
+
+# ----------------------------------------------------------------------------
+# The data set
+
+
+@dataclass
+class ColourFashion:
+    """A seeded captioned set: item ``i`` is Fashion-MNIST image ``items[i]`` in ``colours[i]``.
+
+    items: uint8 [N, 28, 28]; labels: int64 [N] (0-9); colours: int64 [N]
+    (indices into ``COLOUR_NAMES``); captions: N strings ("" for about 10%).
+    Pictures are drawn on demand with ``pictures(indices)``.
+    """
+
+    items: np.ndarray
+    labels: np.ndarray
+    colours: np.ndarray
+    captions: list[str]
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def pictures(self, indices=None) -> torch.Tensor:
+        """[n, 3, 64, 64] in [0, 1] for ``indices`` (all when None)."""
+        if indices is None:
+            indices = np.arange(len(self))
+        indices = np.asarray(indices)
+        return render(self.items[indices], self.colours[indices])
+
+
+def make_captions(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator,
+                  empty_share: float = EMPTY_CAPTION_SHARE) -> list[str]:
+    """A caption per item: random template, noun and number; ``empty_share`` of them are ""."""
+    n = len(labels)
+    templates = rng.integers(0, len(TEMPLATES), n)
+    nouns = rng.random(n)
+    plural = rng.random(n) < PLURAL_SHARE
+    empty = rng.random(n) < empty_share
+    captions = []
+    for i in range(n):
+        label = int(labels[i])
+        noun = int(nouns[i] * len(CLASS_NOUNS[label]))
+        text = make_caption(label, COLOUR_NAMES[colours[i]], int(templates[i]), noun, bool(plural[i]))
+        captions.append("" if empty[i] else text)
+    return captions
+
+
+def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = None,
+                 empty_share: float = EMPTY_CAPTION_SHARE, root=None) -> ColourFashion:
+    """The colour set from Fashion-MNIST's ``split``, the same for the same ``seed``.
+
+    ``num_items`` takes a seeded random subset (all 60,000 / 10,000 when None).
+    Colours are uniform over the eight names, independent of the class.
+    """
+    items, labels = load_split(split, root)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(labels))[: num_items or len(labels)]
+    items, labels = items[order], labels[order].astype(np.int64)
+    colours = rng.integers(0, len(COLOUR_NAMES), len(labels)).astype(np.int64)
+    captions = make_captions(labels, colours, rng, empty_share)
+    return ColourFashion(items=items, labels=labels, colours=colours, captions=captions, seed=seed)
+
+
+# ----------------------------------------------------------------------------
+# Drawing, and reading a picture back
+
+
+def _rgb(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(-1, 3, 1, 1)
+
+
+def intensity_map(items: np.ndarray | torch.Tensor, size: int = IMAGE_SIZE, item_size: int = ITEM_SIZE) -> torch.Tensor:
+    """uint8 items [N, 28, 28] -> shading v [N, 1, size, size] in [0, 1]: bilinear upscale, centred, 0 around."""
+    v = torch.as_tensor(np.asarray(items), dtype=torch.float32).unsqueeze(1) / 255.0
+    v = F.interpolate(v, size=(item_size, item_size), mode="bilinear", align_corners=False).clamp(0, 1)
+    margin = (size - item_size) // 2
+    return F.pad(v, (margin, size - item_size - margin) * 2)
+
+
+def tint(v: torch.Tensor, colour_ids) -> torch.Tensor:
+    """Shading v [N, 1, H, W] -> pictures [N, 3, H, W]: ``background + v * (colour - background)``."""
+    table = torch.tensor([COLOURS[c] for c in COLOUR_NAMES], dtype=torch.float32)
+    colour = table[torch.as_tensor(np.asarray(colour_ids), dtype=torch.long)].view(-1, 3, 1, 1)
+    background = _rgb(BACKGROUND)
+    return background + v * (colour - background)
+
+
+def render(items: np.ndarray, colour_ids) -> torch.Tensor:
+    """uint8 items [N, 28, 28] and colour indices [N] -> pictures [N, 3, 64, 64] in [0, 1]."""
+    return tint(intensity_map(items), colour_ids)
+
+
+def ink(pictures: torch.Tensor) -> torch.Tensor:
+    """How far each pixel is from the background, scaled so the item's strongest pixels are 1.
+
+    [N, 3, H, W] in [0, 1] -> [N, 1, H, W] in [0, 1]. For a tinted picture,
+    ``|pixel - background| = v * |colour - background|``, so this is v / max(v)
+    whatever the colour. The scale is each picture's 99th percentile.
+    """
+    distance = (pictures.float() - _rgb(BACKGROUND)).norm(dim=1, keepdim=True)
+    top = distance.flatten(1).quantile(0.99, dim=1).clamp_min(0.05).view(-1, 1, 1, 1)
+    return (distance / top).clamp(0, 1)
+
+
+def to_judge_grey(pictures: torch.Tensor) -> torch.Tensor:
+    """Pictures [N, 3, 64, 64] -> grey Fashion-MNIST-like items [N, 1, 32, 32] in [0, 1] for the judge.
+
+    The ink of the 48x48 item area, resized to 28x28 and padded by 2 px of 0,
+    which is what ``engine.fashion.judge_images`` expects (black background,
+    bright item, as in Fashion-MNIST).
+    """
+    margin = (IMAGE_SIZE - ITEM_SIZE) // 2
+    v = ink(pictures)[:, :, margin: margin + ITEM_SIZE, margin: margin + ITEM_SIZE]
+    v = F.interpolate(v, size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+    return F.pad(v.clamp(0, 1), (2, 2, 2, 2))
+
+
+def item_rgb(pictures: torch.Tensor, strength: float = 0.6) -> torch.Tensor:
+    """The item's colour [N, 3]: the mean of the pixels whose ink is at least ``strength``."""
+    mask = (ink(pictures) >= strength).float()
+    return (pictures.float() * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1)
+
+
+def nearest_colour(rgb) -> str:
+    """The colour name nearest an RGB triple in [0, 1]: "black" when grey or dark, else the nearest hue."""
+    h, s, v = colorsys.rgb_to_hsv(*[float(c) for c in rgb])
+    if s < 0.25 or v < 0.25:
+        return "black"
+    best, best_d = None, 9.0
+    for name, ref in COLOURS.items():
+        if name == "black":
+            continue
+        d = abs(h - colorsys.rgb_to_hsv(*ref)[0])
+        d = min(d, 1 - d)
+        if d < best_d:
+            best, best_d = name, d
+    return best
+
+
+def item_colours(pictures: torch.Tensor) -> list[str]:
+    """The colour name of each picture's item, by hue (``nearest_colour`` of ``item_rgb``)."""
+    return [nearest_colour(rgb) for rgb in item_rgb(pictures)]
+
+
+# ----------------------------------------------------------------------------
+# SDXL micro-conditioning as augmentations (Podell et al. 2023, §2.2)
+
+
+def degrade_resolution(pictures: torch.Tensor, original_size: int) -> torch.Tensor:
+    """Pretend a picture was only ``original_size`` px a side: downscale (antialiased), upscale back.
+
+    [N, 3, H, W] -> [N, 3, H, W], blurry for small sizes; ``original_size >= H`` returns it unchanged.
+    """
+    size = pictures.shape[-1]
+    if original_size >= size:
+        return pictures
+    small = F.interpolate(pictures, size=(original_size, original_size), mode="bilinear", antialias=True,
+                          align_corners=False)
+    return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def crop_canvas(pictures: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """The window of the picture's size at (``top``, ``left``) on a larger canvas.
+
+    The canvas is the picture extended with background to the right and below,
+    so the crop (0, 0) is the picture itself and a crop at (top, left) shows the
+    item moved up by ``top`` and left by ``left`` px, cut at the edge once the
+    offset passes the 8 px margin. [N, 3, H, W] -> [N, 3, H, W].
+    """
+    n, c, h, w = pictures.shape
+    canvas = _rgb(BACKGROUND).expand(n, c, h + top, w + left).clone()
+    canvas[:, :, :h, :w] = pictures
+    return canvas[:, :, top: top + h, left: left + w]
+
+
+SIZE_CHOICES = (16, 24, 32, 40, 48)
+MAX_CROP = 32
+
+
+def micro_condition(pictures: torch.Tensor, rng: np.random.Generator, size_share: float = 0.5,
+                    crop_share: float = 0.5, sizes=SIZE_CHOICES, max_crop: int = MAX_CROP):
+    """Augment a batch as SDXL's training data: some pictures blurred, some cropped.
+
+    Each picture independently: with probability ``size_share`` it is degraded
+    to an ``original_size`` drawn from ``sizes`` (else 64); with probability
+    ``crop_share`` it is cut at a (top, left) drawn uniformly from 0..``max_crop``
+    each (else (0, 0)). Returns (pictures [N, 3, 64, 64], original_size int64
+    [N, 2] as (h, w), crops_coords_top_left int64 [N, 2] as (top, left)).
+    """
+    n, size = pictures.shape[0], pictures.shape[-1]
+    originals = np.full((n, 2), size, dtype=np.int64)
+    crops = np.zeros((n, 2), dtype=np.int64)
+    out = []
+    for i in range(n):
+        picture = pictures[i: i + 1]
+        if rng.random() < size_share:
+            s = int(rng.choice(sizes))
+            picture, originals[i] = degrade_resolution(picture, s), (s, s)
+        if rng.random() < crop_share:
+            top, left = (int(v) for v in rng.integers(0, max_crop + 1, 2))
+            picture, crops[i] = crop_canvas(picture, top, left), (top, left)
+        out.append(picture)
+    return torch.cat(out), torch.from_numpy(originals), torch.from_numpy(crops)
+
+
+def to_model_space(pictures: torch.Tensor) -> torch.Tensor:
+    """[0, 1] -> [-1, 1], the VAE's input range."""
+    return pictures * 2 - 1

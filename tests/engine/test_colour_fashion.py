@@ -1,0 +1,126 @@
+"""The colour Fashion-MNIST generator and SDXL's micro-conditioning augmentations."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from engine import colour_fashion as cf
+from engine.fashion_data import data_dir
+
+needs_data = pytest.mark.skipif(not (data_dir() / "train-images-idx3-ubyte.gz").exists(),
+                                reason="Debian's dataset-fashion-mnist is not installed")
+
+
+@pytest.fixture(scope="module")
+def small_set():
+    return cf.make_dataset(seed=3, num_items=2000)
+
+
+@needs_data
+def test_same_seed_same_data_other_seed_other_data(small_set):
+    again = cf.make_dataset(seed=3, num_items=2000)
+    other = cf.make_dataset(seed=4, num_items=2000)
+    assert again.captions == small_set.captions
+    assert np.array_equal(again.labels, small_set.labels) and np.array_equal(again.colours, small_set.colours)
+    assert torch.equal(again.pictures(range(8)), small_set.pictures(range(8)))
+    assert other.captions != small_set.captions
+
+
+@needs_data
+def test_pictures_shape_and_range(small_set):
+    x = small_set.pictures(range(16))
+    assert x.shape == (16, 3, 64, 64) and x.dtype == torch.float32
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    # the 8 px margin is background
+    assert torch.allclose(x[:, :, :8, :], torch.tensor(cf.BACKGROUND).view(1, 3, 1, 1).expand(16, 3, 8, 64))
+    assert torch.equal(cf.to_model_space(x), x * 2 - 1)
+
+
+@needs_data
+def test_captions_use_the_vocabulary_and_name_colour_and_class(small_set):
+    vocabulary = cf.caption_vocabulary()
+    for caption, label, colour in zip(small_set.captions, small_set.labels, small_set.colours):
+        if not caption:
+            continue
+        assert set(caption.split()) <= vocabulary, caption
+        assert cf.COLOUR_NAMES[colour] in caption.split(), caption
+        nouns = {w for pair in cf.CLASS_NOUNS[label] for w in pair if w}
+        assert any(re.search(rf"\b{re.escape(n)}\b", caption) for n in nouns), caption
+    assert len(set(small_set.captions)) > 300  # templates x synonyms x colours give variety
+
+
+@needs_data
+def test_about_ten_percent_of_captions_are_empty(small_set):
+    share = sum(c == "" for c in small_set.captions) / len(small_set)
+    assert 0.08 <= share <= 0.12
+
+
+def test_caption_grammar_examples():
+    assert cf.prompt_for(9, "red") == "a red ankle boot"
+    assert cf.prompt_for(1, "blue") == "blue trousers"
+    assert cf.prompt_for(8, "orange") == "an orange bag"
+    assert cf.make_caption(1, "blue", 1, 0, False) == "a photo of blue trousers"
+    assert cf.make_caption(7, "yellow", 3, 0, True) == "sneakers in yellow"
+    assert cf.make_caption(8, "green", 0, 0, False) == "a green bag"
+    assert cf.make_caption(7, "red", 4, 0, False) == "red sneaker"
+
+
+def test_tint_hue_matches_the_colour_name():
+    rng = np.random.default_rng(0)
+    items = (rng.random((len(cf.COLOUR_NAMES), 28, 28)) * 255).astype(np.uint8)
+    items[:, 6:22, 6:22] = 255  # a solid patch: the item's strongest pixels
+    pictures = cf.render(items, np.arange(len(cf.COLOUR_NAMES)))
+    assert cf.item_colours(pictures) == list(cf.COLOUR_NAMES)
+
+
+@needs_data
+def test_item_colours_read_back_the_data(small_set):
+    found = cf.item_colours(small_set.pictures(range(500)))
+    asked = [cf.COLOUR_NAMES[c] for c in small_set.colours[:500]]
+    assert np.mean([a == b for a, b in zip(found, asked)]) > 0.97
+
+
+@needs_data
+def test_judge_grey_is_close_to_the_original_item(small_set):
+    grey = cf.to_judge_grey(small_set.pictures(range(32)))
+    assert grey.shape == (32, 1, 32, 32) and 0 <= float(grey.min()) and float(grey.max()) <= 1
+    original = torch.nn.functional.pad(torch.as_tensor(small_set.items[:32]).float().unsqueeze(1) / 255, (2,) * 4)
+    assert float((grey - original).abs().mean()) < 0.08
+
+
+def test_degrade_resolution_blurs_and_keeps_the_size():
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(cf.degrade_resolution(x, 64), x)
+    y = cf.degrade_resolution(x, 16)
+    assert y.shape == x.shape
+    high = lambda z: (z[..., 1:] - z[..., :-1]).abs().mean()  # noqa: E731
+    assert high(y) < 0.5 * high(x)
+
+
+def test_crop_canvas_shifts_the_item_up_and_left():
+    x = torch.ones(1, 3, 64, 64) * torch.tensor(cf.BACKGROUND).view(1, 3, 1, 1)
+    x[:, :, 30:34, 40:44] = 0.0  # a dark square at rows 30-33, columns 40-43
+    assert torch.equal(cf.crop_canvas(x, 0, 0), x)
+    y = cf.crop_canvas(x, 10, 20)
+    assert y.shape == x.shape
+    assert float(y[0, 0, 20:24, 20:24].max()) == 0.0  # moved by (10, 20)
+    assert torch.allclose(y[0, :, -10:, :], torch.tensor(cf.BACKGROUND).view(3, 1, 1).expand(3, 10, 64))
+
+
+def test_micro_condition_returns_true_sizes_and_crops():
+    x = torch.rand(64, 3, 64, 64)
+    out, original_size, crops = cf.micro_condition(x, np.random.default_rng(0))
+    assert out.shape == x.shape
+    assert original_size.shape == (64, 2) and crops.shape == (64, 2)
+    assert set(original_size[:, 0].tolist()) <= set(cf.SIZE_CHOICES) | {64}
+    assert torch.equal(original_size[:, 0], original_size[:, 1])
+    assert int(crops.min()) >= 0 and int(crops.max()) <= cf.MAX_CROP
+    untouched = (original_size[:, 0] == 64) & (crops.sum(1) == 0)
+    assert 5 < int(untouched.sum()) < 30  # about a quarter
+    assert torch.equal(out[untouched], x[untouched])
+    again = cf.micro_condition(x, np.random.default_rng(0))
+    assert torch.equal(again[0], out) and torch.equal(again[2], crops)
