@@ -50,7 +50,7 @@ from PIL import Image
 
 from engine.loader import free_memory
 from engine.preview import preview_image
-from engine.schedulers import DEFAULT, make_scheduler, sampler_label
+from engine.schedulers import DEFAULT, SCHEDULER_NAMES, make_scheduler, sampler_label
 
 try:  # ZeroGPU on Hugging Face Spaces; off a ZeroGPU Space spaces.GPU returns the function unchanged
     import spaces
@@ -667,6 +667,22 @@ def _parse_colour(value) -> torch.Tensor:
     raise ValueError(f"Colour must look like #ff8800, got {value!r}.")
 
 
+def make_colour_spec(colour, colour_scale, colour_every, vae) -> dict | None:
+    """Colour guidance settings for ``denoise``, or None when off (no colour, or scale 0)."""
+    try:
+        scale = float(colour_scale or 0.0)
+    except (TypeError, ValueError):
+        raise ValueError(f"colour_scale must be a number, got {colour_scale!r}.") from None
+    if not colour or scale == 0:
+        return None
+    if not (math.isfinite(scale) and 0 < scale <= 10000):
+        raise ValueError(f"colour_scale must be between 0 and 10000, got {colour_scale!r}.")
+    every = _as_int(colour_every, "colour_every")
+    if every < 1:
+        raise ValueError(f"colour_every must be 1 or more, got {every}.")
+    return {"target": _parse_colour(colour), "scale": scale, "every": every, "vae": vae}
+
+
 def _request_parameters(preset, args: dict, scheduler, guidance_scale: float, sdxl: dict | None,
                         strength: float | None, colour: dict | None) -> dict:
     """The A1111-style settings written into each PNG (see ``engine.pngmeta``)."""
@@ -732,12 +748,7 @@ def text_to_image(pipe, preset, *, prompt: str, negative_prompt: str = "", guida
     if kind == "sdxl":
         sdxl = micro_conditioning(args["width"], args["height"], original_size, crops_coords_top_left, target_size,
                                   negative_original_size, negative_crops_coords_top_left, negative_target_size)
-    colour_spec = None
-    if colour and float(colour_scale) > 0:
-        every = _as_int(colour_every, "colour_every")
-        if every < 1:
-            raise ValueError(f"colour_every must be 1 or more, got {every}.")
-        colour_spec = {"target": _parse_colour(colour), "scale": float(colour_scale), "every": every, "vae": pipe.vae}
+    colour_spec = make_colour_spec(colour, colour_scale, colour_every, pipe.vae)
     try:
         yield from _run(pipe, preset, args, scheduler, scales, sdxl, image, colour_spec, preview_every)
     except torch.cuda.OutOfMemoryError:
@@ -889,3 +900,55 @@ def run_to_end(events: Iterator) -> Result:
     if result is None:
         raise RuntimeError("text_to_image ended without a result")
     return result
+
+
+# ----------------------------------------------------------------------------
+# Presets and checks the tab runs before it loads a model
+
+
+def pipeline_presets() -> list:
+    """The SD and SDXL presets, local folders first (they work offline), then hub ones, in file order."""
+    from engine.presets import presets_for
+
+    presets = presets_for("sd") + presets_for("sdxl")
+    return [p for p in presets if not p.is_hub] + [p for p in presets if p.is_hub]
+
+
+def get_pipeline_preset(name: str):
+    """The SD or SDXL preset called ``name``; ValueError listing the choices otherwise."""
+    presets = pipeline_presets()
+    for p in presets:
+        if p.name == name:
+            return p
+    choices = ", ".join(repr(p.name) for p in presets) or "none"
+    raise ValueError(f"Unknown model {name!r}. Choose one of: {choices}.")
+
+
+def default_size(preset) -> int:
+    return int(preset.options.get("default_size", 1024 if preset.kind == "sdxl" else 512))
+
+
+def default_steps(preset) -> int:
+    return int(preset.options.get("default_steps", 30))
+
+
+def validate(preset, **kwargs) -> None:
+    """Every check ``text_to_image`` makes before it touches a model, so the tab can fail fast
+    (and outside the ZeroGPU worker). Raises ValueError."""
+    image = kwargs.get("image")
+    check_inputs(preset, prompt=kwargs.get("prompt"), negative_prompt=kwargs.get("negative_prompt", ""),
+                 guidance_scale=kwargs.get("guidance_scale", 7.5),
+                 num_inference_steps=kwargs.get("num_inference_steps", 30), width=kwargs.get("width", 512),
+                 height=kwargs.get("height", 512), num_images=kwargs.get("num_images", 1),
+                 seed=kwargs.get("seed", 0), strength=kwargs.get("strength") if image is not None else None)
+    scheduler_name = kwargs.get("scheduler", DEFAULT)
+    if scheduler_name not in SCHEDULER_NAMES:
+        raise ValueError(f"Unknown scheduler {scheduler_name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+    if kwargs.get("guidance_scales") is not None:
+        check_sweep(preset, kwargs["guidance_scales"])
+    if preset.kind == "sdxl":
+        micro_conditioning(int(kwargs.get("width", 512)), int(kwargs.get("height", 512)),
+                           *(kwargs.get(k) for k in ("original_size", "crops_coords_top_left", "target_size",
+                                                     "negative_original_size", "negative_crops_coords_top_left",
+                                                     "negative_target_size")))
+    make_colour_spec(kwargs.get("colour"), kwargs.get("colour_scale", 0.0), kwargs.get("colour_every", 5), None)

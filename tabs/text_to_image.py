@@ -1,7 +1,321 @@
-"""Tab placeholder: says plainly that this part is not built yet."""
+"""Tab 2: text to image with our own annotated sampling loop (``engine.txt2img``).
 
-from tabs.common import not_built_yet
+Prompt, negative prompt, guidance, steps, scheduler, seed, size; SDXL's
+micro-conditioning; a live preview of every step's predicted x0; PNGs that
+carry their generation parameters; the book's guidance sweep; image to image;
+and colour guidance (the book's exercise 9). API: ``/generate`` and
+``/guidance_sweep``, with diffusers' parameter names.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from engine import loader
+from engine import txt2img as engine
+from engine.images import open_image
+from engine.pngmeta import format_parameters, save_png
+from engine.schedulers import DEFAULT, SCHEDULER_NAMES
+from tabs.common import COMPUTE, user_errors
+
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "explorer-txt2img"
+KEEP_SECONDS = 3600  # our PNG copies older than this are removed (gradio keeps its own cached copy)
+
+EXAMPLES = [
+    ["An oil painting of a collie in a top hat", ""],
+    ["Acrylic palette knife painting of a flower", ""],
+    ["A dog wearing a white hat", "a white hat"],
+]
+
+INTRO = """### Text to image, one step at a time
+The engine runs its own loop, the one the book annotates (no `pipe(...)`): **encode the prompt** with CLIP,
+draw **seeded noise** in the VAE's latent space, then at every step **one batched UNet call** predicts the noise
+for [negative prompt, prompt], **classifier-free guidance** mixes them,
+`noise = uncond + guidance × (cond − uncond)`, and the **scheduler** takes a step. At the end the **VAE decodes**
+the latents. The live preview shows each step's predicted clean image through a fixed linear
+latent→RGB map (no VAE call per step). The same seed gives the same image as the diffusers pipeline."""
+
+SDXL_HELP = """SDXL was trained on images of every size and crop, and was *told* each image's original size and crop
+(Podell et al. 2023, §2.2; the book's exercise 8). At sampling time you choose what to tell it:
+* **original_size** (W,H): a small size asks for the look of an upscaled low-resolution photo; the default is the
+  image size.
+* **crops_coords_top_left** (x,y): where the training crop started; (0,0) gives centred subjects, large values
+  cut them off.
+* **target_size** (W,H): the size SDXL should aim for; the default is the image size.
+* The **negative** ones condition the unconditional half of guidance (e.g. a negative original size of 512,512
+  pushes away from low-resolution looks). Empty = the same as the positive ones.
+
+Leave a box empty for the diffusers default. diffusers itself takes (height, width) and (top, left); the
+JSON panel shows `add_time_ids` in that order."""
+
+SWEEP_HELP = """### Guidance sweep
+The book's figure: the same prompt and seed at several guidance scales, in one row. The prompt is encoded once
+and the embeddings are reused for every scale; guidance ≤ 1 runs only the conditional half."""
+
+COLOUR_HELP = """The book's exercise 9: every *k* steps, decode the predicted clean image, measure how far its pixels
+are from the target colour, and nudge the latents down the gradient of that loss. Each nudge costs a VAE decode
+and its backward pass, so it is slow on CPU."""
+
+
+GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical."
+
+
+def model_choices() -> list[str]:
+    """Pipeline presets, local folders first; the first local one is the default."""
+    return [p.name for p in engine.pipeline_presets()]
+
+
+def _upload_path(image) -> str | None:
+    """The uploaded file's path. ``/generate`` runs with ``preprocess=False``, so gradio hands us its file
+    payload unopened and ``open_image`` checks size and pixel count before decoding anything."""
+    if image is None or isinstance(image, str):
+        return image or None
+    if isinstance(image, dict):
+        return image.get("path")
+    return getattr(image, "path", None)
+
+
+def _seed(seed, randomize_seed) -> int:
+    if randomize_seed:
+        return random.randint(0, engine.MAX_SEED)
+    if seed is None or seed == "":
+        return 0
+    return seed
+
+
+def _save_pngs(result) -> list[tuple[str, str]]:
+    """Each image as a PNG with its A1111-style ``parameters`` chunk; (path, caption) pairs for the gallery."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_DIR.glob("*.png"):
+        try:
+            if now - old.stat().st_mtime > KEEP_SECONDS:
+                old.unlink()
+        except OSError:
+            pass
+    items = []
+    for image, params in zip(result.pil_images, result.parameters):
+        text = format_parameters(params["prompt"], params["negative_prompt"], params["settings"])
+        path = save_png(image, OUTPUT_DIR / f"seed{params['settings']['Seed']}-{uuid.uuid4().hex[:8]}.png", text)
+        caption = f"guidance {params['settings']['CFG scale']} · seed {params['settings']['Seed']}"
+        items.append((str(path), caption))
+    return items
+
+
+def _stream(preset, progress, **kwargs):
+    """Run the engine; yield (gallery, JSON, preview) with gallery and JSON skipped until the end."""
+    pipe = loader.load(preset)
+    last_preview = None
+    for event in engine.text_to_image(pipe, preset, **kwargs):
+        if isinstance(event, engine.Result):
+            yield _save_pngs(event), event.info, last_preview
+            return
+        label = f"Run {event['run']}/{event['runs']}, step" if event["runs"] > 1 else "Step"
+        progress((event["step"], event["num_steps"]), desc=f"{label} {event['step']}/{event['num_steps']}")
+        if event["preview"] is not None:
+            last_preview = event["preview"]
+            yield gr.skip(), gr.skip(), last_preview
+
+
+def _preview_every(steps) -> int:
+    try:
+        return max(1, int(steps) // 25)
+    except (TypeError, ValueError):
+        return 1
+
+
+@user_errors
+def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
+             width, height, num_images, original_size, crops_coords_top_left, target_size,
+             negative_original_size, negative_crops_coords_top_left, negative_target_size, image=None,
+             strength=0.6, colour=None, colour_scale=0.0, colour_every=5, progress=gr.Progress()):
+    """Event handler (API ``/generate``): returns the gallery of PNGs, the JSON panel, then the live preview.
+
+    Sizes for SDXL are "W,H" and crops "x,y" strings (or one number). ``image`` + ``strength``
+    make it image to image; ``colour`` ("#rrggbb") + ``colour_scale`` > 0 turn on colour guidance.
+    """
+    preset = engine.get_pipeline_preset(model)
+    init_image, notes = (None, [])
+    if _upload_path(image):
+        init_image, notes = open_image(_upload_path(image))
+    kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scale=guidance_scale,
+                  num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
+                  seed=_seed(seed, randomize_seed), width=width, height=height, num_images=num_images,
+                  original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+                  negative_original_size=negative_original_size,
+                  negative_crops_coords_top_left=negative_crops_coords_top_left,
+                  negative_target_size=negative_target_size, image=init_image, strength=strength,
+                  colour=colour, colour_scale=colour_scale, colour_every=colour_every,
+                  preview_every=_preview_every(num_inference_steps))
+    engine.validate(preset, **kwargs)
+    for gallery, info, preview in _stream(preset, progress, **kwargs):
+        if isinstance(info, dict) and notes:
+            info = {**info, "image_notes": notes}
+        yield gallery, info, preview
+
+
+@user_errors
+def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
+                   randomize_seed, width, height, original_size, crops_coords_top_left, target_size,
+                   progress=gr.Progress()):
+    """Event handler (API ``/guidance_sweep``): one image per guidance scale, same prompt and seed.
+
+    ``guidance_scales`` is a comma-separated list ("1, 2, 4, 12"). Returns the gallery, the JSON panel
+    (one entry per scale under "sweep"), then the live preview.
+    """
+    preset = engine.get_pipeline_preset(model)
+    kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scales=guidance_scales,
+                  num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
+                  seed=_seed(seed, randomize_seed), width=width, height=height, num_images=1,
+                  original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+                  preview_every=_preview_every(num_inference_steps))
+    kwargs["guidance_scale"] = 1.0  # checked per scale by the sweep
+    engine.validate(preset, **kwargs)
+    yield from _stream(preset, progress, **kwargs)
+
+
+def model_settings(model: str):
+    """When the model changes: size bounds and default, steps, guidance (off for Turbo), SDXL box, note."""
+    try:
+        preset = engine.get_pipeline_preset(model)
+    except ValueError as e:
+        return (gr.skip(),) * 5 + (f"⚠️ {e}",)
+    low, high = engine.size_limits(preset)
+    size = min(max(engine.default_size(preset), low), high)
+    steps_max = engine.max_steps(preset)
+    steps = min(engine.default_steps(preset), steps_max)
+    if engine.guidance_allowed(preset):
+        guidance = gr.update(value=7.5, interactive=True, info=GUIDANCE_INFO)
+    else:
+        guidance = gr.update(value=0.0, interactive=False, info=f"Off: {_guidance_note(preset)}")
+    return (
+        guidance,
+        gr.update(maximum=steps_max, value=steps),
+        gr.update(minimum=low, maximum=high, value=size),
+        gr.update(minimum=low, maximum=high, value=size),
+        gr.update(visible=preset.kind == "sdxl"),
+        model_note(preset),
+    )
+
+
+def _guidance_note(preset) -> str:
+    return preset.options.get("guidance_note", "This model samples without guidance.")
+
+
+def model_note(preset) -> str:
+    """Where the model comes from, and why guidance is off when it is."""
+    if preset is None:
+        return "**No text-to-image model is configured.** Add one through `EXPLORER_MODELS`."
+    where = ("a local folder: works offline" if not preset.is_hub
+             else f"the Hugging Face Hub (`{preset.repo}`): downloads several GB on first use, needs internet")
+    note = f"**{preset.name}** ({'SDXL' if preset.kind == 'sdxl' else 'SD'}) loads from {where}."
+    if not engine.guidance_allowed(preset):
+        note += f"\n\n**Guidance is off for this model.** {_guidance_note(preset)}"
+    return note
+
+
+def show_used_seed(info):
+    """After a run, put the seed actually used into the seed box (randomized or not)."""
+    if isinstance(info, dict) and "seed" in info:
+        return info["seed"]
+    return gr.skip()
 
 
 def build() -> None:
-    not_built_yet("The annotated text-to-image loop (SD 1.x/2.x, SDXL) comes in a later version.")
+    gr.Markdown(INTRO)
+    choices = model_choices()
+    first = choices[0] if choices else None
+    preset = engine.get_pipeline_preset(first) if first else None
+    low, high = engine.size_limits(preset) if preset else (64, 1024)
+    size = min(max(engine.default_size(preset), low), high) if preset else 512
+    steps = engine.default_steps(preset) if preset else 30
+    steps_max = engine.max_steps(preset) if preset else engine.MAX_STEPS
+    guidance_on = engine.guidance_allowed(preset) if preset else True
+
+    with gr.Row():
+        with gr.Column(scale=1):
+            model = gr.Dropdown(choices, value=first, label="Model",
+                                info="Local presets first; hub presets need internet on first use.")
+            note = gr.Markdown(model_note(preset))
+            prompt = gr.Textbox(label="Prompt", lines=2, value=EXAMPLES[0][0])
+            negative_prompt = gr.Textbox("", label="Negative prompt",
+                                         info="Replaces the empty prompt as the unconditional input of guidance.")
+            with gr.Row():
+                guidance_scale = gr.Slider(0, 20, value=7.5 if guidance_on else 0.0, step=0.5,
+                                           label="Guidance scale", interactive=guidance_on,
+                                           info=GUIDANCE_INFO if guidance_on else f"Off: {_guidance_note(preset)}")
+                num_inference_steps = gr.Slider(1, steps_max, value=steps, step=1, label="Steps")
+            scheduler = gr.Dropdown(SCHEDULER_NAMES, value=DEFAULT, label="Scheduler",
+                                    info="default = the model's own; the others are built from its config.")
+            with gr.Row():
+                seed = gr.Number(value=42, precision=0, label="Seed", minimum=0, maximum=engine.MAX_SEED)
+                randomize_seed = gr.Checkbox(value=False, label="Randomize seed",
+                                             info="The seed used is shown here and in the JSON.")
+            with gr.Row():
+                width = gr.Slider(low, high, value=size, step=8, label="Width")
+                height = gr.Slider(low, high, value=size, step=8, label="Height")
+            num_images = gr.Slider(1, engine.MAX_IMAGES, value=1, step=1, label="Number of images")
+            with gr.Accordion("SDXL micro-conditioning", open=False,
+                              visible=bool(preset and preset.kind == "sdxl")) as sdxl_box:
+                gr.Markdown(SDXL_HELP)
+                with gr.Row():
+                    original_size = gr.Textbox("", label="original_size (W,H)", placeholder="image size")
+                    crops_coords_top_left = gr.Textbox("", label="crops_coords_top_left (x,y)", placeholder="0,0")
+                    target_size = gr.Textbox("", label="target_size (W,H)", placeholder="image size")
+                with gr.Row():
+                    negative_original_size = gr.Textbox("", label="negative_original_size", placeholder="same")
+                    negative_crops_coords_top_left = gr.Textbox("", label="negative_crops_coords_top_left",
+                                                                placeholder="same")
+                    negative_target_size = gr.Textbox("", label="negative_target_size", placeholder="same")
+            with gr.Accordion("Image to image", open=False):
+                gr.Markdown("Upload an image: the VAE encodes it, noise is added up to `strength`, and the loop "
+                            "starts part-way through the schedule (strength 1 ignores the image, 0 keeps it).")
+                image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"])
+                strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength")
+            with gr.Accordion("Colour guidance", open=False):
+                gr.Markdown(COLOUR_HELP)
+                with gr.Row():
+                    colour = gr.ColorPicker(value="#1f4fd1", label="Target colour")
+                    colour_scale = gr.Slider(0, 1000, value=0, step=10, label="Colour loss scale (0 = off)")
+                    colour_every = gr.Slider(1, 10, value=5, step=1, label="Every k steps")
+            run = gr.Button("Generate", variant="primary")
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(label="Images (PNG with the generation parameters inside)", format="png",
+                                 columns=2, height="auto", interactive=False)
+            preview = gr.Image(label="Live preview: predicted x0, linear latent→RGB", interactive=False,
+                               height=256)
+            info = gr.JSON(label="Run details")
+
+    gr.Examples(EXAMPLES, inputs=[prompt, negative_prompt], label="The book's prompts")
+
+    gr.Markdown(SWEEP_HELP)
+    with gr.Row():
+        guidance_scales = gr.Textbox(value="1, 2, 4, 12", label="Guidance scales (comma-separated)", scale=3)
+        sweep = gr.Button("Run the sweep", scale=1)
+    sweep_gallery = gr.Gallery(label="Guidance sweep", format="png", columns=4, height="auto", interactive=False)
+    with gr.Row():
+        sweep_preview = gr.Image(label="Live preview", interactive=False, height=192)
+        sweep_info = gr.JSON(label="Sweep details")
+
+    settings_outputs = [guidance_scale, num_inference_steps, width, height, sdxl_box, note]
+    model.change(model_settings, model, settings_outputs, api_visibility="private")
+
+    inputs = [prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
+              width, height, num_images, original_size, crops_coords_top_left, target_size,
+              negative_original_size, negative_crops_coords_top_left, negative_target_size, image, strength,
+              colour, colour_scale, colour_every]
+    event = run.click(generate, inputs, [gallery, info, preview], api_name="generate", preprocess=False,
+                      **COMPUTE)
+    event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
+
+    sweep_inputs = [prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
+                    randomize_seed, width, height, original_size, crops_coords_top_left, target_size]
+    sweep_event = sweep.click(guidance_sweep, sweep_inputs, [sweep_gallery, sweep_info, sweep_preview],
+                              api_name="guidance_sweep", **COMPUTE)
+    sweep_event.success(show_used_seed, sweep_info, seed, api_visibility="private", queue=False)

@@ -1,0 +1,89 @@
+"""``/generate`` and ``/guidance_sweep`` through gradio_client, on the tiny test presets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.pngmeta import parse_parameters, read_parameters
+
+BASE = dict(prompt="An oil painting of a collie in a top hat", negative_prompt="", model="tiny-SD (test)",
+            guidance_scale=7.5, num_inference_steps=2, scheduler="default", seed=7, randomize_seed=False,
+            width=64, height=64, num_images=1)
+
+
+def _paths(gallery) -> list[str]:
+    return [item["image"] if isinstance(item["image"], str) else item["image"]["path"] for item in gallery]
+
+
+def test_generate_returns_pngs_with_parameters(client):
+    gallery, info, preview = client.predict(**BASE, api_name="/generate")
+    paths = _paths(gallery)
+    assert len(paths) == 1 and paths[0].endswith(".png")
+    image = Image.open(paths[0])
+    assert image.size == (64, 64)
+    params = parse_parameters(read_parameters(image))
+    assert params["prompt"] == BASE["prompt"]
+    assert params["Seed"] == "7" and params["Steps"] == "2" and params["Size"] == "64x64"
+    assert params["Model"] == "tiny-SD (test)"
+    assert info["seed"] == 7 and info["unet_calls"] == 3  # PNDM: 2 steps are 3 UNet calls
+    assert preview is not None
+
+
+def test_generate_is_reproducible_and_matches_the_engine(client, tiny_presets):
+    from engine.loader import load
+    from engine.presets import get_preset
+    from engine.txt2img import run_to_end, text_to_image
+
+    first = np.asarray(Image.open(_paths(client.predict(**BASE, api_name="/generate")[0])[0]))
+    second = np.asarray(Image.open(_paths(client.predict(**BASE, api_name="/generate")[0])[0]))
+    assert np.array_equal(first, second)
+    preset = get_preset("tiny-SD (test)", "sd")
+    kwargs = {k: v for k, v in BASE.items() if k not in ("model", "randomize_seed")}
+    local = run_to_end(text_to_image(load(preset), preset, **kwargs))
+    assert np.array_equal(first, np.asarray(local.pil_images[0]))
+
+
+def test_sdxl_micro_conditioning_through_the_api(client):
+    gallery, info, _ = client.predict(**{**BASE, "model": "tiny-SDXL (test)", "guidance_scale": 5.0},
+                                      original_size="256,128", crops_coords_top_left="8,0", target_size=64,
+                                      api_name="/generate")
+    assert info["add_time_ids"] == [128, 256, 0, 8, 64, 64]
+    assert len(_paths(gallery)) == 1
+
+
+def test_randomized_seed_is_reported(client):
+    _, info, _ = client.predict(**{**BASE, "randomize_seed": True, "num_inference_steps": 1}, api_name="/generate")
+    assert isinstance(info["seed"], int) and 0 <= info["seed"] <= 2**32 - 1
+
+
+def test_bad_input_gives_a_clean_error_and_the_server_keeps_serving(client):
+    with pytest.raises(Exception, match="multiple of 8"):
+        client.predict(**{**BASE, "width": 60}, api_name="/generate")
+    with pytest.raises(Exception, match="guidance_scale"):
+        client.predict(**{**BASE, "guidance_scale": -2}, api_name="/generate")
+    gallery, _, _ = client.predict(**BASE, api_name="/generate")
+    assert len(_paths(gallery)) == 1
+
+
+def test_missing_hub_preset_gives_the_friendly_message(client):
+    with pytest.raises(Exception) as error:
+        client.predict(**{**BASE, "model": "Missing hub model (test)"}, api_name="/generate")
+    message = str(error.value)
+    assert "Missing hub model (test)" in message and "not available" in message
+    assert "Traceback" not in message
+    gallery, _, _ = client.predict(**BASE, api_name="/generate")
+    assert len(_paths(gallery)) == 1
+
+
+def test_guidance_sweep(client):
+    gallery, info, _ = client.predict(prompt=BASE["prompt"], negative_prompt="", model="tiny-SD (test)",
+                                      guidance_scales="1, 4, 12", num_inference_steps=2, scheduler="DDIM", seed=3,
+                                      randomize_seed=False, width=64, height=64, api_name="/guidance_sweep")
+    paths = _paths(gallery)
+    assert len(paths) == 3
+    assert [run["guidance_scale"] for run in info["sweep"]] == [1.0, 4.0, 12.0]
+    assert [run["unet_batch"] for run in info["sweep"]] == [1, 2, 2]
+    cfgs = [parse_parameters(read_parameters(Image.open(p)))["CFG scale"] for p in paths]
+    assert cfgs == ["1", "4", "12"]
