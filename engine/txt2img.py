@@ -45,12 +45,17 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401 - see below
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from engine.loader import free_memory
 from engine.preview import preview_image
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES, make_scheduler, sampler_label
+
+# The two pipeline classes are imported here, once, in the thread that imports the app: the loader
+# imports them again inside a request, and transformers' lazy imports (CLIPImageProcessor's
+# torchvision fallback) can fail when two request threads resolve them for the first time at once.
 
 try:  # ZeroGPU on Hugging Face Spaces; off a ZeroGPU Space spaces.GPU returns the function unchanged
     import spaces

@@ -240,21 +240,21 @@ def build() -> None:
 
     with gr.Row():
         with gr.Column(scale=1):
-            model = gr.Dropdown(choices, value=first, label="Model",
+            model = gr.Dropdown(choices, value=first, label="Model", elem_id="t2i-model",
                                 info="Local presets first; hub presets need internet on first use.")
             note = gr.Markdown(model_note(preset))
-            prompt = gr.Textbox(label="Prompt", lines=2, value=EXAMPLES[0][0])
-            negative_prompt = gr.Textbox("", label="Negative prompt",
+            prompt = gr.Textbox(label="Prompt", lines=2, value=EXAMPLES[0][0], elem_id="t2i-prompt")
+            negative_prompt = gr.Textbox("", label="Negative prompt", elem_id="t2i-negative",
                                          info="Replaces the empty prompt as the unconditional input of guidance.")
             with gr.Row():
                 guidance_scale = gr.Slider(0, 20, value=7.5 if guidance_on else 0.0, step=0.5,
                                            label="Guidance scale", interactive=guidance_on,
                                            info=GUIDANCE_INFO if guidance_on else f"Off: {_guidance_note(preset)}")
-                num_inference_steps = gr.Slider(1, steps_max, value=steps, step=1, label="Steps")
+                num_inference_steps = gr.Slider(1, steps_max, value=steps, step=1, label="Steps", elem_id="t2i-steps")
             scheduler = gr.Dropdown(SCHEDULER_NAMES, value=DEFAULT, label="Scheduler",
                                     info="default = the model's own; the others are built from its config.")
             with gr.Row():
-                seed = gr.Number(value=42, precision=0, label="Seed", minimum=0, maximum=engine.MAX_SEED)
+                seed = gr.Number(value=42, precision=0, label="Seed", elem_id="t2i-seed", minimum=0, maximum=engine.MAX_SEED)
                 randomize_seed = gr.Checkbox(value=False, label="Randomize seed",
                                              info="The seed used is shown here and in the JSON.")
             with gr.Row():
@@ -284,21 +284,22 @@ def build() -> None:
                     colour = gr.ColorPicker(value="#1f4fd1", label="Target colour")
                     colour_scale = gr.Slider(0, 1000, value=0, step=10, label="Colour loss scale (0 = off)")
                     colour_every = gr.Slider(1, 10, value=5, step=1, label="Every k steps")
-            run = gr.Button("Generate", variant="primary")
+            run = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images (PNG with the generation parameters inside)", format="png",
-                                 columns=2, height="auto", interactive=False)
+                                 columns=2, height="auto", interactive=False, elem_id="t2i-gallery")
             preview = gr.Image(label="Live preview: predicted x0, linear latent→RGB", interactive=False,
-                               height=256)
-            info = gr.JSON(label="Run details")
+                               height=256, elem_id="t2i-preview")
+            info = gr.JSON(label="Run details", elem_id="t2i-info")
 
     gr.Examples(EXAMPLES, inputs=[prompt, negative_prompt], label="The book's prompts")
 
     gr.Markdown(SWEEP_HELP)
     with gr.Row():
         guidance_scales = gr.Textbox(value="1, 2, 4, 12", label="Guidance scales (comma-separated)", scale=3)
-        sweep = gr.Button("Run the sweep", scale=1)
-    sweep_gallery = gr.Gallery(label="Guidance sweep", format="png", columns=4, height="auto", interactive=False)
+        sweep = gr.Button("Run the sweep", scale=1, elem_id="t2i-sweep")
+    sweep_gallery = gr.Gallery(label="Guidance sweep", format="png", columns=4, height="auto", interactive=False,
+                               elem_id="t2i-sweep-gallery")
     with gr.Row():
         sweep_preview = gr.Image(label="Live preview", interactive=False, height=192)
         sweep_info = gr.JSON(label="Sweep details")
