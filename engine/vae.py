@@ -489,7 +489,7 @@ def histogram_image(latent: torch.Tensor, bins: int = 60, width: int = 560, heig
     normal = per_channel * (edges[1] - edges[0]) * np.exp(-centres**2 / 2) / math.sqrt(2 * math.pi)
     top = max(counts.max(), 1)
 
-    left, right, top_pad, bottom = 40, 24, 24, 24
+    left, right, top_pad, bottom = 40, 24, 12, 44
     img = Image.new("RGB", (width, height), "white")
     draw, font = ImageDraw.Draw(img), _font()
     pw, ph = width - left - right, height - top_pad - bottom
@@ -511,11 +511,11 @@ def histogram_image(latent: torch.Tensor, bins: int = 60, width: int = 560, heig
         draw.text((x, top_pad + ph + 6), f"{value:.3g}", fill="black", font=font, anchor="ma")
     draw.text((left - 4, top_pad), f"{top}", fill="black", font=font, anchor="ra")
     draw.text((left - 4, top_pad + ph), "0", fill="black", font=font, anchor="rb")
-    x = left + 4
+    x, y = left, height - 16  # legend under the axis
     for c in range(len(counts)):
-        draw.text((x, 6), f"channel {c}", fill=CHANNEL_COLORS[c % len(CHANNEL_COLORS)], font=font)
+        draw.text((x, y), f"channel {c}", fill=CHANNEL_COLORS[c % len(CHANNEL_COLORS)], font=font)
         x += 78
-    draw.text((x, 6), "- - N(0, 1)", fill=(110, 110, 110), font=font)
+    draw.text((x, y), "- - N(0, 1)", fill=(110, 110, 110), font=font)
     return img
 
 

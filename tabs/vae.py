@@ -109,9 +109,10 @@ def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
     return engine.unet_view(state["latent"], state["image"], model, timestep, int(seed or 0))
 
 
-def _output_image(label: str) -> gr.Image:
+def _output_image(label: str, height: int | None = None, elem_id: str | None = None) -> gr.Image:
     # PNG, not gradio's default WebP: lossless, so PSNR/SSIM can be checked from the downloads.
-    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"])
+    return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
+                    height=height, elem_id=elem_id)
 
 
 def build() -> None:
@@ -121,7 +122,7 @@ def build() -> None:
         gr.Markdown(NO_OFFLINE_VAE)
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+            image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="vae-input",
                              height=320)
             gr.Examples(EXAMPLES, inputs=[image], example_labels=EXAMPLE_LABELS, label="Examples (made for this app)")
         with gr.Column(scale=1):
@@ -142,18 +143,18 @@ def build() -> None:
         heatmap = _output_image("|input − reconstruction|, amplified (black = identical)")
     gr.Markdown("### The latent: 4 channels on one colour scale\nBlue is negative, white zero, red positive. "
                 "Each square is one latent value, standing for 8 × 8 pixels.")
-    channels = gr.Gallery(label="Latent channels", columns=4, format="png", object_fit="contain", height="auto",
+    channels = gr.Gallery(label="Latent channels", columns=4, format="png", object_fit="contain", height=300,
                           buttons=["download", "download_all", "fullscreen"], interactive=False, elem_id="vae-channels")
     with gr.Row():
-        legend = _output_image("Shared colour scale")
+        legend = _output_image("Shared colour scale", height=110)
         histogram = _output_image("Histogram of latent values (after scaling)")
-    numbers = gr.JSON(label="Numbers (the /vae_roundtrip API returns this)")
+    numbers = gr.JSON(label="Numbers (the /vae_roundtrip API returns this)", height=360, elem_id="vae-numbers")
 
     gr.Markdown(UNET_INTRO)
     timestep = gr.Slider(0, engine.NUM_TRAIN_TIMESTEPS - 1, value=250, step=1, label="Timestep t")
     with gr.Row():
-        noisy_latent = _output_image("Noisy latent, decoded")
-        noisy_pixels = _output_image("Same noise level in pixel space")
+        noisy_latent = _output_image("Noisy latent, decoded", elem_id="vae-noisy-latent")
+        noisy_pixels = _output_image("Same noise level in pixel space", elem_id="vae-noisy-pixels")
     noise_numbers = gr.JSON(label="Noise schedule at t")
     state = gr.State(None)
 

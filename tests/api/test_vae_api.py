@@ -1,0 +1,97 @@
+"""/vae_roundtrip as a service: an example through the tiny VAE, numbers checkable from the images, bad uploads."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from engine import vae as engine
+from tests.engine.test_vae import png_header_only
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+SCENE = REPO_ROOT / "assets" / "examples" / "scene.png"
+TINY = "tiny-VAE (test)"
+
+
+def roundtrip(client, path, vae=TINY, size=256, **kwargs):
+    return client.predict(image=handle_file(str(path)), vae=vae, size=size, api_name="/vae_roundtrip", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def scene_result(client):
+    return roundtrip(client, SCENE)
+
+
+def test_roundtrip_of_an_example(scene_result):
+    reconstruction, channels, numbers, shown_input, *_ = scene_result
+    # scene.png is 768x512; short side 256 -> 384x256 -> latent 4 x 32 x 48
+    assert numbers["latent_shape"] == [4, 32, 48]
+    assert numbers["input_values"] == 3 * 256 * 384 and numbers["latent_values"] == 4 * 32 * 48
+    assert numbers["compression_ratio"] == 48
+    assert numbers["vae"] == TINY and numbers["device"] == "cpu"
+    for key in ("psnr", "ssim", "latent_mean_before_scaling", "latent_std_after_scaling",
+                "encode_seconds", "decode_seconds", "scaling_factor"):
+        assert key in numbers
+    assert Image.open(reconstruction).size == (384, 256)
+    assert len(channels) == 4
+    assert [c["caption"].split(":")[0] for c in channels] == ["Channel 0", "Channel 1", "Channel 2", "Channel 3"]
+
+
+def test_psnr_and_ssim_can_be_checked_from_the_two_images(scene_result):
+    reconstruction, _, numbers, shown_input, *_ = scene_result
+    a = np.asarray(Image.open(shown_input).convert("RGB"))
+    b = np.asarray(Image.open(reconstruction).convert("RGB"))
+    mse = np.mean((a.astype(float) - b.astype(float)) ** 2)
+    assert numbers["psnr"] == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-3)
+    assert numbers["ssim"] == pytest.approx(engine.ssim(a, b), abs=1e-4)
+
+
+def test_a_pipeline_presets_vae_and_pad_mode(client):
+    numbers = roundtrip(client, SCENE, vae="tiny-SD (test) · VAE", fit="pad")[2]
+    assert numbers["latent_shape"] == [4, 32, 48] and numbers["vae"] == "tiny-SD (test) · VAE"
+
+
+def test_animated_gif_says_it_used_the_first_frame(client, tmp_path):
+    frames = [Image.new("RGB", (64, 48), c) for c in ("red", "green")]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    numbers = roundtrip(client, tmp_path / "anim.gif")[2]
+    assert any("first of its 2 frames" in note for note in numbers["notes"])
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("notes.png", b"this is not an image at all", "not an image"),
+    ("truncated.png", _png(Image.effect_noise((64, 64), 64).convert("RGB"))[:3000], "damaged or truncated"),
+    ("tiny.png", _png(Image.new("RGB", (1, 1))), "at least 8 pixels"),
+    ("bomb.png", png_header_only(20000, 20000), "megapixels"),
+], ids=["not-an-image", "truncated", "1x1", "20000x20000"])
+def test_broken_uploads_get_clean_errors_and_the_server_keeps_answering(client, tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(AppError, match=message) as e:
+        roundtrip(client, path)
+    assert "Traceback" not in str(e.value)
+    assert roundtrip(client, SCENE)[2]["compression_ratio"] == 48
+
+
+def test_no_image_is_a_clear_error(client):
+    with pytest.raises(AppError, match="No image given"):
+        client.predict(image=None, vae=TINY, size=256, api_name="/vae_roundtrip")
+
+
+def test_unavailable_vae_fails_politely(client):
+    with pytest.raises(AppError, match="not available"):
+        roundtrip(client, SCENE, vae="Missing hub model (test) · VAE")
+    with pytest.raises(AppError, match="Unknown vae model"):
+        roundtrip(client, SCENE, vae="../../etc")

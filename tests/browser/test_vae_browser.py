@@ -1,0 +1,28 @@
+"""The VAE compression tab in a real browser: pick an example, run it, see the channels and the numbers."""
+
+from tests.conftest import open_tab
+
+
+def test_vae_tab_round_trip_of_an_example(page, artifacts):
+    open_tab(page, "VAE compression")
+    page.get_by_text("Geometric scene with text").click()
+    page.locator("#vae-input img").wait_for()  # the example is in the upload box
+    page.get_by_label("VAE", exact=True).click()
+    page.get_by_role("option", name="tiny-VAE (test)").click()
+    page.get_by_label("256").check()
+    page.get_by_role("button", name="Encode and decode").click()
+
+    page.get_by_text("48× fewer").wait_for()
+    channels = page.locator("#vae-channels img")
+    channels.nth(3).wait_for()
+    assert channels.count() == 4
+    summary = page.get_by_text("input values (3 × 256 × 384)")
+    assert summary.is_visible()
+    numbers = "".join(page.locator("#vae-numbers").inner_text().split())  # the viewer puts tokens on lines
+    for text in ('"compression_ratio":48', '"psnr":', '"ssim":', '"latent_values":6144', '"tiny-VAE(test)"'):
+        assert text in numbers
+    page.get_by_text("alpha_bar").wait_for()  # the noise view ran after the round trip
+    page.locator("#vae-noisy-latent").scroll_into_view_if_needed()  # its images load lazily
+    page.locator("#vae-noisy-latent img").wait_for()
+    page.locator("#vae-noisy-pixels img").wait_for()
+    page.screenshot(path=str(artifacts / "vae_tab.png"), full_page=True)
