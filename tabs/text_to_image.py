@@ -114,6 +114,8 @@ def _stream(preset, progress, **kwargs):
     last_preview = None
     for event in engine.text_to_image(pipe, preset, **kwargs):
         if isinstance(event, engine.Result):
+            for warning in event.info.get("warnings", []):
+                gr.Warning(warning)
             yield _save_pngs(event), event.info, last_preview
             return
         label = f"Run {event['run']}/{event['runs']}, step" if event["runs"] > 1 else "Step"

@@ -87,3 +87,24 @@ def test_guidance_sweep(client):
     assert [run["unet_batch"] for run in info["sweep"]] == [1, 2, 2]
     cfgs = [parse_parameters(read_parameters(Image.open(p)))["CFG scale"] for p in paths]
     assert cfgs == ["1", "4", "12"]
+
+
+def test_image_to_image_through_the_api(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "start.png"
+    Image.new("RGB", (96, 80), (200, 40, 40)).save(path)
+    gallery, info, _ = client.predict(**{**BASE, "num_inference_steps": 4}, image=handle_file(str(path)),
+                                      strength=0.5, api_name="/generate")
+    assert info["strength"] == 0.5 and info["timesteps"] == 2 + 1  # half of 4 steps, plus PNDM's extra one
+    params = parse_parameters(read_parameters(Image.open(_paths(gallery)[0])))
+    assert params["Denoising strength"] == "0.5"
+
+
+def test_a_non_image_upload_gets_a_clean_error(client, tmp_path):
+    from gradio_client import handle_file
+
+    path = tmp_path / "not-an-image.png"
+    path.write_bytes(b"this is not a PNG at all" * 10)
+    with pytest.raises(Exception, match="not an image"):
+        client.predict(**BASE, image=handle_file(str(path)), strength=0.5, api_name="/generate")

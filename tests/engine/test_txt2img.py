@@ -267,6 +267,39 @@ def test_colour_guidance_moves_mean_colour_towards_target(sd_pipe):
     assert len(guided.info["colour_loss"]) == 4
 
 
+def test_safety_checker_blacks_out_flagged_images(sd_pipe):
+    """SD 1.x presets ship a safety checker: a flagged image comes back black, the others untouched."""
+    from types import SimpleNamespace
+
+    seen = {}
+
+    def feature_extractor(images, return_tensors="pt"):
+        seen["images"] = len(images)
+        return _Batch(torch.zeros(len(images), 3, 4, 4))
+
+    def safety_checker(images, clip_input):
+        flags = [False, True]
+        images = images.clone()
+        images[1] = 0.0  # diffusers' checker zeroes flagged images in [-1, 1] space
+        return images, flags
+
+    pipe = SimpleNamespace(vae=sd_pipe.vae, safety_checker=safety_checker, feature_extractor=feature_extractor)
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    images, flags = txt2img.decode(pipe, "sd", latents)
+    plain, none = txt2img.decode(SimpleNamespace(vae=sd_pipe.vae), "sd", latents)
+    assert flags == [False, True] and none is None and seen["images"] == 2
+    assert np.array_equal(images[0], plain[0])
+    assert images[1].max() == 0.0 and plain[1].max() > 0.1
+
+
+class _Batch:
+    def __init__(self, pixel_values):
+        self.pixel_values = pixel_values
+
+    def to(self, device):
+        return self
+
+
 def test_long_prompt_warns_with_the_cut_text(sd_pipe):
     prompt = " ".join(["collie"] * 80) + " wearing a purple umbrella"
     result = ours(sd_pipe, "sd", prompt=prompt, guidance_scale=1.0, num_inference_steps=1)
