@@ -1,0 +1,121 @@
+"""Fashion-MNIST as the book uses it: idx files read with numpy, padded to 32 px, scaled to [-1, 1].
+
+The data comes from Debian's ``dataset-fashion-mnist`` package, installed at
+``/usr/share/datasets/fashion-mnist/`` (override with ``FASHION_MNIST_DIR``).
+The idx format (LeCun et al., "MNIST") is a big-endian header followed by raw
+uint8 data: magic ``0x00000803`` (images, 3 dimensions) or ``0x00000801``
+(labels, 1 dimension), then one uint32 per dimension.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+
+#: Class names in label order (index = label).
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+#: The extra class-embedding index used for "no class" (classifier-free guidance).
+NULL_CLASS = NUM_CLASSES
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("FASHION_MNIST_DIR", DEFAULT_DIR))
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one (optionally gzipped) idx file into a uint8 array.
+
+    Returns shape ``(N, 28, 28)`` for image files and ``(N,)`` for label files.
+    Raises ValueError on a file that is not idx uint8 data.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an idx file of uint8 data.")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=header)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {array.size} values.")
+    return array.reshape(shape)
+
+
+def load_split(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` uint8 in [0, 255] and labels ``(N,)`` uint8 in [0, 9].
+
+    ``split`` is "train" (60,000 images) or "test" (10,000, the ``t10k`` files).
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
+    root = Path(root) if root is not None else data_dir()
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    if len(images) != len(labels):
+        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split.")
+    return images, labels
+
+
+def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, 28, 28)`` in [0, 255] -> float ``(N, 1, 32, 32)`` in [-1, 1], padded with 2 px of -1.
+
+    Padding happens after scaling so the border is black (0 in pixel space,
+    -1 in model space), as the book's ``Pad(2)`` on a [0, 1] tensor followed by
+    ``Normalize(0.5, 0.5)`` gives.
+    """
+    x = torch.from_numpy(np.asarray(images, dtype=np.float32))
+    x = x.unsqueeze(1) / 127.5 - 1.0
+    return torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Flip each image of ``x`` ``(N, C, H, W)`` left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = x.clone()
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] -> [0, 1], clamped."""
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+#: A few test images shipped with the app (one per class), for the forward-process view
+#: where the dataset is not installed (e.g. on a Space). Written by ``save_examples``.
+EXAMPLES_FILE = Path(__file__).resolve().parent.parent / "assets" / "fashion" / "test_examples.npz"
+
+
+def save_examples(path: str | os.PathLike = EXAMPLES_FILE, per_class: int = 2) -> Path:
+    """Save the first ``per_class`` test images of each class as ``images`` (uint8 (N, 28, 28)) + ``labels``."""
+    images, labels = load_split("test")
+    picks = [i for c in range(NUM_CLASSES) for i in np.flatnonzero(labels == c)[:per_class]]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images[picks], labels=labels[picks])
+    return path
+
+
+def example_images() -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 28, 28)`` uint8 and labels ``(N,)`` for the forward-process view.
+
+    The shipped examples if present, else the first 20 test images of the installed dataset.
+    """
+    if EXAMPLES_FILE.exists():
+        with np.load(EXAMPLES_FILE) as f:
+            return f["images"], f["labels"]
+    images, labels = load_split("test")
+    return images[:20], labels[:20]
