@@ -69,6 +69,7 @@ MAX_SEED = 2**32 - 1
 DEFAULT_SIZE_LIMITS = {"sd": (64, 1024), "sdxl": (64, 2048)}
 SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
 MAX_SWEEP = 8
+PREVIEW_MAX_SIDE = 512
 
 
 def gpu(duration):
@@ -150,6 +151,23 @@ def guidance_allowed(preset) -> bool:
     return preset.options.get("guidance", True) is not False
 
 
+def check_guidance(preset, guidance_scale) -> float:
+    """A guidance scale as a float: finite, from 0 to 50, and at most 1 for presets without guidance."""
+    try:
+        guidance = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance_scale!r}.")
+    if guidance > MAX_GUIDANCE:
+        raise ValueError(f"guidance_scale {guidance:g} is above {MAX_GUIDANCE:g}; images burn out far below that "
+                         "(7.5 is typical).")
+    if guidance > 1 and not guidance_allowed(preset):
+        note = preset.options.get("guidance_note", "this model samples without guidance")
+        raise ValueError(f"'{preset.name}' takes no guidance: {note} Set guidance_scale to 0.")
+    return guidance
+
+
 def check_inputs(preset, *, prompt, negative_prompt="", guidance_scale=7.5, num_inference_steps=30,
                  width=512, height=512, num_images=1, seed=0, strength=None) -> dict:
     """Validate one request; return the values as clean Python numbers.
@@ -173,18 +191,7 @@ def check_inputs(preset, *, prompt, negative_prompt="", guidance_scale=7.5, num_
     top = max_steps(preset)
     if not 1 <= steps <= top:
         raise ValueError(f"num_inference_steps must be between 1 and {top} for '{preset.name}', got {steps}.")
-    try:
-        guidance = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
-    if not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance_scale!r}.")
-    if guidance > MAX_GUIDANCE:
-        raise ValueError(f"guidance_scale {guidance:g} is above {MAX_GUIDANCE:g}; images burn out far below that "
-                         "(7.5 is typical).")
-    if guidance > 1 and not guidance_allowed(preset):
-        note = preset.options.get("guidance_note", "this model samples without guidance")
-        raise ValueError(f"'{preset.name}' takes no guidance: {note} Set guidance_scale to 0.")
+    guidance = check_guidance(preset, guidance_scale)
     images = _as_int(num_images, "num_images")
     if not 1 <= images <= MAX_IMAGES:
         raise ValueError(f"num_images must be between 1 and {MAX_IMAGES}, got {images}.")
@@ -240,7 +247,9 @@ def micro_conditioning(width: int, height: int, original_size=None, crops_coords
     ``crops_coords_top_left`` as (top, left), i.e. (y, x): we swap here so the
     UI can speak in the usual W,H and x,y. Defaults are diffusers': both sizes
     (height, width) of the image being made, crop (0, 0). Negative ones default
-    to None (= the same as the positive ones).
+    to None: the same as the positive ones. (diffusers uses the negative ones
+    only when both negative sizes are given, with a (0, 0) negative crop by
+    default; we fill each empty one from its positive one instead.)
     """
     def swap(pair):
         return None if pair is None else (pair[1], pair[0])
@@ -260,14 +269,17 @@ def micro_conditioning(width: int, height: int, original_size=None, crops_coords
 # 1. Encode input prompt
 
 
-def truncation_warning(tokenizer, text: str) -> str | None:
-    """If ``text`` has more than 77 tokens (with start/end), say which words CLIP will not see."""
+def truncation_warning(tokenizer, text: str, label: str = "prompt") -> str | None:
+    """If ``text`` has more than 77 tokens (with start/end), say which words CLIP will not see.
+
+    The cut part is what diffusers logs: the tokens between position 76 and the end token.
+    """
     limit = tokenizer.model_max_length
     ids = tokenizer(text, truncation=False).input_ids
     if len(ids) <= limit:
         return None
     cut = tokenizer.decode(ids[limit - 1:-1])
-    return (f"The prompt has {len(ids)} tokens; CLIP reads at most {limit}, so this part is ignored: "
+    return (f"The {label} has {len(ids)} tokens; CLIP reads at most {limit}, so this part is ignored: "
             f"\"{cut}\"")
 
 
@@ -305,13 +317,10 @@ def encode_prompt(pipe, kind: str, prompt: str, negative_prompt: str = "", do_cl
     a tensor of zeros, as diffusers does. Returns embeddings repeated
     ``num_images_per_prompt`` times along the batch.
     """
-    warnings = []
-    for tokenizer in [pipe.tokenizer] + ([pipe.tokenizer_2] if kind == "sdxl" else []):
-        for label, text in (("Prompt", prompt), ("Negative prompt", negative_prompt)):
-            note = truncation_warning(tokenizer, text) if text else None
-            if note and note.replace("The prompt", f"The {label.lower()}") not in warnings:
-                warnings.append(note.replace("The prompt", f"The {label.lower()}"))
-        break  # both tokenizers split text the same way: one warning is enough
+    # SDXL's two tokenizers split text the same way (only their padding differs): one check is enough.
+    warnings = [note for note in (truncation_warning(pipe.tokenizer, prompt, "prompt"),
+                                  truncation_warning(pipe.tokenizer, negative_prompt or "", "negative prompt"))
+                if note]
 
     dtype = pipe.text_encoder_2.dtype if kind == "sdxl" else pipe.text_encoder.dtype
     n = num_images_per_prompt
@@ -604,6 +613,13 @@ def encode_image(pipe, kind: str, image: torch.Tensor, generator: torch.Generato
     return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
 
 
+def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """An RGB PIL image resized to width x height -> [1, 3, H, W] in [-1, 1], the VAE's input."""
+    from engine.images import pil_to_tensor
+
+    return pil_to_tensor(image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS))
+
+
 def get_img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
     """The tail of the schedule that img2img runs: the last ``strength`` fraction of the steps.
 
@@ -774,10 +790,7 @@ def check_sweep(preset, guidance_scales) -> list[float]:
                              f"got {g!r}.") from None
     if not 1 <= len(values) <= MAX_SWEEP:
         raise ValueError(f"Give between 1 and {MAX_SWEEP} guidance scales, got {len(values)}.")
-    for g in values:
-        check_inputs(preset, prompt="", guidance_scale=g, num_inference_steps=1,
-                     width=size_limits(preset)[0], height=size_limits(preset)[0])
-    return values
+    return [check_guidance(preset, g) for g in values]
 
 
 def _run(pipe, preset, args, scheduler_name, scales, sdxl, image, colour_spec, preview_every):
@@ -793,33 +806,33 @@ def _run(pipe, preset, args, scheduler_name, scales, sdxl, image, colour_spec, p
     with torch.no_grad():
         embeds = encode_prompt(pipe, kind, args["prompt"], args["negative_prompt"], any_guidance, batch)
 
-    # 3. SDXL micro-conditioning
+    # 3. SDXL micro-conditioning (once, like the embeddings)
     add_time_ids = negative_add_time_ids = None
     if kind == "sdxl":
         projection_dim = pipe.text_encoder_2.config.projection_dim
         add_time_ids = get_add_time_ids(unet, sdxl["original_size"], sdxl["crops_coords_top_left"],
                                         sdxl["target_size"], embeds.prompt_embeds.dtype, projection_dim)
-        if sdxl["negative_original_size"] is not None and sdxl["negative_target_size"] is not None:
+        negatives = [sdxl[f"negative_{name}"] for name in ("original_size", "crops_coords_top_left", "target_size")]
+        if any(value is not None for value in negatives):
+            # each negative condition left empty is the same as its positive one
             negative_add_time_ids = get_add_time_ids(
-                unet, sdxl["negative_original_size"], sdxl["negative_crops_coords_top_left"] or (0, 0),
-                sdxl["negative_target_size"], embeds.prompt_embeds.dtype, projection_dim)
+                unet, negatives[0] or sdxl["original_size"], negatives[1] or sdxl["crops_coords_top_left"],
+                negatives[2] or sdxl["target_size"], embeds.prompt_embeds.dtype, projection_dim)
 
-    image_latents = None
     if image is not None:
-        from engine.images import pil_to_tensor
-
-        resized = image.convert("RGB").resize((args["width"], args["height"]), Image.Resampling.LANCZOS)
-        image_tensor = pil_to_tensor(resized)
+        image_tensor = image_to_tensor(image, args["width"], args["height"])
 
     all_images, infos, params = [], [], []
     unet_calls = 0
+    shrink = min(1.0, PREVIEW_MAX_SIDE / max(args["width"], args["height"]))
+    preview_size = (round(args["width"] * shrink), round(args["height"] * shrink))
     for run_index, g in enumerate(scales):
         do_cfg = g > 1 and unet.config.time_cond_proj_dim is None
         cond = prepare_conditioning(embeds, do_cfg, device, add_time_ids, negative_add_time_ids)
         scheduler = make_scheduler(pipe.scheduler, scheduler_name)
         generator = torch.Generator("cpu").manual_seed(args["seed"])
 
-        # 4. Prepare timesteps, 2. prepare latent variables
+        # 2. Prepare timesteps and latent variables (img2img: the encoded image, noised part-way)
         scheduler.set_timesteps(args["num_inference_steps"], device=device)
         if image is None:
             timesteps = scheduler.timesteps
@@ -834,7 +847,7 @@ def _run(pipe, preset, args, scheduler_name, scales, sdxl, image, colour_spec, p
             latents = prepare_img2img_latents(scheduler, image_latents, timesteps, batch, generator)
         extra_step_kwargs = prepare_extra_step_kwargs(scheduler, generator)
 
-        # 7. Denoising loop
+        # 4. Denoising loop
         run_start = time.perf_counter()
         calls, losses = 0, []
         for state in denoise(unet, scheduler, latents, timesteps, cond, g, extra_step_kwargs, colour_spec):
@@ -843,11 +856,11 @@ def _run(pipe, preset, args, scheduler_name, scales, sdxl, image, colour_spec, p
                 losses.append(round(state.colour_loss, 5))
             show = preview_every and (state.i % preview_every == 0 or state.i == state.num_steps - 1)
             yield {"step": state.i + 1, "num_steps": state.num_steps, "run": run_index + 1, "runs": len(scales),
-                   "preview": preview_image(state.x0, kind, (args["width"], args["height"])) if show else None}
+                   "preview": preview_image(state.x0, kind, preview_size) if show else None}
         loop_seconds = time.perf_counter() - run_start
         unet_calls += calls
 
-        # 8. Decode
+        # 5. Decode
         images, has_nsfw = decode(pipe, kind, latents)
         all_images.append(images)
         run_info = {"guidance_scale": g, "classifier_free_guidance": do_cfg, "timesteps": len(timesteps),

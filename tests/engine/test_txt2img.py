@@ -185,6 +185,9 @@ def test_sdxl_crop_and_original_size_change_time_ids_and_output(sdxl_pipe):
     moved = ours(sdxl_pipe, "sdxl", guidance_scale=5.0, original_size="256,128", crops_coords_top_left="32,0")
     assert moved.info["add_time_ids"] == [128, 256, 0, 32, 64, 64]
     assert max_diff(base.images, moved.images) > 1e-5
+    # a negative condition left empty is the positive one
+    partial = ours(sdxl_pipe, "sdxl", guidance_scale=5.0, crops_coords_top_left="32,0", negative_original_size="48,40")
+    assert partial.info["negative_add_time_ids"] == [40, 48, 0, 32, 64, 64]
 
 
 def test_step_states_carry_latents_and_x0(sd_pipe):
