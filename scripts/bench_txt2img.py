@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.presets import Preset  # noqa: E402
-from engine.txt2img import run_to_end, text_to_image  # noqa: E402
+from engine.txt2img import text_to_image  # noqa: E402
 
 PROMPT = "An oil painting of a collie in a top hat"
 

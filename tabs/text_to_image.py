@@ -256,7 +256,8 @@ def build() -> None:
             scheduler = gr.Dropdown(SCHEDULER_NAMES, value=DEFAULT, label="Scheduler",
                                     info="default = the model's own; the others are built from its config.")
             with gr.Row():
-                seed = gr.Number(value=42, precision=0, label="Seed", elem_id="t2i-seed", minimum=0, maximum=engine.MAX_SEED)
+                seed = gr.Number(value=42, precision=0, label="Seed", elem_id="t2i-seed", minimum=0,
+                                 maximum=engine.MAX_SEED)
                 randomize_seed = gr.Checkbox(value=False, label="Randomize seed",
                                              info="The seed used is shown here and in the JSON.")
             with gr.Row():
