@@ -142,6 +142,17 @@ def unscale_latent(latent: torch.Tensor, vae) -> torch.Tensor:
     return latent / vae.config.scaling_factor + _shift(vae)
 
 
+def cpu_generator(seed) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (an integer 0 .. 2**32 - 1), as diffusers' pipelines use."""
+    try:
+        value = int(seed)
+    except (TypeError, ValueError):
+        value = -1
+    if not 0 <= value < 2**32 or value != seed:
+        raise ValueError(f"The seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}.")
+    return torch.Generator("cpu").manual_seed(value)
+
+
 def _sync(device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -164,7 +175,7 @@ def encode(image: torch.Tensor, vae, sample: bool = False, seed: int = 0) -> tor
         raise ValueError(f"Image sides must be multiples of {f}, got {image.shape[-1]}x{image.shape[-2]}.")
     posterior = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
     if sample:
-        z = posterior.sample(generator=torch.Generator("cpu").manual_seed(int(seed)))
+        z = posterior.sample(generator=cpu_generator(seed))
     else:
         z = posterior.mean
     return scale_latent(z.float(), vae).cpu()
@@ -369,8 +380,7 @@ def add_noise(x: torch.Tensor, timestep: int, seed: int = 0) -> tuple[torch.Tens
     """
     t = check_timestep(timestep)
     scheduler = sd_noise_scheduler()
-    generator = torch.Generator("cpu").manual_seed(int(seed))
-    noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    noise = torch.randn(x.shape, generator=cpu_generator(seed), dtype=torch.float32)
     noisy = scheduler.add_noise(x.float().cpu(), noise, torch.tensor([t]))
     alpha_bar = scheduler.alphas_cumprod[t].item()
     info = {

@@ -40,9 +40,9 @@ Left: that noisy latent, decoded. Right: the same noise level added to the pixel
 
 
 def vae_choices() -> list[str]:
-    """VAE preset names, local folders first (they work offline), then hub ones."""
-    presets = presets_for("vae")
-    return [p.name for p in presets if not p.is_hub] + [p.name for p in presets if p.is_hub]
+    """VAE preset names: local folders first (they work offline), then hub VAEs, then hub pipelines' VAEs."""
+    presets = sorted(presets_for("vae"), key=lambda p: (p.is_hub, p.is_hub and p.parent is not None))
+    return [p.name for p in presets]
 
 
 def _has_offline_vae() -> bool:
@@ -57,6 +57,13 @@ def _upload_path(image) -> str | None:
     if isinstance(image, dict):
         return image.get("path")
     return getattr(image, "path", None)
+
+
+def _seed(seed) -> int | float:
+    """gr.Number sends floats (4.0); an empty box means 0. The engine checks the range."""
+    if seed is None or seed == "":
+        return 0
+    return int(seed) if isinstance(seed, float) and seed.is_integer() else seed
 
 
 def summary_markdown(numbers: dict) -> str:
@@ -84,7 +91,7 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
     if not vae:
         raise ValueError("Choose a VAE first.")
     model = loader.load(vae, "vae")
-    result = engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=int(seed or 0))
+    result = engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=_seed(seed))
     numbers = {"vae": vae, **result.numbers, "notes": notes + result.numbers["notes"]}
     state = {"vae": vae, "latent": result.latent, "image": result.image}
     return (
@@ -92,7 +99,7 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
         engine.channel_images(result.latent),
         numbers,
         result.image,
-        engine.difference_heatmap(result.image, result.reconstruction, gain),
+        engine.difference_heatmap(result.image, result.reconstruction, float(gain)),
         engine.colorbar(engine.latent_range(result.latent)),
         engine.histogram_image(result.latent),
         summary_markdown(numbers),
@@ -106,7 +113,7 @@ def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
     if not state:
         raise ValueError("Run the round trip first: the noise is added to its latent.")
     model = loader.load(state["vae"], "vae")
-    return engine.unet_view(state["latent"], state["image"], model, timestep, int(seed or 0))
+    return engine.unet_view(state["latent"], state["image"], model, timestep, _seed(seed))
 
 
 def _output_image(label: str, height: int | None = None, elem_id: str | None = None) -> gr.Image:
@@ -133,7 +140,7 @@ def build() -> None:
                            value="crop", label="Fit")
             with gr.Accordion("More settings", open=False):
                 sample = gr.Checkbox(False, label="Sample the latent from the posterior (instead of its mean)")
-                seed = gr.Number(0, precision=0, label="Seed (posterior sample and noise)")
+                seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed (posterior sample and noise)")
                 gain = gr.Slider(1, 32, value=4, step=1, label="Difference amplification (×)")
             run = gr.Button("Encode and decode", variant="primary")
     summary = gr.Markdown()

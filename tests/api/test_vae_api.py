@@ -95,3 +95,26 @@ def test_unavailable_vae_fails_politely(client):
         roundtrip(client, SCENE, vae="Missing hub model (test) · VAE")
     with pytest.raises(AppError, match="Unknown vae model"):
         roundtrip(client, SCENE, vae="../../etc")
+
+
+def test_local_vaes_come_first_and_are_the_default(tiny_presets):
+    from tabs.vae import vae_choices
+
+    names = vae_choices()
+    local = ["tiny-SD (test) · VAE", "tiny-SDXL (test) · VAE", "tiny-VAE (test)"]
+    assert names[:3] == local
+    assert {"SD VAE ft-MSE", "SDXL VAE (fp16-fix)", "SDXL base 1.0 · VAE"} <= set(names[3:])
+
+
+def test_without_an_offline_vae_the_tab_says_so(monkeypatch):
+    import gradio as gr
+
+    from tabs import vae as tab
+
+    monkeypatch.delenv("EXPLORER_MODELS", raising=False)
+    with gr.Blocks() as demo:
+        tab.build()
+    notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+    assert any("No offline VAE is installed yet" in n and "EXPLORER_MODELS" in n for n in notes)
+    dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "VAE")
+    assert dropdown.choices[0][0] == dropdown.value == "SD VAE ft-MSE"  # standalone hub VAEs before pipelines' parts

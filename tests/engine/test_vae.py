@@ -79,6 +79,12 @@ def test_encode_decode_deterministic_for_a_seed(vae):
     assert a.shape == (1, 3, 64, 64)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "x", None])
+def test_bad_seeds_are_refused(seed):
+    with pytest.raises(ValueError, match="seed"):
+        engine.cpu_generator(seed)
+
+
 def test_tiled_decode_is_the_vae_tiling(vae):
     """Tiles of the VAE's sample_size (64 px, latent 8 for the tiny one), 25% overlap, blended at the seams.
 
