@@ -1,0 +1,392 @@
+"""A miniature Stable Diffusion and a miniature SDXL, from the real diffusers and transformers classes.
+
+Every part is the class the full-size model uses, only smaller, and is saved in
+the diffusers folder layout, so ``StableDiffusionPipeline.from_pretrained(path)``
+and ``StableDiffusionXLPipeline.from_pretrained(path)`` load the result:
+
+=================  ==========================================  ==========================================
+part               mini-SD (like SD 1.5)                       mini-SDXL (like SDXL base)
+=================  ==========================================  ==========================================
+tokenizer(s)       the project's CLIP ViT-L/14 tokenizer       + the ViT-bigG/14 one (pad "!") as tokenizer_2
+text encoder(s)    ``CLIPTextModel``, width 64                 + ``CLIPTextModelWithProjection``, width 96
+VAE                ``AutoencoderKL``, 4 latent channels, 3 downsamples: 64x64x3 -> 8x8x4 (48x fewer values)
+UNet               ``UNet2DConditionModel``, cross-attention   the same + ``addition_embed_type="text_time"``
+scheduler          ``PNDMScheduler``, SD 1.5's config          ``EulerDiscreteScheduler``, SDXL's config
+=================  ==========================================  ==========================================
+
+The text encoders are pre-trained as a mini CLIP (Radford et al. 2021,
+"Learning Transferable Visual Models From Natural Language Supervision"):
+a small image tower and the text towers learn, with the symmetric InfoNCE loss,
+to match each picture with its caption. Then they are frozen, as Stable
+Diffusion freezes CLIP (Rombach et al. 2022, §3.3), and the UNets learn to
+denoise VAE latents (scaled by ``scaling_factor`` = 1 / std of the latents,
+LDM §4.3.2 and appendix D.1) given the text encoders' hidden states.
+
+``SIZES["full"]`` is what ships (sized for a ~2 hour training on 2 CPU cores,
+≤ 60 MB of fp16 weights in all); ``SIZES["smoke"]`` is the same architecture at
+toy width, for tests and ``--smoke`` runs. Shapes below: B images, L = 77 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_DIRS = {
+    "tokenizer": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-l-14",
+    "tokenizer_2": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-bigg-14",
+}
+IMAGE_SIZE = 64
+LATENT_SIZE = 8  # 64 / 2**3
+LATENT_CHANNELS = 4
+BOS, EOS = 49406, 49407
+VOCAB_SIZE = 49408
+
+SIZES: dict[str, dict] = {
+    "full": dict(
+        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
+        text_2=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                    projection_dim=96),
+        vae=dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=16),
+        unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=4,
+                  norm_num_groups=32, addition_time_embed_dim=32),
+        image_tower=dict(width=32, embed_dim=64),
+    ),
+    "smoke": dict(
+        text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        text_2=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
+                    projection_dim=24),
+        vae=dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4),
+        unet=dict(block_out_channels=(16, 32, 32), layers_per_block=1, attention_head_dim=2,
+                  norm_num_groups=8, addition_time_embed_dim=8),
+        image_tower=dict(width=8, embed_dim=16),
+    ),
+}
+
+#: Stable Diffusion's noise schedule ("scaled_linear", 0.00085 .. 0.012 over 1000 steps), used by
+#: the training DDPMScheduler and by both pipelines' samplers.
+NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                      prediction_type="epsilon")
+
+
+def _size(size: str) -> dict:
+    if size not in SIZES:
+        raise ValueError(f"Unknown size {size!r}; choose one of {', '.join(SIZES)}.")
+    return SIZES[size]
+
+
+# ----------------------------------------------------------------------------
+# Components
+
+
+def text_encoder_config(size: str = "full", second: bool = False):
+    """``CLIPTextConfig`` for the first (ViT-L-like) or ``second`` (ViT-bigG-like) text encoder.
+
+    The vocabulary (49,408) and window (77 positions) are CLIP's, so the real
+    tokenizer's ids go in unchanged. Like the real ones, the first uses
+    quick_gelu and the second gelu and a projection.
+    """
+    from transformers import CLIPTextConfig
+
+    dims = dict(_size(size)["text_2" if second else "text"])
+    return CLIPTextConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=77, bos_token_id=BOS, eos_token_id=EOS,
+                          pad_token_id=0 if second else EOS, hidden_act="gelu" if second else "quick_gelu",
+                          **dims)
+
+
+def make_text_encoder(size: str = "full"):
+    """A ``CLIPTextModel``: ids [B, L] -> last_hidden_state [B, L, D], pooler_output [B, D]."""
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(text_encoder_config(size))
+
+
+def make_text_encoder_2(size: str = "full"):
+    """A ``CLIPTextModelWithProjection``: ids [B, L] -> text_embeds [B, P] (SDXL's pooled), hidden states."""
+    from transformers import CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(text_encoder_config(size, second=True))
+
+
+def make_vae(size: str = "full", scaling_factor: float = 1.0):
+    """``AutoencoderKL`` with 4 latent channels and 3 downsamples: [B, 3, 64, 64] -> [B, 4, 8, 8]."""
+    from diffusers import AutoencoderKL
+
+    cfg = _size(size)["vae"]
+    levels = len(cfg["block_out_channels"])
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=LATENT_CHANNELS,
+                         down_block_types=("DownEncoderBlock2D",) * levels,
+                         up_block_types=("UpDecoderBlock2D",) * levels,
+                         sample_size=IMAGE_SIZE, scaling_factor=scaling_factor, **cfg)
+
+
+def unet_config(size: str = "full", sdxl: bool = False) -> dict:
+    """``UNet2DConditionModel`` kwargs: cross-attention at 8x8 and 4x4 and in the middle, plain ResNets at 2x2.
+
+    mini-SDXL is the same UNet with SDXL's added conditioning
+    (``addition_embed_type="text_time"``): the pooled text embedding and six
+    sinusoidally embedded numbers (original size, crop, target size) are added
+    to the timestep embedding (Podell et al. 2023, §2.2). Its cross-attention
+    reads both encoders' hidden states, concatenated.
+    """
+    s = _size(size)
+    u = dict(s["unet"])
+    time_dim = u.pop("addition_time_embed_dim")
+    cfg = dict(sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+               down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+               up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+               cross_attention_dim=s["text"]["hidden_size"], **u)
+    if sdxl:
+        cfg.update(cross_attention_dim=s["text"]["hidden_size"] + s["text_2"]["hidden_size"],
+                   addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+                   projection_class_embeddings_input_dim=6 * time_dim + s["text_2"]["projection_dim"],
+                   use_linear_projection=True)
+    return cfg
+
+
+def make_unet(size: str = "full", sdxl: bool = False):
+    """UNet: latents [B, 4, 8, 8], timestep, hidden states [B, 77, D] (+ SDXL's added cond) -> noise [B, 4, 8, 8]."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**unet_config(size, sdxl))
+
+
+def make_scheduler(sdxl: bool = False):
+    """The sampler each pipeline ships with: SD 1.5's PNDM or SDXL's Euler, with their configs."""
+    from diffusers import EulerDiscreteScheduler, PNDMScheduler
+
+    if sdxl:
+        return EulerDiscreteScheduler(**NOISE_SCHEDULE, timestep_spacing="leading", steps_offset=1,
+                                      interpolation_type="linear", use_karras_sigmas=False)
+    return PNDMScheduler(**NOISE_SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+                         timestep_spacing="leading")
+
+
+def make_noise_scheduler():
+    """The training forward process q(x_t | x_0): a ``DDPMScheduler`` with the same betas."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**NOISE_SCHEDULE, clip_sample=False)
+
+
+def load_tokenizers() -> dict:
+    """The project's real CLIP tokenizers: {"tokenizer": ViT-L/14's, "tokenizer_2": ViT-bigG/14's}."""
+    from transformers import CLIPTokenizer
+
+    return {name: CLIPTokenizer.from_pretrained(str(path)) for name, path in TOKENIZER_DIRS.items()}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------
+# Text encoding, exactly as the pipelines do it
+
+
+def tokenize(tokenizer, captions: list[str], max_length: int | None = None) -> torch.Tensor:
+    """Ids [B, max_length] (77 by default), padded with the tokenizer's pad token and cut like diffusers."""
+    return tokenizer(list(captions), padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_sd(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """SD 1.x: the last hidden state [B, 77, D], as ``StableDiffusionPipeline.encode_prompt``."""
+    ids = tokenize(tokenizer, captions).to(text_encoder.device)
+    return text_encoder(ids)[0]
+
+
+@torch.no_grad()
+def encode_sdxl(tokenizers: dict, text_encoder, text_encoder_2, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: both encoders' penultimate hidden states concatenated [B, 77, D1 + D2], and pooled [B, P].
+
+    As ``StableDiffusionXLPipeline.encode_prompt`` (Podell et al. 2023, §2.1).
+    """
+    ids_1 = tokenize(tokenizers["tokenizer"], captions).to(text_encoder.device)
+    ids_2 = tokenize(tokenizers["tokenizer_2"], captions).to(text_encoder_2.device)
+    hidden_1 = text_encoder(ids_1, output_hidden_states=True).hidden_states[-2]
+    out_2 = text_encoder_2(ids_2, output_hidden_states=True)
+    return torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
+
+
+def add_time_ids(original_size: torch.Tensor, crops_coords_top_left: torch.Tensor,
+                 target_size=(IMAGE_SIZE, IMAGE_SIZE)) -> torch.Tensor:
+    """SDXL's six numbers per image [B, 6]: (orig h, orig w, crop top, crop left, target h, target w)."""
+    target = torch.tensor(target_size, dtype=original_size.dtype).expand(len(original_size), 2)
+    return torch.cat([original_size, crops_coords_top_left, target], dim=1).float()
+
+
+# ----------------------------------------------------------------------------
+# The mini CLIP: an image tower against the text encoder(s), InfoNCE (Radford et al. 2021)
+
+
+class ImageTower(nn.Module):
+    """A small CNN: pictures [B, 3, 64, 64] in [-1, 1] -> one L2-normalised embedding per text tower.
+
+    Four stride-2 convolutions (64 -> 4 px), global average pooling, then a
+    linear head per text encoder width (``out_dims``).
+    """
+
+    def __init__(self, width: int = 32, out_dims: tuple[int, ...] = (64,)):
+        super().__init__()
+        chans = [3, width, 2 * width, 4 * width, 4 * width]
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8 if cout % 8 == 0 else 1, cout),
+                       nn.GELU()]
+        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.heads = nn.ModuleList(nn.Linear(chans[-1], d) for d in out_dims)
+
+    def forward(self, pictures: torch.Tensor) -> list[torch.Tensor]:
+        features = self.body(pictures)
+        return [F.normalize(head(features), dim=-1) for head in self.heads]
+
+
+def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                     keys: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE (CLIP's loss) over a batch of normalised embeddings [B, E].
+
+    A caption names only a colour and a class, so a batch holds many pairs that
+    match equally well: items with the same ``keys`` [B] (colour x class) are
+    all counted as positives, with equal weight, instead of as negatives.
+    """
+    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()
+    same = (keys[:, None] == keys[None, :]).float()
+    targets = same / same.sum(1, keepdim=True)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+class MiniCLIP(nn.Module):
+    """The image tower, both text encoders, the first encoder's projection, and two temperatures.
+
+    The first text encoder (a ``CLIPTextModel``) has no projection of its own,
+    so ``text_projection`` maps its pooled output to the contrastive space and
+    is dropped after training, as SD drops CLIP's projections. The second
+    (``CLIPTextModelWithProjection``) uses its own ``text_embeds``, which SDXL
+    then takes as the pooled conditioning.
+    """
+
+    def __init__(self, size: str = "full"):
+        super().__init__()
+        s = _size(size)
+        self.text_encoder = make_text_encoder(size)
+        self.text_encoder_2 = make_text_encoder_2(size)
+        embed = s["image_tower"]["embed_dim"]
+        self.text_projection = nn.Linear(s["text"]["hidden_size"], embed, bias=False)
+        self.image_tower = ImageTower(s["image_tower"]["width"], (embed, s["text_2"]["projection_dim"]))
+        self.logit_scale = nn.Parameter(torch.full((2,), 2.6593))  # log(1 / 0.07), CLIP's initial temperature
+
+    def forward(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor,
+                keys: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pictures [B, 3, 64, 64], ids [B, T] for each tokenizer, keys [B] -> the two losses and their sum."""
+        image_1, image_2 = self.image_tower(pictures)
+        text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
+        text_2 = F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
+        loss_1 = contrastive_loss(image_1, text_1, self.logit_scale[0], keys)
+        loss_2 = contrastive_loss(image_2, text_2, self.logit_scale[1], keys)
+        return {"loss": loss_1 + loss_2, "loss_text_encoder": loss_1, "loss_text_encoder_2": loss_2}
+
+    @torch.no_grad()
+    def retrieval_accuracy(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor,
+                           keys: torch.Tensor) -> tuple[float, float]:
+        """Share of pictures whose best-matching caption (among the batch's) has the right colour and class."""
+        image_1, image_2 = self.image_tower(pictures)
+        text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
+        text_2 = F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
+        acc = [float((keys[(img @ txt.t()).argmax(1)] == keys).float().mean())
+               for img, txt in ((image_1, text_1), (image_2, text_2))]
+        return acc[0], acc[1]
+
+
+# ----------------------------------------------------------------------------
+# Pipelines in the diffusers folder layout
+
+
+def copy_tokenizers(path: str | Path, names=("tokenizer",)) -> None:
+    """Replace ``path/<name>/`` by a copy of the project's tokenizer files (vocab, merges, configs, licence)."""
+    for name in names:
+        target = Path(path) / name
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(TOKENIZER_DIRS[name], target)
+
+
+def build_sd_pipeline(unet, vae, text_encoder, tokenizers: dict | None = None):
+    """A ``StableDiffusionPipeline`` from our parts (no safety checker: the data is clothes)."""
+    from diffusers import StableDiffusionPipeline
+
+    tokenizers = tokenizers or load_tokenizers()
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizers["tokenizer"], unet=unet,
+                                   scheduler=make_scheduler(sdxl=False), safety_checker=None,
+                                   feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+
+
+def build_sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizers: dict | None = None):
+    """A ``StableDiffusionXLPipeline`` from our parts; the empty prompt's embedding is zeros, as SDXL base."""
+    from diffusers import StableDiffusionXLPipeline
+
+    tokenizers = tokenizers or load_tokenizers()
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizers["tokenizer"], tokenizer_2=tokenizers["tokenizer_2"],
+                                     unet=unet, scheduler=make_scheduler(sdxl=True), image_encoder=None,
+                                     feature_extractor=None, force_zeros_for_empty_prompt=True)
+
+
+def save_pipeline(pipe, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Save ``pipe`` as safetensors in ``dtype`` in the diffusers layout, with the project's tokenizer files.
+
+    The pipeline itself is left in its own dtype. Writes to ``path.tmp`` first,
+    then swaps it in, so a crash never leaves half a model.
+    """
+    import copy
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clone = copy.deepcopy(pipe).to(dtype=dtype)
+    clone.save_pretrained(tmp, safe_serialization=True)
+    for name in ("text_encoder", "text_encoder_2"):
+        _set_default_dtype(tmp / name / "config.json", "float32")
+    copy_tokenizers(tmp, [n for n in TOKENIZER_DIRS if (tmp / n).exists()])
+    for readme in path.glob("README.md"):
+        shutil.copy(readme, tmp / "README.md")
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def _set_default_dtype(config_path: Path, dtype: str) -> None:
+    """Make transformers load a text encoder in ``dtype`` by default, whatever the file's dtype.
+
+    transformers 5 loads a model in the dtype its config names (else the
+    file's), while diffusers loads its models in fp32: without this, a plain
+    ``from_pretrained(path)`` of fp16 files would give an fp16 text encoder
+    next to an fp32 UNet, and the UNet would refuse the mixed inputs. An
+    explicit ``dtype=`` still wins.
+    """
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        config["dtype"] = dtype
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def weights_megabytes(path: str | Path) -> float:
+    """Total size of the ``*.safetensors`` files under ``path``, in MB (10^6 bytes)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*.safetensors")) / 1e6
+
+
+def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32):
+    """Load a saved mini pipeline (SD or SDXL, from its ``model_index.json``) with the plain diffusers class."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    index = json.loads((Path(path) / "model_index.json").read_text())
+    cls = StableDiffusionXLPipeline if index["_class_name"] == "StableDiffusionXLPipeline" else StableDiffusionPipeline
+    pipe = cls.from_pretrained(str(path), dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

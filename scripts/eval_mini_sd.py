@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""Measure the mini SD and mini SDXL: the figures their model cards and the README carry.
+
+For each pipeline folder (``ASSETS/mini-sd``, ``ASSETS/mini-sdxl``):
+
+* **class fidelity**: the share of "a {colour} {class}" images (8 colours x 10
+  classes x ``--per-prompt``) that the Fashion-MNIST judge (issue 3's
+  classifier preset, ``engine.fashion``) assigns to the asked class. It reads
+  the grey version of each image: the item's ink (``engine.colour_fashion.to_judge_grey``).
+  Target >= 80%, at guidance ``--guidance``; and at guidance 1, which must be lower.
+* **colour accuracy**: the share of the same images whose item hue is nearest
+  the asked colour (``engine.colour_fashion.item_colours``). Target >= 80%.
+* **negative prompt**: the share of red items for "a sneaker", with and without
+  the negative prompt "red"; it must drop.
+* **micro-conditioning** (SDXL): the high-frequency energy (mean squared
+  Laplacian) at ``original_size`` (16, 16) against (64, 64), which must drop by
+  >= 30%; and the item's centroid shift for ``crops_coords_top_left`` (16, 16)
+  against (0, 0), which must be >= 4 px.
+* **speed**: 4 images at 25 steps (guidance on), median of 3 runs, with our
+  engine loop and with the plain diffusers pipeline.
+* as references, the judge's accuracy and the hue measure's accuracy on real
+  colour pictures of the test split.
+
+Images come from our engine loop (``engine.txt2img.text_to_image``) when it is
+there, else from the plain diffusers pipeline (``--backend``). ``--write-cards``
+puts the results into each folder's ``README.md`` (between the ``eval`` markers)
+and ``eval.json``.
+
+Examples::
+
+    python scripts/eval_mini_sd.py --write-cards
+    python scripts/eval_mini_sd.py --which sdxl --per-prompt 2 --backend diffusers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from engine import colour_fashion as cf  # noqa: E402
+from engine import mini_sd as ms  # noqa: E402
+
+FOLDERS = {"sd": "mini-sd", "sdxl": "mini-sdxl"}
+TARGETS = {"class_fidelity": 0.8, "colour_accuracy": 0.8, "high_frequency_cut": 0.3, "centroid_shift_px": 4.0,
+           "seconds_4_images_25_steps": 2.0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--assets", default=str(REPO_ROOT / "assets"), help="folder holding mini-sd/ and mini-sdxl/")
+    p.add_argument("--which", default="sd,sdxl", help="sd, sdxl or both (comma-separated)")
+    p.add_argument("--backend", choices=("auto", "engine", "diffusers"), default="auto")
+    p.add_argument("--per-prompt", type=int, default=4, help="images per 'a {colour} {class}' prompt")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=5.0, help="the default guidance the figures are taken at")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--judge", default=None, help="classifier preset name (default: the first 'classifier' preset)")
+    p.add_argument("--write-cards", action="store_true", help="write README.md sections and eval.json")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------
+# Generating: our engine loop if it is there, else the diffusers pipeline
+
+
+def engine_available() -> bool:
+    try:
+        from engine.txt2img import run_to_end, text_to_image  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class Generator:
+    """Makes images [n, 3, 64, 64] in [0, 1] for one prompt and seed, with one backend."""
+
+    def __init__(self, path: Path, kind: str, backend: str):
+        self.kind, self.backend = kind, backend
+        self.pipe = ms.load_pipeline(path)
+        if backend == "engine":
+            from engine.presets import Preset
+
+            self.preset = Preset(name=f"{FOLDERS[kind]} (eval)", kind=kind, path=str(path),
+                                 options={"min_size": 64, "max_size": 256, "default_size": 64})
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = 5.0, steps: int = 25,
+                 negative_prompt: str = "", original_size=(64, 64), crops_coords_top_left=(0, 0)) -> torch.Tensor:
+        sdxl = {}
+        if self.kind == "sdxl":
+            sdxl = dict(original_size=tuple(original_size), crops_coords_top_left=tuple(crops_coords_top_left))
+        if self.backend == "engine":
+            from engine.txt2img import run_to_end, text_to_image
+
+            result = run_to_end(text_to_image(self.pipe, self.preset, prompt=prompt, negative_prompt=negative_prompt,
+                                              guidance_scale=guidance_scale, num_inference_steps=steps, seed=seed,
+                                              width=64, height=64, num_images=n, preview_every=0, **sdxl))
+            return torch.from_numpy(np.asarray(result.images)).permute(0, 3, 1, 2).float()
+        if sdxl:
+            sdxl["target_size"] = (64, 64)
+        out = self.pipe(prompt, negative_prompt=negative_prompt or None, guidance_scale=guidance_scale,
+                        num_inference_steps=steps, num_images_per_prompt=n, height=64, width=64,
+                        generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **sdxl)
+        return out.images.float().cpu()
+
+
+# ----------------------------------------------------------------------------
+# Measures
+
+
+def load_judge(name: str | None):
+    """The Fashion-MNIST judge through the cached loader, or None (with a note) when there is no such preset."""
+    from engine import loader
+    from engine.presets import presets_for
+
+    names = [p.name for p in presets_for("classifier")]
+    if name is None and not names:
+        print("No 'classifier' preset: class fidelity is not measured.", flush=True)
+        return None
+    return loader.load(name or names[0], "classifier", device="cpu")
+
+
+def judged_classes(judge, pictures: torch.Tensor) -> torch.Tensor:
+    """The judge's class [N] for each picture [N, 3, 64, 64] in [0, 1], from its grey version."""
+    from engine.fashion import judge_images
+
+    predictions, _ = judge_images(judge, cf.to_judge_grey(pictures))
+    return predictions
+
+
+def high_frequency_energy(pictures: torch.Tensor) -> float:
+    """Mean squared Laplacian of the grey pictures [N, 3, H, W]: the energy at the highest frequencies."""
+    grey = pictures.float().mean(1, keepdim=True)
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return float(F.conv2d(grey, laplacian).pow(2).mean())
+
+
+def centroids(pictures: torch.Tensor) -> torch.Tensor:
+    """The ink-weighted centre (row, column) [N, 2] of each picture's item, in pixels."""
+    w = cf.ink(pictures)[:, 0]
+    rows = torch.arange(w.shape[1], dtype=torch.float32).view(1, -1, 1)
+    cols = torch.arange(w.shape[2], dtype=torch.float32).view(1, 1, -1)
+    total = w.sum((1, 2)).clamp_min(1e-6)
+    return torch.stack([(w * rows).sum((1, 2)) / total, (w * cols).sum((1, 2)) / total], dim=1)
+
+
+def grid_prompts() -> list[tuple[int, str, str]]:
+    """(class, colour, prompt) for every class and colour: "a red ankle boot", "blue trousers"..."""
+    return [(label, colour, cf.prompt_for(label, colour)) for label in range(10) for colour in cf.COLOUR_NAMES]
+
+
+def class_and_colour(gen: Generator, judge, args, guidance_scale: float, desc: str) -> dict:
+    """Class fidelity and colour accuracy over all 80 prompts, ``--per-prompt`` images each."""
+    asked_class, asked_colour, images = [], [], []
+    for i, (label, colour, prompt) in enumerate(tqdm(grid_prompts(), desc=desc, mininterval=10, file=sys.stdout)):
+        images.append(gen(prompt, seed=args.seed + i, n=args.per_prompt, guidance_scale=guidance_scale,
+                          steps=args.steps))
+        asked_class += [label] * args.per_prompt
+        asked_colour += [colour] * args.per_prompt
+    images = torch.cat(images)
+    found_colour = cf.item_colours(images)
+    out = {"images": len(images), "colour_accuracy": float(np.mean([a == b for a, b in zip(found_colour,
+                                                                                           asked_colour)]))}
+    if judge is not None:
+        found = judged_classes(judge, images)
+        hits = (found == torch.tensor(asked_class)).float()
+        out["class_fidelity"] = float(hits.mean())
+        out["class_fidelity_per_class"] = {cf.CLASS_NOUNS[c][0][0] or cf.CLASS_NOUNS[c][0][1]:
+                                           round(float(hits[torch.tensor(asked_class) == c].mean()), 3)
+                                           for c in range(10)}
+    return out
+
+
+def negative_prompt_effect(gen: Generator, args, n_seeds: int = 8) -> dict:
+    """Share of red items for "a sneaker", without and with the negative prompt "red" (same seeds)."""
+    shares = {}
+    for negative in ("", "red"):
+        images = torch.cat([gen("a sneaker", seed=args.seed + s, n=4, guidance_scale=args.guidance, steps=args.steps,
+                                negative_prompt=negative) for s in range(n_seeds)])
+        shares["with_negative_red" if negative else "without"] = float(np.mean([c == "red" for c in
+                                                                                cf.item_colours(images)]))
+    shares["images_each"] = 4 * n_seeds
+    return shares
+
+
+def micro_conditioning_effect(gen: Generator, args, n_prompts: int = 16) -> dict:
+    """High-frequency energy at original_size 16 vs 64, and centroid shift at crop (16, 16) vs (0, 0)."""
+    prompts = grid_prompts()[:: max(1, len(grid_prompts()) // n_prompts)][:n_prompts]
+
+    def batch(**cond):
+        return torch.cat([gen(p, seed=args.seed + i, n=2, guidance_scale=args.guidance, steps=args.steps, **cond)
+                          for i, (_, _, p) in enumerate(prompts)])
+
+    base = batch()
+    small = batch(original_size=(16, 16))
+    cropped = batch(crops_coords_top_left=(16, 16))
+    energy_64, energy_16 = high_frequency_energy(base), high_frequency_energy(small)
+    shift = (centroids(cropped) - centroids(base)).norm(dim=1)
+    mean_shift = (centroids(cropped) - centroids(base)).mean(0)
+    return {"high_frequency_energy_64": energy_64, "high_frequency_energy_16": energy_16,
+            "high_frequency_cut": 1 - energy_16 / energy_64, "centroid_shift_px": float(shift.mean()),
+            "mean_centroid_move_rows_cols_px": [round(float(v), 2) for v in mean_shift], "images_each": len(base)}
+
+
+def speed(gen: Generator, args, runs: int = 3) -> float:
+    """Median seconds for 4 images at 25 steps with guidance, after one warm-up run."""
+    gen("a blue sneaker", seed=0, n=4, guidance_scale=args.guidance, steps=25)
+    times = []
+    for r in range(runs):
+        start = time.perf_counter()
+        gen("a blue sneaker", seed=r, n=4, guidance_scale=args.guidance, steps=25)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def references(judge) -> dict:
+    """The measures on 1,000 real colour test pictures: what a perfect generator would score."""
+    data = cf.make_dataset("test", seed=0, num_items=1000)
+    pictures = data.pictures()
+    out = {"colour_accuracy_real": float(np.mean([a == cf.COLOUR_NAMES[b] for a, b in
+                                                  zip(cf.item_colours(pictures), data.colours)]))}
+    if judge is not None:
+        out["judge_accuracy_real"] = float((judged_classes(judge, pictures) == torch.as_tensor(data.labels)).float()
+                                           .mean())
+    return out
+
+
+def evaluate(kind: str, path: Path, judge, args) -> dict:
+    backend = args.backend
+    if backend == "auto":
+        backend = "engine" if engine_available() else "diffusers"
+    gen = Generator(path, kind, backend)
+    result = {"model": FOLDERS[kind], "backend": backend, "steps": args.steps, "guidance": args.guidance,
+              "threads": torch.get_num_threads(), "weights_mb": round(ms.weights_megabytes(path), 1)}
+    result["at_guidance"] = class_and_colour(gen, judge, args, args.guidance, f"{kind} g={args.guidance:g}")
+    result["at_guidance_1"] = class_and_colour(gen, judge, args, 1.0, f"{kind} g=1")
+    result["negative_prompt_red"] = negative_prompt_effect(gen, args)
+    if kind == "sdxl":
+        result["micro_conditioning"] = micro_conditioning_effect(gen, args)
+    result["seconds_4_images_25_steps"] = {backend: round(speed(gen, args), 3)}
+    if backend == "engine":
+        result["seconds_4_images_25_steps"]["diffusers"] = round(speed(Generator(path, kind, "diffusers"), args), 3)
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Reporting
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "**no**")
+
+
+def markdown(result: dict, refs: dict) -> str:
+    """The "Measured quality" section of a model card."""
+    g, g1 = result["at_guidance"], result["at_guidance_1"]
+    fid, fid1 = g.get("class_fidelity"), g1.get("class_fidelity")
+    neg = result["negative_prompt_red"]
+    rows = [
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| class fidelity, guidance {result['guidance']:g} ({g['images']} images) | {pct(fid)} | >= 80% | "
+        f"{verdict(None if fid is None else fid >= TARGETS['class_fidelity'])} |",
+        f"| colour accuracy (item hue), guidance {result['guidance']:g} | {pct(g['colour_accuracy'])} | >= 80% | "
+        f"{verdict(g['colour_accuracy'] >= TARGETS['colour_accuracy'])} |",
+        f"| class fidelity at guidance 1 | {pct(fid1)} | below guidance {result['guidance']:g} | "
+        f"{verdict(None if fid is None or fid1 is None else fid1 < fid)} |",
+        f"| colour accuracy at guidance 1 | {pct(g1['colour_accuracy'])} | - | - |",
+        f"| red items for \"a sneaker\", no negative prompt -> negative \"red\" ({neg['images_each']} each) | "
+        f"{pct(neg['without'])} -> {pct(neg['with_negative_red'])} | drops | "
+        f"{verdict(neg['with_negative_red'] < neg['without'])} |",
+    ]
+    if "micro_conditioning" in result:
+        m = result["micro_conditioning"]
+        rows += [
+            f"| high-frequency energy, original_size (16, 16) vs (64, 64) | {pct(m['high_frequency_cut'])} lower | "
+            f">= 30% lower | {verdict(m['high_frequency_cut'] >= TARGETS['high_frequency_cut'])} |",
+            f"| item centroid shift, crop (16, 16) vs (0, 0) | {m['centroid_shift_px']:.1f} px "
+            f"(rows, cols: {m['mean_centroid_move_rows_cols_px']}) | >= 4 px | "
+            f"{verdict(m['centroid_shift_px'] >= TARGETS['centroid_shift_px'])} |",
+        ]
+    for backend, seconds in result["seconds_4_images_25_steps"].items():
+        rows.append(f"| 4 images, 25 steps, guidance on, {result['threads']} CPU threads ({backend}) | {seconds:.2f} s "
+                    f"| <= 2 s | {verdict(seconds <= TARGETS['seconds_4_images_25_steps'])} |")
+    notes = [
+        "",
+        f"Measured by `scripts/eval_mini_sd.py` ({result['backend']} loop, {result['steps']} steps, the pipeline's "
+        "own scheduler, seeds from 0). Class fidelity is the Fashion-MNIST judge's verdict on the grey version "
+        "of each image (the item's ink, `engine.colour_fashion.to_judge_grey`); colour is the hue of the item's "
+        "strongest pixels (`item_colours`).",
+    ]
+    if refs:
+        notes.append(f"On real colour test pictures the judge scores {pct(refs.get('judge_accuracy_real'))} and the "
+                     f"hue measure {pct(refs.get('colour_accuracy_real'))}: the ceilings of these measures.")
+    return "\n".join(rows + notes)
+
+
+def write_card(path: Path, section: str, result: dict) -> None:
+    (path / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    readme = path / "README.md"
+    if not readme.exists():
+        return
+    text = readme.read_text(encoding="utf-8")
+    new = re.sub(r"<!-- eval:start -->.*<!-- eval:end -->", lambda _: f"<!-- eval:start -->\n{section}\n<!-- eval:end -->",
+                 text, flags=re.S)
+    readme.write_text(new, encoding="utf-8")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    judge = load_judge(args.judge)
+    refs = references(judge)
+    print(json.dumps({"references": refs}), flush=True)
+    for kind in [k.strip() for k in args.which.split(",") if k.strip()]:
+        path = Path(args.assets) / FOLDERS[kind]
+        if not (path / "model_index.json").exists():
+            print(f"{path}: no pipeline there (train it with scripts/train_mini_sd.py), skipped.", flush=True)
+            continue
+        result = evaluate(kind, path, judge, args)
+        result["references"] = refs
+        section = markdown(result, refs)
+        print(json.dumps(result, indent=2), flush=True)
+        print(section, flush=True)
+        if args.write_cards:
+            write_card(path, section, result)
+
+
+if __name__ == "__main__":
+    main()

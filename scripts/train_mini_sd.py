@@ -1,0 +1,786 @@
+#!/usr/bin/env python
+"""Train the mini Stable Diffusion and the mini SDXL on "Fashion-MNIST in colour", and ship them.
+
+Stages, in order (``all`` runs the ones not done yet, so the same command resumes):
+
+1. ``clip``: the text encoders, pre-trained as a mini CLIP (InfoNCE against a
+   small image tower, Radford et al. 2021), then frozen for the rest.
+2. ``vae``: the ``AutoencoderKL`` (64x64x3 -> 8x8x4), L1 + MSE + a small KL term;
+   its ``scaling_factor`` is 1 / std of the training latents (LDM §4.3.2).
+3. ``unet-sd``: the mini-SD UNet, epsilon-prediction MSE on VAE latents (DDPM,
+   Ho et al. 2020, Algorithm 1), conditioned on the frozen encoder's last hidden
+   state; the ~10% empty captions teach the unconditional prediction for
+   classifier-free guidance. Ships ``assets/mini-sd``.
+4. ``unet-sdxl``: the same with SDXL's inputs: both encoders' penultimate hidden
+   states, the pooled embedding (zeros for an empty caption, as SDXL base) and
+   the six micro-conditioning numbers, trained on pictures that are blurred
+   (``original_size``) and cropped (``crops_coords_top_left``) as in Podell et
+   al. 2023, §2.2. Ships ``assets/mini-sdxl``.
+
+The VAE and the first text encoder are *copied* into both pipeline folders,
+so each folder loads on its own with ``from_pretrained``.
+
+Every stage is resumable: ``--out DIR/<stage>/checkpoint.pt`` holds the model,
+EMA, optimiser and step, and a finished stage leaves ``done.json``. Batches are
+drawn from ``numpy.random.default_rng([seed, step])``, so a resumed run sees the
+same batches as an uninterrupted one. Sample grids go to ``DIR/<stage>/samples/``.
+bf16 autocast is used on CUDA only.
+
+Examples::
+
+    python scripts/train_mini_sd.py all                  # the shipped models, ~2 h on 2 CPU cores
+    python scripts/train_mini_sd.py bench                # time a few steps of each stage, estimate the total
+    python scripts/train_mini_sd.py all --smoke          # toy sizes, a few steps, into runs/mini_sd_smoke
+    python scripts/train_mini_sd.py unet-sdxl --unet-steps 6000   # one stage, longer
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from engine import colour_fashion as cf  # noqa: E402
+from engine import mini_sd as ms  # noqa: E402
+
+STAGES = ("clip", "vae", "unet-sd", "unet-sdxl")
+# Steps of the shipped run (sized with ``bench`` for ~2 h on 2 CPU cores) and of ``--smoke``.
+DEFAULTS = {
+    "full": dict(clip_steps=1200, clip_batch=256, vae_steps=4000, vae_batch=32, unet_steps=3600, unet_batch=128,
+                 num_items=None, sample_every=500, checkpoint_every=100, grid_steps=20),
+    "smoke": dict(clip_steps=4, clip_batch=16, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=8,
+                  num_items=256, sample_every=4, checkpoint_every=2, grid_steps=2),
+}
+CLIP_TOKENS = 16  # captions are at most ~12 tokens; CLIP's causal mask makes positions < 16 the same at 77
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=STAGES + ("all", "bench"))
+    p.add_argument("--smoke", action="store_true", help="toy model sizes and a few steps (tests, quick checks)")
+    p.add_argument("--out", default=None, help="run folder (default runs/mini_sd, or runs/mini_sd_smoke)")
+    p.add_argument("--assets", default=None,
+                   help="where the pipelines are shipped (default assets/, or OUT/assets with --smoke)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    for name in ("clip_steps", "clip_batch", "vae_steps", "vae_batch", "unet_steps", "unet_batch",
+                 "num_items", "sample_every", "checkpoint_every", "grid_steps"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    p.add_argument("--clip-lr", type=float, default=1e-3)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--bench-steps", type=int, default=3, help="timed steps per stage for `bench`")
+    p.add_argument("--no-eval", action="store_true", help="`all`: skip scripts/eval_mini_sd.py at the end")
+    args = p.parse_args(argv)
+    args.size = "smoke" if args.smoke else "full"
+    for key, value in DEFAULTS[args.size].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.out = Path(args.out or ("runs/mini_sd_smoke" if args.smoke else "runs/mini_sd"))
+    args.assets = Path(args.assets or (args.out / "assets" if args.smoke else REPO_ROOT / "assets"))
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return args
+
+
+# ----------------------------------------------------------------------------
+# Shared helpers
+
+
+def lr_at(step: int, total: int, warmup: int, min_ratio: float = 0.02) -> float:
+    """Multiplier of the base LR: linear warm-up to 1, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    """The random numbers of one step: the same for the same (seed, stage, step), resumed or not."""
+    return np.random.default_rng([seed, STAGES.index(stage), step])
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; a no-op context on the CPU (fp32 there)."""
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """EMA with the usual warm-up: decay = min(max_decay, (1 + step) / (10 + step))."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, device: str) -> dict | None:
+    return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+
+
+def stage_dir(args, stage: str) -> Path:
+    folder = args.out / stage
+    (folder / "samples").mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def is_done(args, stage: str) -> bool:
+    return (args.out / stage / "done.json").exists()
+
+
+def mark_done(args, stage: str, info: dict) -> None:
+    (args.out / stage / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def save_grid(pictures: torch.Tensor, rows: int, path: Path) -> None:
+    """Pictures [rows * cols, 3, H, W] in [0, 1] -> one PNG grid, row-major."""
+    from PIL import Image
+
+    n, _, h, w = pictures.shape
+    cols = n // rows
+    grid = pictures[: rows * cols].clamp(0, 1).view(rows, cols, 3, h, w).permute(0, 3, 1, 4, 2)
+    array = (grid.reshape(rows * h, cols * w, 3).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+def dataset(args, split: str = "train") -> cf.ColourFashion:
+    return cf.make_dataset(split, seed=args.seed, num_items=args.num_items if split == "train" else 1024)
+
+
+def keys_of(data: cf.ColourFashion, idx) -> torch.Tensor:
+    """colour x class: captions with the same key match a picture equally well."""
+    return torch.as_tensor(data.labels[idx] * len(cf.COLOUR_NAMES) + data.colours[idx])
+
+
+# ----------------------------------------------------------------------------
+# 1. Mini CLIP
+
+
+def token_table(captions: list[str], tokenizers: dict) -> dict:
+    """Each distinct caption tokenised once, cut to 16 tokens: {"index" [N], "ids" [U, 16], "ids_2" [U, 16]}."""
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    table = {"index": torch.tensor([row[c] for c in captions])}
+    for key, name in (("ids", "tokenizer"), ("ids_2", "tokenizer_2")):
+        table[key] = ms.tokenize(tokenizers[name], unique, CLIP_TOKENS)
+        if not bool((table[key] == ms.EOS).any(1).all()):
+            raise ValueError(f"A caption is longer than {CLIP_TOKENS} tokens: raise CLIP_TOKENS.")
+    return table
+
+
+def clip_batch(data: cf.ColourFashion, tokens: dict, rng: np.random.Generator, batch: int,
+               captioned: np.ndarray) -> tuple:
+    """Pictures [B, 3, 64, 64] in [-1, 1], ids [B, 16] for each tokenizer, keys [B]; captioned items only."""
+    idx = rng.choice(captioned, size=batch, replace=False)
+    rows = tokens["index"][idx]
+    return cf.to_model_space(data.pictures(idx)), tokens["ids"][rows], tokens["ids_2"][rows], keys_of(data, idx)
+
+
+def train_clip(args) -> dict:
+    folder = stage_dir(args, "clip")
+    device = args.device
+    data, test = dataset(args), dataset(args, "test")
+    tokenizers = ms.load_tokenizers()
+    tokens, test_tokens = token_table(data.captions, tokenizers), token_table(test.captions, tokenizers)
+    captioned = np.flatnonzero([bool(c) for c in data.captions])
+    test_idx = np.flatnonzero([bool(c) for c in test.captions])[:512]
+    test_batch = clip_batch(test, test_tokens, np.random.default_rng(0), len(test_idx), test_idx)
+
+    torch.manual_seed(args.seed)
+    model = ms.MiniCLIP(args.size).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.01)
+    step, running = 0, None
+    state = load_checkpoint(folder / "checkpoint.pt", device)
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, running = state["step"], state["running"]
+        print(f"clip: resumed at step {step}", flush=True)
+
+    total = args.clip_steps
+    bar = tqdm(total=total, initial=step, desc="clip", mininterval=10, file=sys.stdout)
+    while step < total:
+        pictures, ids, ids_2, keys = clip_batch(data, tokens, batch_rng(args.seed, "clip", step),
+                                                args.clip_batch, captioned)
+        for group in opt.param_groups:
+            group["lr"] = args.clip_lr * lr_at(step, total, warmup=min(100, total // 10 + 1))
+        model.train()
+        with autocast(device):
+            losses = model(pictures.to(device), ids.to(device), ids_2.to(device), keys.to(device))
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        running = losses["loss"].item() if running is None else 0.98 * running + 0.02 * losses["loss"].item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == total:
+            save_checkpoint(folder / "checkpoint.pt", dict(model=model.state_dict(), opt=opt.state_dict(),
+                                                           step=step, running=running))
+        if step % args.sample_every == 0 or step == total:
+            model.eval()
+            acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
+            print(f"\nclip step {step}: loss {running:.3f}, test retrieval accuracy "
+                  f"(colour and class, among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
+    bar.close()
+
+    model.eval()
+    acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
+    final = folder / "final"
+    model.text_encoder.save_pretrained(final / "text_encoder")
+    model.text_encoder_2.save_pretrained(final / "text_encoder_2")
+    info = dict(steps=step, batch=args.clip_batch, lr=args.clip_lr, loss=round(running, 4),
+                retrieval_accuracy_text_encoder=round(acc[0], 4), retrieval_accuracy_text_encoder_2=round(acc[1], 4),
+                retrieval_pool=len(test_idx), params_text_encoder=ms.count_parameters(model.text_encoder),
+                params_text_encoder_2=ms.count_parameters(model.text_encoder_2),
+                params_image_tower=ms.count_parameters(model.image_tower))
+    mark_done(args, "clip", info)
+    return info
+
+
+def load_text_encoders(args, device: str):
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    final = args.out / "clip" / "final"
+    te = CLIPTextModel.from_pretrained(final / "text_encoder", dtype=torch.float32).to(device).eval()
+    te_2 = CLIPTextModelWithProjection.from_pretrained(final / "text_encoder_2", dtype=torch.float32).to(device).eval()
+    return te.requires_grad_(False), te_2.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------
+# 2. VAE
+
+
+def vae_batch(data: cf.ColourFashion, rng: np.random.Generator, batch: int) -> torch.Tensor:
+    """Pictures [B, 3, 64, 64] in [-1, 1]; a quarter blurred and a quarter cropped, as mini-SDXL will see."""
+    idx = rng.integers(0, len(data), batch)
+    pictures, _, _ = cf.micro_condition(data.pictures(idx), rng, size_share=0.25, crop_share=0.25)
+    return cf.to_model_space(pictures)
+
+
+def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE reconstruction of a posterior sample, plus ``kl_weight`` x KL(q(z|x) || N(0, I)) per picture."""
+    posterior = vae.encode(x).latent_dist
+    reconstruction = vae.decode(posterior.sample()).sample
+    rec = F.l1_loss(reconstruction.float(), x) + F.mse_loss(reconstruction.float(), x)
+    return rec + kl_weight * posterior.kl().mean(), reconstruction
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of two batches in [-1, 1], over 8-bit [0, 255] values."""
+    a8 = ((a.clamp(-1, 1) + 1) * 127.5).round()
+    b8 = ((b.clamp(-1, 1) + 1) * 127.5).round()
+    mse = F.mse_loss(a8, b8).item()
+    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+
+
+@torch.no_grad()
+def latent_std(vae, data: cf.ColourFashion, device: str, count: int = 2048) -> float:
+    """The std of posterior samples of ``count`` training pictures (unscaled): 1 / scaling_factor."""
+    rng = np.random.default_rng(12345)
+    zs = [vae.encode(vae_batch(data, rng, 256).to(device)).latent_dist.sample() for _ in range(max(1, count // 256))]
+    return float(torch.cat(zs).float().std())
+
+
+def train_vae(args) -> dict:
+    folder = stage_dir(args, "vae")
+    device = args.device
+    data, test = dataset(args), dataset(args, "test")
+    test_x = cf.to_model_space(test.pictures(range(256)))
+
+    torch.manual_seed(args.seed)
+    vae = ms.make_vae(args.size).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    step, running = 0, None
+    state = load_checkpoint(folder / "checkpoint.pt", device)
+    if state:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, running = state["step"], state["running"]
+        print(f"vae: resumed at step {step}", flush=True)
+
+    total = args.vae_steps
+    bar = tqdm(total=total, initial=step, desc="vae", mininterval=10, file=sys.stdout)
+    while step < total:
+        x = vae_batch(data, batch_rng(args.seed, "vae", step), args.vae_batch).to(device)
+        for group in opt.param_groups:
+            group["lr"] = args.vae_lr * lr_at(step, total, warmup=min(200, total // 10 + 1))
+        vae.train()
+        with autocast(device):
+            loss, _ = vae_loss(vae, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == total:
+            save_checkpoint(folder / "checkpoint.pt", dict(model=vae.state_dict(), opt=opt.state_dict(),
+                                                           step=step, running=running))
+        if step % args.sample_every == 0 or step == total:
+            vae.eval()
+            with torch.no_grad():
+                rec = vae.decode(vae.encode(test_x[:8].to(device)).latent_dist.mode()).sample.float().cpu()
+            save_grid(torch.cat([test_x[:8], rec]) / 2 + 0.5, 2, folder / "samples" / f"step{step:06d}.png")
+            print(f"\nvae step {step}: loss {running:.4f}, test PSNR (8 pictures) {psnr(rec, test_x[:8]):.2f} dB",
+                  flush=True)
+    bar.close()
+
+    vae.eval()
+    with torch.no_grad():
+        rec = torch.cat([vae.decode(vae.encode(chunk.to(device)).latent_dist.mode()).sample.float().cpu()
+                         for chunk in test_x.split(64)])
+    std = latent_std(vae, data, device)
+    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+    vae.save_pretrained(folder / "final", safe_serialization=True)
+    info = dict(steps=step, batch=args.vae_batch, lr=args.vae_lr, loss=round(running, 5),
+                test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x), latent_std=round(std, 5),
+                scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae))
+    mark_done(args, "vae", info)
+    return info
+
+
+def load_vae(args, device: str):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(args.out / "vae" / "final", dtype=torch.float32).to(device).eval()
+    return vae.requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------
+# 3 and 4. UNets
+
+
+@torch.no_grad()
+def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -> dict:
+    """Every training picture through the VAE encoder, once: posterior mean and std [N, 4, 8, 8].
+
+    For mini-SDXL each picture first gets its micro-conditioning augmentation
+    (drawn from the seed), and its original_size and crop [N, 2] are kept.
+    Cached in ``OUT/latents-{sd,sdxl}.pt``.
+    """
+    path = args.out / f"latents-{'sdxl' if sdxl else 'sd'}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    rng = np.random.default_rng([args.seed, 99, int(sdxl)])
+    means, stds, originals, crops = [], [], [], []
+    for start in tqdm(range(0, len(data), 500), desc=f"encode {'sdxl' if sdxl else 'sd'} latents", mininterval=10,
+                      file=sys.stdout):
+        pictures = data.pictures(np.arange(start, min(start + 500, len(data))))
+        if sdxl:
+            pictures, original, crop = cf.micro_condition(pictures, rng)
+            originals.append(original)
+            crops.append(crop)
+        dist = vae.encode(cf.to_model_space(pictures).to(device)).latent_dist
+        means.append(dist.mean.float().cpu())
+        stds.append(dist.std.float().cpu())
+    latents = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    if sdxl:
+        latents.update(original_size=torch.cat(originals), crops_coords_top_left=torch.cat(crops))
+    torch.save(latents, path)
+    return latents
+
+
+@torch.no_grad()
+def encode_caption_table(captions: list[str], tokenizers: dict, te, te_2, sdxl: bool) -> dict:
+    """Each distinct caption through the frozen encoder(s), once, exactly as the pipeline encodes a prompt.
+
+    Returns {"index": int64 [N] (row of each item's caption), "hidden": [U, 77, D],
+    and for SDXL "pooled": [U, P]}. For SDXL the empty caption is all zeros
+    (``force_zeros_for_empty_prompt``), as SDXL base's unconditional input.
+    """
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    hidden, pooled = [], []
+    for start in range(0, len(unique), 256):
+        chunk = unique[start: start + 256]
+        if sdxl:
+            h, p = ms.encode_sdxl(tokenizers, te, te_2, chunk)
+            pooled.append(p.float().cpu())
+        else:
+            h = ms.encode_sd(tokenizers["tokenizer"], te, chunk)
+        hidden.append(h.float().cpu())
+    table = {"index": torch.tensor([row[c] for c in captions]), "hidden": torch.cat(hidden)}
+    if sdxl:
+        table["pooled"] = torch.cat(pooled)
+        if "" in row:
+            table["hidden"][row[""]] = 0
+            table["pooled"][row[""]] = 0
+    return table
+
+
+def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int, scaling_factor: float,
+               sdxl: bool) -> dict:
+    """One batch: scaled latents z0 [B, 4, 8, 8] (a posterior sample), hidden states, SDXL's added inputs."""
+    idx = torch.from_numpy(rng.integers(0, len(latents["mean"]), batch))
+    eps = torch.from_numpy(rng.standard_normal(latents["mean"][idx].shape).astype(np.float32))
+    z0 = (latents["mean"][idx] + latents["std"][idx] * eps) * scaling_factor
+    rows = table["index"][idx]
+    out = {"z0": z0, "encoder_hidden_states": table["hidden"][rows]}
+    if sdxl:
+        out["added_cond_kwargs"] = {
+            "text_embeds": table["pooled"][rows],
+            "time_ids": ms.add_time_ids(latents["original_size"][idx], latents["crops_coords_top_left"][idx]),
+        }
+    return out
+
+
+def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: str) -> torch.Tensor:
+    """DDPM's simple loss: || eps - eps_theta(sqrt(a) z0 + sqrt(1 - a) eps, t, text) ||^2, t uniform."""
+    z0 = b["z0"].to(device)
+    t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, len(z0))).to(device)
+    noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(device)
+    noisy = noise_scheduler.add_noise(z0, noise, t)
+    added = None
+    if "added_cond_kwargs" in b:
+        added = {k: v.to(device) for k, v in b["added_cond_kwargs"].items()}
+    with autocast(device):
+        pred = unet(noisy, t, encoder_hidden_states=b["encoder_hidden_states"].to(device),
+                    added_cond_kwargs=added).sample
+    return F.mse_loss(pred.float(), noise)
+
+
+GRID_COLOURS = cf.COLOUR_NAMES
+
+
+@torch.no_grad()
+def sample_grid(pipe, sdxl: bool, path: Path, steps: int = 20, guidance_scale: float = 5.0) -> None:
+    """One row per class, one column per colour ("a {colour} {class}"); SDXL adds rows for size and crop."""
+    prompts = [cf.prompt_for(label, colour) for label in range(10) for colour in GRID_COLOURS]
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt", height=64, width=64)
+    images = [pipe(prompts, generator=torch.Generator("cpu").manual_seed(0), **kwargs).images.cpu()]
+    rows = 10
+    if sdxl:
+        extra = [cf.prompt_for(7, c) for c in GRID_COLOURS]
+        for cond in (dict(original_size=(16, 16)), dict(crops_coords_top_left=(16, 16))):
+            images.append(pipe(extra, generator=torch.Generator("cpu").manual_seed(0), **kwargs, **cond).images.cpu())
+            rows += 1
+    save_grid(torch.cat(images), rows, path)
+
+
+def build_pipeline(args, unet, sdxl: bool, device: str):
+    te, te_2 = load_text_encoders(args, device)
+    vae = load_vae(args, device)
+    if sdxl:
+        pipe = ms.build_sdxl_pipeline(unet, vae, te, te_2)
+    else:
+        pipe = ms.build_sd_pipeline(unet, vae, te)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def train_unet(args, sdxl: bool) -> dict:
+    stage = "unet-sdxl" if sdxl else "unet-sd"
+    folder = stage_dir(args, stage)
+    device = args.device
+    data = dataset(args)
+    te, te_2 = load_text_encoders(args, device)
+    vae = load_vae(args, device)
+    latents = encode_latents(args, vae, data, sdxl, device)
+    table = encode_caption_table(data.captions, ms.load_tokenizers(), te, te_2, sdxl)
+    scaling_factor = vae.config.scaling_factor
+    noise_scheduler = ms.make_noise_scheduler()
+
+    torch.manual_seed(args.seed)
+    unet = ms.make_unet(args.size, sdxl).to(device)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
+    step, running = 0, None
+    state = load_checkpoint(folder / "checkpoint.pt", device)
+    if state:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, running = state["step"], state["running"]
+        print(f"{stage}: resumed at step {step}", flush=True)
+
+    total = args.unet_steps
+    started = time.time()
+    bar = tqdm(total=total, initial=step, desc=stage, mininterval=10, file=sys.stdout)
+    while step < total:
+        rng = batch_rng(args.seed, stage, step)
+        b = unet_batch(latents, table, rng, args.unet_batch, scaling_factor, sdxl)
+        for group in opt.param_groups:
+            group["lr"] = args.unet_lr * lr_at(step, total, warmup=min(200, total // 10 + 1))
+        unet.train()
+        loss = unet_loss(unet, noise_scheduler, b, rng, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, unet, step, args.ema_decay)
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        if step % args.checkpoint_every == 0 or step == total:
+            save_checkpoint(folder / "checkpoint.pt", dict(model=unet.state_dict(), ema=ema.state_dict(),
+                                                           opt=opt.state_dict(), step=step, running=running))
+        if step % args.sample_every == 0 or step == total:
+            pipe = ms.build_sdxl_pipeline(ema, vae, te, te_2) if sdxl else ms.build_sd_pipeline(ema, vae, te)
+            pipe.set_progress_bar_config(disable=True)
+            sample_grid(pipe, sdxl, folder / "samples" / f"step{step:06d}.png", steps=args.grid_steps)
+            print(f"\n{stage} step {step}: loss {running:.4f}, grid saved", flush=True)
+    bar.close()
+
+    info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay,
+                loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
+                distinct_captions=int(len(table["hidden"])), wall_seconds_last_run=round(time.time() - started))
+    ship(args, ema, sdxl, info)
+    mark_done(args, stage, info)
+    return info
+
+
+# ----------------------------------------------------------------------------
+# Shipping
+
+
+def ship(args, unet, sdxl: bool, unet_info: dict) -> Path:
+    """Write the pipeline into ``ASSETS/mini-sd`` or ``ASSETS/mini-sdxl`` (fp16 safetensors) with its model card."""
+    name = "mini-sdxl" if sdxl else "mini-sd"
+    pipe = build_pipeline(args, unet, sdxl, "cpu")
+    path = ms.save_pipeline(pipe, args.assets / name)
+    sample_grid(pipe, sdxl, path / "samples.png", steps=args.grid_steps)
+    infos = {s: json.loads((args.out / s / "done.json").read_text()) for s in ("clip", "vae")}
+    infos["unet-sdxl" if sdxl else "unet-sd"] = unet_info
+    (path / "README.md").write_text(model_card(name, args, infos, path), encoding="utf-8")
+    return path
+
+
+def model_card(name: str, args, infos: dict, path: Path) -> str:
+    """The model card: what it is, the data, the config, the training, the size; quality is added by eval."""
+    sdxl = name == "mini-sdxl"
+    unet_stage = "unet-sdxl" if sdxl else "unet-sd"
+    clip, vae, unet = infos["clip"], infos["vae"], infos[unet_stage]
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
+    encoders = ("`CLIPTextModel` (width 64) + `CLIPTextModelWithProjection` (width 96, projection 96), "
+                "penultimate hidden states concatenated (77 x 160) and the pooled projection")
+    if not sdxl:
+        encoders = "`CLIPTextModel` (width 64, 4 layers), last hidden state (77 x 64)"
+    lines = [
+        f"# {name}: a miniature {'SDXL' if sdxl else 'Stable Diffusion'} trained on Fashion-MNIST in colour",
+        "",
+        f"A complete latent text-to-image model at toy scale, built from the same classes as "
+        f"{'SDXL base' if sdxl else 'Stable Diffusion 1.5'} and saved in the diffusers layout:",
+        "",
+        "```python",
+        f"from diffusers import {pipeline}",
+        f"pipe = {pipeline}.from_pretrained(\"assets/{name}\")",
+        "image = pipe(\"a blue sneaker\", height=64, width=64, num_inference_steps=25, guidance_scale=5).images[0]",
+        "```",
+        "",
+        "## Data",
+        "",
+        "\"Fashion-MNIST in colour\" (`engine/colour_fashion.py`, seed "
+        f"{args.seed}): the {unet['train_items']} Fashion-MNIST training items (Xiao et al. 2017, Debian's "
+        "`dataset-fashion-mnist`), upscaled to 48 px, centred on a 64x64 light background and tinted with one of "
+        f"{len(cf.COLOUR_NAMES)} colours ({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions "
+        f"come from {len(cf.TEMPLATES)} templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", "
+        f"\"sneakers in yellow\"); about 10% are empty, for classifier-free guidance. {unet['distinct_captions']} "
+        "distinct captions.",
+    ]
+    if sdxl:
+        lines += ["", "Micro-conditioning (Podell et al. 2023, §2.2): each training picture is, with probability 1/2, "
+                  f"downscaled to an `original_size` in {list(cf.SIZE_CHOICES)} and upscaled back (blurry), and, "
+                  f"independently with probability 1/2, cut from a larger canvas at a `crops_coords_top_left` "
+                  f"uniform in 0..{cf.MAX_CROP} (the item moves up and left by that much). The UNet is told both."]
+    lines += [
+        "",
+        "## Components",
+        "",
+        "| part | class | parameters | trained |",
+        "|---|---|---|---|",
+        "| tokenizer" + ("s" if sdxl else "") + " | `CLIPTokenizer`, the project's CLIP ViT-L/14"
+        + (" and ViT-bigG/14 (pad `!`)" if sdxl else "") + " files | - | no (the real ids) |",
+        f"| text encoder{'s' if sdxl else ''} | {encoders} | {clip['params_text_encoder']:,}"
+        + (f" + {clip['params_text_encoder_2']:,}" if sdxl else "")
+        + f" | as a mini CLIP: InfoNCE against a {clip['params_image_tower']:,}-parameter CNN image tower, "
+        f"{clip['steps']} steps of {clip['batch']}; then frozen |",
+        f"| VAE | `AutoencoderKL`, 4 latent channels, 3 downsamples: 64x64x3 -> 8x8x4 (48x fewer values) | "
+        f"{vae['params']:,} | L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; "
+        f"`scaling_factor` {vae['scaling_factor']} = 1 / latent std; test PSNR {vae['test_psnr_db']} dB |",
+        f"| UNet | `UNet2DConditionModel`{text_time} | "
+        f"{unet['params']:,} | epsilon MSE, {unet['steps']} steps of {unet['batch']}, AdamW lr {unet['lr']}, "
+        f"EMA {unet['ema_decay']} (shipped) |",
+        f"| scheduler | `{'EulerDiscreteScheduler' if sdxl else 'PNDMScheduler'}`, "
+        f"{'SDXL' if sdxl else 'SD 1.5'}'s config (scaled_linear 0.00085-0.012, 1000 steps) | - | - |",
+        "",
+        f"Weights: {ms.weights_megabytes(path):.1f} MB of fp16 safetensors (the VAE and first text encoder are "
+        f"copies of the ones in the other mini pipeline). The text encoders' configs say `dtype: float32`, so a "
+        f"plain `from_pretrained` runs everything in fp32. Only the ~{len(cf.caption_vocabulary())} words of the "
+        "captions were ever trained: other words reach the UNet as untrained embeddings.",
+        "",
+        "## Training",
+        "",
+        f"`python scripts/train_mini_sd.py all` (seed {args.seed}, device {args.device}). Training files and "
+        "sample grids are in `runs/mini_sd/` (not shipped). `samples.png`: one row per class, one column per colour"
+        + (", then 'a {colour} sneaker' with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
+        + "; 20 steps, guidance 5.",
+        "",
+        "A GPU run would improve it: wider and deeper UNets trained for 10-50x more steps, a VAE with a "
+        "perceptual (LPIPS) and adversarial loss as SD's, and a mini CLIP trained longer with more caption variety.",
+        "",
+        "## Measured quality",
+        "",
+        "<!-- eval:start -->",
+        "Not measured yet: run `python scripts/eval_mini_sd.py`.",
+        "<!-- eval:end -->",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------
+# Bench: time a few steps of each stage at the chosen size, estimate the whole run
+
+
+def bench(args) -> dict:
+    """Seconds per step of each stage (after one warm-up step) and the estimated total for the chosen steps."""
+    device = args.device
+    data = dataset(args)
+    tokenizers = ms.load_tokenizers()
+    tokens = token_table(data.captions, tokenizers)
+    captioned = np.flatnonzero([bool(c) for c in data.captions])
+    n = args.bench_steps
+
+    cpu_per_step = {}
+
+    def timed(name, step_fn) -> float:
+        """Wall seconds per step; CPU seconds per step (all threads) go to ``cpu_per_step``."""
+        step_fn(0)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for i in range(1, n + 1):
+            step_fn(i)
+        cpu_per_step[name] = (time.process_time() - cpu_start) / n
+        return (time.perf_counter() - start) / n
+
+    clip = ms.MiniCLIP(args.size).to(device)
+    clip_opt = torch.optim.AdamW(clip.parameters(), lr=1e-4)
+
+    def clip_step(i):
+        loss = clip(*(t.to(device) for t in clip_batch(data, tokens, batch_rng(0, "clip", i), args.clip_batch,
+                                                      captioned)))["loss"]
+        clip_opt.zero_grad()
+        loss.backward()
+        clip_opt.step()
+
+    vae = ms.make_vae(args.size).to(device)
+    vae_opt = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+
+    def vae_step(i):
+        loss, _ = vae_loss(vae, vae_batch(data, batch_rng(0, "vae", i), args.vae_batch).to(device))
+        vae_opt.zero_grad()
+        loss.backward()
+        vae_opt.step()
+
+    def encode_step(i):
+        with torch.no_grad():
+            pictures, _, _ = cf.micro_condition(data.pictures(np.arange(500)), np.random.default_rng(i))
+            vae.encode(cf.to_model_space(pictures).to(device))
+
+    noise_scheduler = ms.make_noise_scheduler()
+    table_sd = encode_caption_table(data.captions, tokenizers, clip.text_encoder, clip.text_encoder_2, False)
+    table_xl = encode_caption_table(data.captions, tokenizers, clip.text_encoder, clip.text_encoder_2, True)
+    fake = {"mean": torch.randn(len(data), 4, 8, 8), "std": torch.full((len(data), 4, 8, 8), 0.1),
+            "original_size": torch.full((len(data), 2), 64), "crops_coords_top_left": torch.zeros(len(data), 2).long()}
+
+    def unet_step_fn(sdxl):
+        unet = ms.make_unet(args.size, sdxl).to(device)
+        opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+        table = table_xl if sdxl else table_sd
+
+        def step(i):
+            rng = batch_rng(0, "unet-sd", i)
+            loss = unet_loss(unet, noise_scheduler, unet_batch(fake, table, rng, args.unet_batch, 1.0, sdxl), rng,
+                             device)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return step
+
+    steps = {"clip": clip_step, "vae": vae_step, "encode 500 pictures": encode_step,
+             "unet-sd": unet_step_fn(False), "unet-sdxl": unet_step_fn(True)}
+    per_step = {name: timed(name, fn) for name, fn in steps.items()}
+    items = len(data) if args.num_items is None else args.num_items
+    counts = {"clip": args.clip_steps, "vae": args.vae_steps, "encode 500 pictures": 2 * items / 500,
+              "unet-sd": args.unet_steps, "unet-sdxl": args.unet_steps}
+    seconds = {k: per_step[k] * counts[k] for k in counts}
+    report = {"device": device, "threads": torch.get_num_threads(), "size": args.size,
+              "load_average_1min": round(os.getloadavg()[0], 2),
+              "seconds_per_step": {k: round(v, 4) for k, v in per_step.items()},
+              "cpu_seconds_per_step": {k: round(v, 4) for k, v in cpu_per_step.items()},
+              "cpu_hours_total": round(sum(cpu_per_step[k] * counts[k] for k in counts) / 3600, 2),
+              "batch": {"clip": args.clip_batch, "vae": args.vae_batch, "unet": args.unet_batch},
+              "steps": {"clip": args.clip_steps, "vae": args.vae_steps, "unet": args.unet_steps},
+              "estimated_minutes": {k: round(v / 60, 1) for k, v in seconds.items()},
+              "estimated_total_minutes": round(sum(seconds.values()) / 60, 1)}
+    print(json.dumps(report, indent=2), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def quiet_libraries() -> None:
+    """Only errors from diffusers and transformers (their load/save chatter hides the progress bars)."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    quiet_libraries()
+    torch.set_num_threads(args.threads)
+    if args.device == "cpu":
+        torch.set_flush_denormal(True)  # denormals make CPU convolutions 10-20x slower
+    if args.stage == "bench":
+        bench(args)
+        return
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    runners = {"clip": train_clip, "vae": train_vae, "unet-sd": lambda a: train_unet(a, False),
+               "unet-sdxl": lambda a: train_unet(a, True)}
+    for stage in stages:
+        if args.stage == "all" and is_done(args, stage):
+            print(f"{stage}: done already ({args.out / stage / 'done.json'})", flush=True)
+            continue
+        for needed in STAGES[: STAGES.index(stage)][:2]:  # the UNets need the encoders and the VAE
+            if stage.startswith("unet") and not is_done(args, needed):
+                raise SystemExit(f"{stage} needs the {needed} stage first: run `{needed}` (or `all`).")
+        print(json.dumps({stage: runners[stage](args)}), flush=True)
+    if args.stage == "all" and not args.no_eval and not args.smoke:
+        import subprocess
+
+        subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "eval_mini_sd.py"), "--assets", str(args.assets),
+                        "--threads", str(args.threads), "--write-cards"], check=False)
+
+
+if __name__ == "__main__":
+    main()
