@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,34 @@ def test_without_an_offline_vae_the_tab_says_so(monkeypatch):
     assert any("No offline VAE is installed yet" in n and "EXPLORER_MODELS" in n for n in notes)
     dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "VAE")
     assert dropdown.choices[0][0] == dropdown.value == "SD VAE ft-MSE"  # standalone hub VAEs before pipelines' parts
+
+
+def _raw_call(app_url: str, image) -> str:
+    """POST /gradio_api/call/vae_roundtrip and return the event stream's text."""
+    url = app_url + "gradio_api/call/vae_roundtrip"
+    body = json.dumps({"data": [image, TINY, 256, "crop", False, 0, 4]}).encode()
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    event_id = json.load(urllib.request.urlopen(request, timeout=30))["event_id"]
+    return urllib.request.urlopen(f"{url}/{event_id}", timeout=60).read().decode()
+
+
+def _raw_upload(app_url: str, path: Path) -> str:
+    boundary = "vae-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(app_url + "gradio_api/upload", data=body,
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    return json.load(urllib.request.urlopen(request, timeout=30))[0]
+
+
+def test_server_files_cannot_be_read_through_the_image_parameter(app_url):
+    """The event skips gradio's preprocessing, but gradio still only accepts files uploaded to it.
+
+    Raw HTTP, since gradio_client would upload a local path itself.
+    """
+    uploaded = _raw_upload(app_url, SCENE)
+    ok = _raw_call(app_url, {"path": uploaded, "meta": {"_type": "gradio.FileData"}})
+    assert ok.startswith("event: complete") and "latent_shape" in ok  # the same call, uploaded first
+    for image in (str(SCENE), {"path": str(SCENE), "meta": {"_type": "gradio.FileData"}}):
+        stream = _raw_call(app_url, image)
+        assert stream.startswith("event: error") and "latent_shape" not in stream
