@@ -338,11 +338,16 @@ def build_sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizers: dic
                                      feature_extractor=None, force_zeros_for_empty_prompt=True)
 
 
+#: Files of a pipeline folder that are not components: kept when the pipeline is saved again.
+KEPT_FILES = ("README.md", "training.json", "eval.json", "samples.png")
+
+
 def save_pipeline(pipe, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
     """Save ``pipe`` as safetensors in ``dtype`` in the diffusers layout, with the project's tokenizer files.
 
     The pipeline itself is left in its own dtype. Writes to ``path.tmp`` first,
-    then swaps it in, so a crash never leaves half a model.
+    then swaps it in, so a crash never leaves half a model; the model card and
+    other ``KEPT_FILES`` already in ``path`` are kept.
     """
     import copy
 
@@ -354,8 +359,27 @@ def save_pipeline(pipe, path: str | Path, dtype: torch.dtype = torch.float16) ->
     for name in ("text_encoder", "text_encoder_2"):
         _set_default_dtype(tmp / name / "config.json", "float32")
     copy_tokenizers(tmp, [n for n in TOKENIZER_DIRS if (tmp / n).exists()])
-    for readme in path.glob("README.md"):
-        shutil.copy(readme, tmp / "README.md")
+    for name in KEPT_FILES:
+        if (path / name).exists():
+            shutil.copy(path / name, tmp / name)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def save_part(model: nn.Module, path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Save one component (text encoder, VAE, UNet) as ``dtype`` safetensors into ``path`` (a pipeline subfolder).
+
+    Used to ship a training stage's part before the whole pipeline exists.
+    """
+    import copy
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    copy.deepcopy(model).to(dtype=dtype).save_pretrained(tmp, safe_serialization=True)
+    if (tmp / "model.safetensors").exists():  # a transformers model (diffusers names its file differently)
+        _set_default_dtype(tmp / "config.json", "float32")
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path

@@ -17,14 +17,19 @@ Stages, in order (``all`` runs the ones not done yet, so the same command resume
    (``original_size``) and cropped (``crops_coords_top_left``) as in Podell et
    al. 2023, §2.2. Ships ``assets/mini-sdxl``.
 
-The VAE and the first text encoder are *copied* into both pipeline folders,
-so each folder loads on its own with ``from_pretrained``.
+Each stage ships its part as soon as it is done, as fp16 safetensors, into
+``ASSETS/mini-sd/`` and ``ASSETS/mini-sdxl/`` (the diffusers layout), records
+itself in their ``training.json`` and rewrites their ``README.md`` model cards.
+The VAE and the first text encoder are *copied* into both folders, so each
+loads on its own. A folder becomes a pipeline (``model_index.json``) when its
+UNet is done. Later stages read the earlier parts from there, so they train
+against exactly the (fp16-rounded) weights that ship.
 
-Every stage is resumable: ``--out DIR/<stage>/checkpoint.pt`` holds the model,
-EMA, optimiser and step, and a finished stage leaves ``done.json``. Batches are
-drawn from ``numpy.random.default_rng([seed, step])``, so a resumed run sees the
-same batches as an uninterrupted one. Sample grids go to ``DIR/<stage>/samples/``.
-bf16 autocast is used on CUDA only.
+Every stage is resumable: ``OUT/<stage>/checkpoint.pt`` holds the model, EMA,
+optimiser and step (``OUT`` is ``runs/mini_sd/``, git-ignored). Batches are
+drawn from ``numpy.random.default_rng([seed, stage, step])``, so a resumed run
+sees the same batches as an uninterrupted one. Sample grids go to
+``OUT/<stage>/samples/``. bf16 autocast is used on CUDA only.
 
 Examples::
 
@@ -41,6 +46,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -60,7 +66,7 @@ from engine import mini_sd as ms  # noqa: E402
 STAGES = ("clip", "vae", "unet-sd", "unet-sdxl")
 # Steps of the shipped run (sized with ``bench`` for ~2 h on 2 CPU cores) and of ``--smoke``.
 DEFAULTS = {
-    "full": dict(clip_steps=1200, clip_batch=256, vae_steps=4000, vae_batch=32, unet_steps=3600, unet_batch=128,
+    "full": dict(clip_steps=800, clip_batch=256, vae_steps=3000, vae_batch=32, unet_steps=4000, unet_batch=128,
                  num_items=None, sample_every=500, checkpoint_every=100, grid_steps=20),
     "smoke": dict(clip_steps=4, clip_batch=16, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=8,
                   num_items=256, sample_every=4, checkpoint_every=2, grid_steps=2),
@@ -83,8 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
     p.add_argument("--clip-lr", type=float, default=1e-3)
     p.add_argument("--vae-lr", type=float, default=1e-3)
-    p.add_argument("--unet-lr", type=float, default=5e-4)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--snr-gamma", type=float, default=5.0,
+                   help="min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off (plain MSE)")
     p.add_argument("--bench-steps", type=int, default=3, help="timed steps per stage for `bench`")
     p.add_argument("--no-eval", action="store_true", help="`all`: skip scripts/eval_mini_sd.py at the end")
     args = p.parse_args(argv)
@@ -144,12 +152,47 @@ def stage_dir(args, stage: str) -> Path:
     return folder
 
 
+#: Which pipeline folders each stage ships into.
+SHIPS_TO = {"clip": ("mini-sd", "mini-sdxl"), "vae": ("mini-sd", "mini-sdxl"), "unet-sd": ("mini-sd",),
+            "unet-sdxl": ("mini-sdxl",)}
+
+
+def training_record(args, folder: str) -> dict:
+    """``ASSETS/<folder>/training.json``: {stage: facts} for the stages shipped there."""
+    path = args.assets / folder / "training.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def is_done(args, stage: str) -> bool:
-    return (args.out / stage / "done.json").exists()
+    return all(stage in training_record(args, folder) for folder in SHIPS_TO[stage])
 
 
 def mark_done(args, stage: str, info: dict) -> None:
-    (args.out / stage / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+    """Record ``stage`` in the training.json of the folders it shipped to, and rewrite their model cards."""
+    for folder in SHIPS_TO[stage]:
+        path = args.assets / folder
+        record = training_record(args, folder)
+        record[stage] = info
+        record.update(seed=args.seed, size=args.size, grid_steps=args.grid_steps)
+        (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        text = model_card(folder, record, path)
+        readme = path / "README.md"
+        if readme.exists():  # keep the measured-quality section that eval wrote
+            old = re.search(r"<!-- eval:start -->.*<!-- eval:end -->", readme.read_text(encoding="utf-8"), re.S)
+            if old:
+                text = re.sub(r"<!-- eval:start -->.*<!-- eval:end -->", lambda _: old.group(0), text, flags=re.S)
+        readme.write_text(text, encoding="utf-8")
+
+
+def ship_part(args, stage: str, parts: dict) -> None:
+    """Save ``parts`` ({subfolder: model}) as fp16 into every folder ``stage`` ships to (plus the tokenizers)."""
+    for folder in SHIPS_TO[stage]:
+        path = args.assets / folder
+        for name, model in parts.items():
+            if name == "text_encoder_2" and folder == "mini-sd":
+                continue
+            ms.save_part(model, path / name)
+        ms.copy_tokenizers(path, ["tokenizer"] + (["tokenizer_2"] if folder == "mini-sdxl" else []))
 
 
 def save_grid(pictures: torch.Tensor, rows: int, path: Path) -> None:
@@ -247,9 +290,7 @@ def train_clip(args) -> dict:
 
     model.eval()
     acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
-    final = folder / "final"
-    model.text_encoder.save_pretrained(final / "text_encoder")
-    model.text_encoder_2.save_pretrained(final / "text_encoder_2")
+    ship_part(args, "clip", {"text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2})
     info = dict(steps=step, batch=args.clip_batch, lr=args.clip_lr, loss=round(running, 4),
                 retrieval_accuracy_text_encoder=round(acc[0], 4), retrieval_accuracy_text_encoder_2=round(acc[1], 4),
                 retrieval_pool=len(test_idx), params_text_encoder=ms.count_parameters(model.text_encoder),
@@ -262,9 +303,9 @@ def train_clip(args) -> dict:
 def load_text_encoders(args, device: str):
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    final = args.out / "clip" / "final"
-    te = CLIPTextModel.from_pretrained(final / "text_encoder", dtype=torch.float32).to(device).eval()
-    te_2 = CLIPTextModelWithProjection.from_pretrained(final / "text_encoder_2", dtype=torch.float32).to(device).eval()
+    shipped = args.assets / "mini-sdxl"
+    te = CLIPTextModel.from_pretrained(shipped / "text_encoder", dtype=torch.float32).to(device).eval()
+    te_2 = CLIPTextModelWithProjection.from_pretrained(shipped / "text_encoder_2", dtype=torch.float32).to(device).eval()
     return te.requires_grad_(False), te_2.requires_grad_(False)
 
 
@@ -355,7 +396,7 @@ def train_vae(args) -> dict:
                          for chunk in test_x.split(64)])
     std = latent_std(vae, data, device)
     vae.register_to_config(scaling_factor=round(1.0 / std, 5))
-    vae.save_pretrained(folder / "final", safe_serialization=True)
+    ship_part(args, "vae", {"vae": vae})
     info = dict(steps=step, batch=args.vae_batch, lr=args.vae_lr, loss=round(running, 5),
                 test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x), latent_std=round(std, 5),
                 scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae))
@@ -366,7 +407,7 @@ def train_vae(args) -> dict:
 def load_vae(args, device: str):
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(args.out / "vae" / "final", dtype=torch.float32).to(device).eval()
+    vae = AutoencoderKL.from_pretrained(args.assets / "mini-sd" / "vae", dtype=torch.float32).to(device).eval()
     return vae.requires_grad_(False)
 
 
@@ -448,8 +489,20 @@ def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int,
     return out
 
 
-def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: str) -> torch.Tensor:
-    """DDPM's simple loss: || eps - eps_theta(sqrt(a) z0 + sqrt(1 - a) eps, t, text) ||^2, t uniform."""
+def min_snr_weights(noise_scheduler, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR(t), gamma) / SNR(t) per sample [B], SNR = a / (1 - a) (Hang et al. 2023, "Efficient Diffusion
+    Training via Min-SNR Weighting Strategy", eq. for epsilon-prediction); all ones when gamma is 0."""
+    if not gamma:
+        return torch.ones(len(t), device=t.device)
+    a = noise_scheduler.alphas_cumprod.to(t.device)[t]
+    snr = a / (1 - a)
+    return snr.clamp(max=gamma) / snr
+
+
+def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: str,
+              snr_gamma: float = 0.0) -> torch.Tensor:
+    """DDPM's simple loss || eps - eps_theta(sqrt(a) z0 + sqrt(1 - a) eps, t, text) ||^2, t uniform
+    (Ho et al. 2020, Algorithm 1), each sample weighted by ``min_snr_weights``."""
     z0 = b["z0"].to(device)
     t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, len(z0))).to(device)
     noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(device)
@@ -460,7 +513,8 @@ def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: 
     with autocast(device):
         pred = unet(noisy, t, encoder_hidden_states=b["encoder_hidden_states"].to(device),
                     added_cond_kwargs=added).sample
-    return F.mse_loss(pred.float(), noise)
+    per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * min_snr_weights(noise_scheduler, t, snr_gamma)).mean()
 
 
 GRID_COLOURS = cf.COLOUR_NAMES
@@ -526,7 +580,7 @@ def train_unet(args, sdxl: bool) -> dict:
         for group in opt.param_groups:
             group["lr"] = args.unet_lr * lr_at(step, total, warmup=min(200, total // 10 + 1))
         unet.train()
-        loss = unet_loss(unet, noise_scheduler, b, rng, device)
+        loss = unet_loss(unet, noise_scheduler, b, rng, device, args.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -546,10 +600,10 @@ def train_unet(args, sdxl: bool) -> dict:
             print(f"\n{stage} step {step}: loss {running:.4f}, grid saved", flush=True)
     bar.close()
 
-    info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay,
+    info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                 loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
                 distinct_captions=int(len(table["hidden"])), wall_seconds_last_run=round(time.time() - started))
-    ship(args, ema, sdxl, info)
+    ship(args, ema, sdxl)
     mark_done(args, stage, info)
     return info
 
@@ -558,88 +612,109 @@ def train_unet(args, sdxl: bool) -> dict:
 # Shipping
 
 
-def ship(args, unet, sdxl: bool, unet_info: dict) -> Path:
-    """Write the pipeline into ``ASSETS/mini-sd`` or ``ASSETS/mini-sdxl`` (fp16 safetensors) with its model card."""
-    name = "mini-sdxl" if sdxl else "mini-sd"
+def ship(args, unet, sdxl: bool) -> Path:
+    """Write the whole pipeline into ``ASSETS/mini-sd`` or ``ASSETS/mini-sdxl`` (fp16), with a sample grid."""
     pipe = build_pipeline(args, unet, sdxl, "cpu")
-    path = ms.save_pipeline(pipe, args.assets / name)
+    path = ms.save_pipeline(pipe, args.assets / ("mini-sdxl" if sdxl else "mini-sd"))
     sample_grid(pipe, sdxl, path / "samples.png", steps=args.grid_steps)
-    infos = {s: json.loads((args.out / s / "done.json").read_text()) for s in ("clip", "vae")}
-    infos["unet-sdxl" if sdxl else "unet-sd"] = unet_info
-    (path / "README.md").write_text(model_card(name, args, infos, path), encoding="utf-8")
     return path
 
 
-def model_card(name: str, args, infos: dict, path: Path) -> str:
-    """The model card: what it is, the data, the config, the training, the size; quality is added by eval."""
-    sdxl = name == "mini-sdxl"
+def model_card(folder: str, record: dict, path: Path) -> str:
+    """The model card from ``training.json``'s facts: data, parts, training, size; eval adds measured quality.
+
+    Parts whose stage has not run yet are listed as "not trained yet".
+    """
+    sdxl = folder == "mini-sdxl"
     unet_stage = "unet-sdxl" if sdxl else "unet-sd"
-    clip, vae, unet = infos["clip"], infos["vae"], infos[unet_stage]
+    clip, vae, unet = record.get("clip"), record.get("vae"), record.get(unet_stage)
     pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
-    text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
-    encoders = ("`CLIPTextModel` (width 64) + `CLIPTextModelWithProjection` (width 96, projection 96), "
-                "penultimate hidden states concatenated (77 x 160) and the pooled projection")
-    if not sdxl:
-        encoders = "`CLIPTextModel` (width 64, 4 layers), last hidden state (77 x 64)"
-    lines = [
-        f"# {name}: a miniature {'SDXL' if sdxl else 'Stable Diffusion'} trained on Fashion-MNIST in colour",
-        "",
+    todo = "not trained yet"
+    lines = [f"# {folder}: a miniature {'SDXL' if sdxl else 'Stable Diffusion'} trained on Fashion-MNIST in colour", ""]
+    if record.get("size") == "smoke":
+        lines += ["**Smoke test**: toy sizes and a few steps (`--smoke`); this model has learnt nothing.", ""]
+    if unet is None:
+        lines += [f"**Unfinished**: the stages done so far are {', '.join(k for k in record if k in STAGES)}. "
+                  f"This folder becomes a pipeline (`model_index.json`) when `python scripts/train_mini_sd.py all` "
+                  "has trained its UNet.", ""]
+    lines += [
         f"A complete latent text-to-image model at toy scale, built from the same classes as "
         f"{'SDXL base' if sdxl else 'Stable Diffusion 1.5'} and saved in the diffusers layout:",
         "",
         "```python",
         f"from diffusers import {pipeline}",
-        f"pipe = {pipeline}.from_pretrained(\"assets/{name}\")",
+        f"pipe = {pipeline}.from_pretrained(\"assets/{folder}\")",
         "image = pipe(\"a blue sneaker\", height=64, width=64, num_inference_steps=25, guidance_scale=5).images[0]",
         "```",
         "",
         "## Data",
         "",
-        "\"Fashion-MNIST in colour\" (`engine/colour_fashion.py`, seed "
-        f"{args.seed}): the {unet['train_items']} Fashion-MNIST training items (Xiao et al. 2017, Debian's "
-        "`dataset-fashion-mnist`), upscaled to 48 px, centred on a 64x64 light background and tinted with one of "
-        f"{len(cf.COLOUR_NAMES)} colours ({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions "
-        f"come from {len(cf.TEMPLATES)} templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", "
-        f"\"sneakers in yellow\"); about 10% are empty, for classifier-free guidance. {unet['distinct_captions']} "
-        "distinct captions.",
+        f"\"Fashion-MNIST in colour\" (`engine/colour_fashion.py`, seed {record.get('seed', 0)}): Fashion-MNIST "
+        "training items (Xiao et al. 2017, Debian's `dataset-fashion-mnist`), upscaled to 48 px, centred on a "
+        f"64x64 light background and tinted with one of {len(cf.COLOUR_NAMES)} colours "
+        f"({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions come from {len(cf.TEMPLATES)} "
+        "templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", \"sneakers in yellow\"); "
+        "about 10% are empty, for classifier-free guidance."
+        + (f" {unet['train_items']} items, {unet['distinct_captions']} distinct captions." if unet else ""),
     ]
     if sdxl:
-        lines += ["", "Micro-conditioning (Podell et al. 2023, §2.2): each training picture is, with probability 1/2, "
-                  f"downscaled to an `original_size` in {list(cf.SIZE_CHOICES)} and upscaled back (blurry), and, "
-                  f"independently with probability 1/2, cut from a larger canvas at a `crops_coords_top_left` "
+        lines += ["", "Micro-conditioning (Podell et al. 2023, §2.2): each UNet training picture is, with probability "
+                  f"1/2, downscaled to an `original_size` in {list(cf.SIZE_CHOICES)} and upscaled back (blurry), "
+                  "and, independently with probability 1/2, cut from a larger canvas at a `crops_coords_top_left` "
                   f"uniform in 0..{cf.MAX_CROP} (the item moves up and left by that much). The UNet is told both."]
+    size = ms.SIZES[record.get("size", "full")]
+    t1, t2 = size["text"], size["text_2"]
+    encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers); the UNet reads "
+                f"its last hidden state (77 x {t1['hidden_size']})")
+    if sdxl:
+        encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers) + "
+                    f"`CLIPTextModelWithProjection` (width {t2['hidden_size']}, {t2['num_hidden_layers']} layers, "
+                    f"projection {t2['projection_dim']}); the UNet reads both penultimate hidden states "
+                    f"concatenated (77 x {t1['hidden_size'] + t2['hidden_size']}) and the pooled projection")
+    if clip:
+        params = f"{clip['params_text_encoder']:,}" + (f" + {clip['params_text_encoder_2']:,}" if sdxl else "")
+        clip_cell = (f"as a mini CLIP (InfoNCE against a {clip['params_image_tower']:,}-parameter CNN image tower), "
+                     f"{clip['steps']} steps of {clip['batch']}; caption retrieval on test pictures "
+                     f"{100 * clip['retrieval_accuracy_text_encoder']:.0f}%"
+                     + (f" / {100 * clip['retrieval_accuracy_text_encoder_2']:.0f}%" if sdxl else "")
+                     + " (colour and class right, among 512); then frozen")
+    else:
+        params, clip_cell = "-", todo
+    vae_cell = todo if not vae else (
+        f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
+        f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
+    text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
+    unet_cell = todo if not unet else (
+        f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
+        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)")
     lines += [
         "",
         "## Components",
         "",
-        "| part | class | parameters | trained |",
+        "| part | class | parameters | training |",
         "|---|---|---|---|",
-        "| tokenizer" + ("s" if sdxl else "") + " | `CLIPTokenizer`, the project's CLIP ViT-L/14"
-        + (" and ViT-bigG/14 (pad `!`)" if sdxl else "") + " files | - | no (the real ids) |",
-        f"| text encoder{'s' if sdxl else ''} | {encoders} | {clip['params_text_encoder']:,}"
-        + (f" + {clip['params_text_encoder_2']:,}" if sdxl else "")
-        + f" | as a mini CLIP: InfoNCE against a {clip['params_image_tower']:,}-parameter CNN image tower, "
-        f"{clip['steps']} steps of {clip['batch']}; then frozen |",
-        f"| VAE | `AutoencoderKL`, 4 latent channels, 3 downsamples: 64x64x3 -> 8x8x4 (48x fewer values) | "
-        f"{vae['params']:,} | L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; "
-        f"`scaling_factor` {vae['scaling_factor']} = 1 / latent std; test PSNR {vae['test_psnr_db']} dB |",
-        f"| UNet | `UNet2DConditionModel`{text_time} | "
-        f"{unet['params']:,} | epsilon MSE, {unet['steps']} steps of {unet['batch']}, AdamW lr {unet['lr']}, "
-        f"EMA {unet['ema_decay']} (shipped) |",
+        "| tokenizer" + ("s" if sdxl else "") + " | `CLIPTokenizer`: the project's CLIP ViT-L/14"
+        + (" and ViT-bigG/14 (pad `!`)" if sdxl else "") + " files | - | none (the real ids) |",
+        f"| text encoder{'s' if sdxl else ''} | {encoders} | {params} | {clip_cell} |",
+        "| VAE | `AutoencoderKL`, 4 latent channels, 3 downsamples: 64x64x3 -> 8x8x4 (48x fewer values) | "
+        f"{format(vae['params'], ',') if vae else '-'} | {vae_cell} |",
+        f"| UNet | `UNet2DConditionModel`{text_time}, cross-attention at 8x8 and 4x4 | "
+        f"{format(unet['params'], ',') if unet else '-'} | {unet_cell} |",
         f"| scheduler | `{'EulerDiscreteScheduler' if sdxl else 'PNDMScheduler'}`, "
         f"{'SDXL' if sdxl else 'SD 1.5'}'s config (scaled_linear 0.00085-0.012, 1000 steps) | - | - |",
         "",
-        f"Weights: {ms.weights_megabytes(path):.1f} MB of fp16 safetensors (the VAE and first text encoder are "
-        f"copies of the ones in the other mini pipeline). The text encoders' configs say `dtype: float32`, so a "
+        f"Weights: {ms.weights_megabytes(path):.1f} MB of fp16 safetensors (the VAE and the first text encoder are "
+        "copies of the ones in the other mini pipeline). The text encoders' configs say `dtype: float32`, so a "
         f"plain `from_pretrained` runs everything in fp32. Only the ~{len(cf.caption_vocabulary())} words of the "
         "captions were ever trained: other words reach the UNet as untrained embeddings.",
         "",
         "## Training",
         "",
-        f"`python scripts/train_mini_sd.py all` (seed {args.seed}, device {args.device}). Training files and "
-        "sample grids are in `runs/mini_sd/` (not shipped). `samples.png`: one row per class, one column per colour"
-        + (", then 'a {colour} sneaker' with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
-        + "; 20 steps, guidance 5.",
+        "`python scripts/train_mini_sd.py all`, on the CPU (2 cores). Checkpoints and sample grids stay in "
+        "`runs/mini_sd/` (not shipped); `training.json` holds the figures above."
+        + (" `samples.png`: one row per class, one column per colour"
+           + (", then \"a {colour} sneaker\" with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
+           + f"; {record.get('grid_steps', 20)} steps, guidance 5." if unet else ""),
         "",
         "A GPU run would improve it: wider and deeper UNets trained for 10-50x more steps, a VAE with a "
         "perceptual (LPIPS) and adversarial loss as SD's, and a mini CLIP trained longer with more caption variety.",
@@ -647,7 +722,7 @@ def model_card(name: str, args, infos: dict, path: Path) -> str:
         "## Measured quality",
         "",
         "<!-- eval:start -->",
-        "Not measured yet: run `python scripts/eval_mini_sd.py`.",
+        "Not measured yet: run `python scripts/eval_mini_sd.py --write-cards`.",
         "<!-- eval:end -->",
         "",
     ]

@@ -165,8 +165,11 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
         folder = tmp_path / "run" / "assets" / name
         assert (folder / "README.md").exists() and (folder / "samples.png").exists()
         assert ms.load_pipeline(folder).unet.config.sample_size == 8
-    done = json.loads((tmp_path / "run" / "vae" / "done.json").read_text())
-    assert done["scaling_factor"] == pytest.approx(1 / done["latent_std"], rel=1e-3)
+    record = json.loads((tmp_path / "run" / "assets" / "mini-sd" / "training.json").read_text())
+    assert set(record) >= {"clip", "vae", "unet-sd"} and record["size"] == "smoke"
+    assert record["vae"]["scaling_factor"] == pytest.approx(1 / record["vae"]["latent_std"], rel=1e-3)
+    assert ms.load_pipeline(tmp_path / "run" / "assets" / "mini-sd").vae.config.scaling_factor == pytest.approx(
+        record["vae"]["scaling_factor"])
     before = (tmp_path / "run" / "unet-sd" / "checkpoint.pt").stat().st_mtime
     train_mini_sd.main(args)  # everything is done: nothing runs again
     assert (tmp_path / "run" / "unet-sd" / "checkpoint.pt").stat().st_mtime == before
