@@ -1,7 +1,267 @@
-"""Tab placeholder: says plainly that this part is not built yet."""
+"""Tab 1: class-conditional diffusion on Fashion-MNIST, a diffusion model at work.
 
-from tabs.common import not_built_yet
+A small UNet trained here turns noise into 32×32 clothes of a chosen class.
+The tab shows the samples, the denoising trajectory (x_t and the model's
+predicted x_0, streamed while it runs), what classifier-free guidance changes
+(checked by the judge classifier), and the forward process the model was
+trained to undo, with its noise schedule ᾱ_t.
+"""
+
+from __future__ import annotations
+
+import random
+
+import gradio as gr
+import numpy as np
+import pandas as pd
+import torch
+
+from engine import fashion, loader
+from engine.device import best_device
+from engine.fashion_data import CLASS_NAMES, example_images, to_model_space, to_unit_range
+from engine.presets import get_preset, presets_for
+from tabs.common import COMPUTE, user_errors
+
+SCALE = 4  # 32x32 samples are shown at 128x128 (nearest neighbour)
+GUIDANCE_COMPARE = (1.0, 2.0, 4.0)
+
+INTRO = """### A diffusion model at work
+The book's first step towards Stable Diffusion: a UNet that predicts the noise in a 32×32 image, **given a class
+label**. Start from pure noise x_T, ask the model for the noise, remove a bit of it, repeat. The sampler decides
+how big each step is: **DDPM** is the book's 1000-step loop (Ho et al. 2020), **DDIM** (Song et al. 2021) and
+**DPM-Solver++** (Lu et al. 2022) reach the same kind of images in 10 to 50 steps.
+**Guidance scale** 1 means the plain class-conditional model; above 1, classifier-free guidance pushes the
+prediction away from the unconditional one (ε = ε_uncond + g · (ε_cond − ε_uncond), Ho & Salimans 2022)."""
+
+FORWARD_INTRO = """### The forward process: what the model learned to undo
+Training takes a real image x_0 and a random timestep t, and adds noise in one go:
+**x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε**. The model learns to predict ε from x_t, t and the class.
+By t = 999 almost nothing of the image is left (√ᾱ_999 ≈ 0.006)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+
+
+def unet_choices() -> list[str]:
+    return [p.name for p in presets_for("class-unet")]
+
+
+def default_unet() -> str | None:
+    """The class-unet preset suiting this device (preset option "device": "cpu" or "cuda")."""
+    return fashion.default_unet_preset(best_device(), [(p.name, p.options) for p in presets_for("class-unet")])
+
+
+def _unet_and_schedule(model: str | None):
+    name = model or default_unet()
+    if not name:
+        raise ValueError("No class-conditional model is installed (assets/presets.json has no 'class-unet' preset).")
+    preset = get_preset(name, "class-unet")
+    unet = loader.load(preset)
+    return unet, fashion.scheduler_config_of(None if preset.is_hub else preset.source)
+
+
+def _judge():
+    """The shipped judge classifier, or None when no 'classifier' preset is installed."""
+    presets = presets_for("classifier")
+    return loader.load(presets[0]) if presets else None
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+
+
+def _gallery(images01: torch.Tensor, captions: list[str] | None = None) -> list:
+    pils = fashion.to_pil(images01, scale=SCALE)
+    if captions is None:
+        return pils
+    return list(zip(pils, captions))
+
+
+def _trajectory_items(step: fashion.SampleStep) -> list:
+    """x_t and predicted x_0 of the first sample at one step, as two captioned gallery items."""
+    x_t = to_unit_range(step.latents[:1].float())
+    x0 = to_unit_range(step.pred_original[:1].float())
+    where = f"step {step.index + 1}/{step.total} · t={step.timestep}"
+    return _gallery(torch.cat([x_t, x0]), [f"{where} · x_t", f"{where} · predicted x₀"])
+
+
+# --------------------------------------------------------------------------------------------
+# Events
+
+
+@user_errors
+def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, seed,
+                   randomize_seed=False, model=None, progress=gr.Progress()):
+    """Event handler (API ``/sample_fashion``): generate ``count`` images of class ``label``.
+
+    A generator: while it runs it streams the trajectory (x_t and predicted x_0
+    of the first sample at ~8 steps); its last output is (samples gallery,
+    trajectory gallery, info JSON, the samples for the forward-process view).
+    """
+    if randomize_seed:
+        seed = random.randrange(2**32)
+    request = fashion.validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed)
+    progress(0, desc="Loading the model")
+    unet, schedule = _unet_and_schedule(model)
+    keep = set(fashion.trajectory_indices(request.num_inference_steps))
+    trajectory = []
+    result = None
+    for state in fashion.sample(unet, request.label, request.count, request.sampler, request.num_inference_steps,
+                                request.guidance_scale, request.seed, scheduler_config=schedule):
+        if isinstance(state, fashion.SampleResult):
+            result = state
+            break
+        progress((state.index + 1, state.total), desc=f"{request.sampler}: denoising", unit="steps")
+        if state.index in keep and state.index != state.total - 1:
+            trajectory += _trajectory_items(state)
+            yield gr.skip(), trajectory, gr.skip(), gr.skip()
+    # The last trajectory entry: the final image (x_0) itself.
+    final = result.images[:1]
+    trajectory += _gallery(torch.cat([final, final]), [f"step {request.num_inference_steps}/"
+                                                        f"{request.num_inference_steps} · t=0 · x_0", "final sample"])
+    name = CLASS_NAMES[request.label]
+    samples = _gallery(result.images, [f"{name} #{i + 1}" for i in range(request.count)])
+    info = {**result.info, "model": model or default_unet()}
+    yield samples, trajectory, info, result.images[:8].numpy()
+
+
+def used_seed(info):
+    """The seed the last run used (shown in the seed box after a randomized run)."""
+    if isinstance(info, dict) and "seed" in info:
+        return info["seed"]
+    return gr.skip()
+
+
+def steps_for_sampler(sampler: str):
+    low, high, default = fashion.STEP_RANGES.get(sampler, fashion.STEP_RANGES["DPM-Solver++"])
+    return gr.update(minimum=low, maximum=high, value=default, step=1)
+
+
+@user_errors
+def compare_guidance(label, sampler, num_inference_steps, seed, model=None, progress=gr.Progress()):
+    """Event handler (API ``/compare_guidance_fashion``): 8 samples at guidance 1, 2 and 4, same seed.
+
+    Returns a gallery (one row per scale) and a Markdown table of the judge's verdicts.
+    """
+    rows, lines = [], ["| guidance scale | judged as the class asked | wall time |", "|---|---|---|"]
+    unet, schedule = _unet_and_schedule(model)
+    judge = _judge()
+    for k, g in enumerate(GUIDANCE_COMPARE):
+        progress((k, len(GUIDANCE_COMPARE)), desc=f"guidance {g:g}")
+        result = fashion.generate(unet, label, 8, sampler, num_inference_steps, g, seed, scheduler_config=schedule)
+        rows += _gallery(result.images, [f"g={g:g}"] * 8)
+        verdict = "no judge installed"
+        if judge is not None:
+            preds, _ = fashion.judge_images(judge, result.images)
+            hits = int((preds == result.request.label).sum())
+            verdict = f"{hits}/8"
+        lines.append(f"| {g:g}{' (no guidance)' if g <= 1 else ''} | {verdict} | {result.seconds:.2f} s |")
+    return rows, "\n".join(lines)
+
+
+@user_errors
+def forward_view(source: str, example: int, generated, seed: int = 0):
+    """Event handler (API ``/forward_fashion``): one image noised to t = 0, 50, ..., 999 (cheap, no model)."""
+    if source == "First generated sample":
+        if generated is None or len(generated) == 0:
+            raise ValueError("Generate some samples first, or pick a test image.")
+        x0 = torch.as_tensor(np.asarray(generated[0]), dtype=torch.float32) * 2 - 1
+        title = "your first generated sample"
+    else:
+        images, labels = example_images()
+        i = int(example)
+        if not 0 <= i < len(images):
+            raise ValueError(f"Pick a test image between 0 and {len(images) - 1}.")
+        x0 = to_model_space(images[i:i + 1])
+        title = f"test image {i} ({CLASS_NAMES[int(labels[i])]})"
+    noisy = fashion.forward_process(x0, fashion.FORWARD_TIMESTEPS, seed=seed)
+    schedule = fashion.alpha_bar_schedule()
+    captions = [f"t={t} · √ᾱ={schedule['signal'][t]:.3f}" for t in fashion.FORWARD_TIMESTEPS]
+    return _gallery(to_unit_range(noisy), captions), f"Forward process of {title}."
+
+
+def schedule_frame(every: int = 5) -> pd.DataFrame:
+    """ᾱ_t, the signal level √ᾱ_t and the noise level √(1−ᾱ_t) against t, long format for gr.LinePlot."""
+    s = fashion.alpha_bar_schedule()
+    t = s["t"][::every].tolist() + [int(s["t"][-1])]
+    frames = []
+    for key, series in (("alpha_bar", "ᾱ_t"), ("signal", "signal √ᾱ_t"), ("noise", "noise √(1−ᾱ_t)")):
+        values = s[key][::every].tolist() + [float(s[key][-1])]
+        frames.append(pd.DataFrame({"t": t, "value": values, "series": series}))
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
 
 
 def build() -> None:
-    not_built_yet("The class-conditional Fashion-MNIST model is being trained; this tab arrives with it.")
+    gr.Markdown(INTRO)
+    choices = unet_choices()
+    generated = gr.State(None)  # the first samples of this user's last run, (N, 1, 32, 32) in [0, 1]
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            label = gr.Dropdown(list(CLASS_NAMES), value="Sandal", label="Class", allow_custom_value=True,
+                                info="A class name, or its index 0-9 (API).", elem_id="fashion-class")
+            count = gr.Slider(1, fashion.MAX_COUNT, value=16, step=1, label="Number of images", elem_id="fashion-count")
+            sampler = gr.Radio(list(fashion.SAMPLERS), value="DPM-Solver++", label="Sampler",
+                               info="DDPM: the book's 1000-step loop. DDIM, DPM-Solver++: fewer steps.")
+            # The full range here (the API accepts any sampler's steps); choosing a sampler narrows it.
+            steps = gr.Slider(2, 1000, value=fashion.STEP_RANGES["DPM-Solver++"][2], step=1,
+                              label="Steps (num_inference_steps)",
+                              info="DDPM 10-1000, DDIM 2-500, DPM-Solver++ 2-100.")
+            guidance = gr.Slider(0, fashion.MAX_GUIDANCE, value=2.0, step=0.5, label="Guidance scale",
+                                 info="1 = no guidance (one model call per step); above 1, two calls per step.")
+            with gr.Row():
+                seed = gr.Number(value=42, label="Seed", info="Any whole number; reduced modulo 2³².")
+                randomize = gr.Checkbox(value=False, label="Randomize seed")
+            model = gr.Dropdown(choices, value=default_unet(), label="Model",
+                                info="Defaults to the model that suits this device.")
+            run = gr.Button("Generate", variant="primary", elem_id="fashion-generate")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain", format="png",
+                                 elem_id="fashion-samples")
+            trajectory = gr.Gallery(label="Denoising trajectory of the first sample: x_t and predicted x₀",
+                                    columns=6, height="auto", object_fit="contain", format="png",
+                                    elem_id="fashion-trajectory")
+            info = gr.JSON(label="Run", elem_id="fashion-info")
+
+    inputs = [label, count, sampler, steps, guidance, seed, randomize, model]
+    run.click(sample_fashion, inputs, [gallery, trajectory, info, generated], api_name="sample_fashion",
+              **COMPUTE).then(used_seed, info, seed, api_visibility="private", queue=False)
+    sampler.change(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
+    gr.Examples(
+        examples=[["Sandal", 16, "DPM-Solver++", 20, 2.0, 42], ["Trouser", 16, "DDIM", 50, 2.0, 7],
+                  ["Bag", 8, "DPM-Solver++", 10, 3.0, 1234]],
+        inputs=[label, count, sampler, steps, guidance, seed],
+        label="Examples",
+    )
+
+    with gr.Accordion("What guidance changes", open=False):
+        gr.Markdown("Same seed, same noise: 8 samples at guidance 1 (no guidance), 2 and 4. "
+                    "The judge (a small classifier trained on Fashion-MNIST) says how many look like the class asked.")
+        compare = gr.Button("Compare guidance 1 / 2 / 4")
+        compare_gallery = gr.Gallery(label="One row per guidance scale", columns=8, height="auto", format="png")
+        compare_table = gr.Markdown()
+        compare.click(compare_guidance, [label, sampler, steps, seed, model], [compare_gallery, compare_table],
+                      api_name="compare_guidance_fashion", **COMPUTE)
+
+    gr.Markdown(FORWARD_INTRO)
+    images, labels = example_images()
+    example_choices = [(f"{CLASS_NAMES[int(y)]} ({i})", i) for i, y in enumerate(labels)]
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            source = gr.Radio(["Test image", "First generated sample"], value="Test image", label="Image")
+            example = gr.Dropdown(example_choices, value=len(labels) - 1, label="Test image")
+            noise_seed = gr.Number(value=0, precision=0, label="Noise seed")
+            show = gr.Button("Add noise")
+        with gr.Column(scale=2):
+            first, caption = forward_view("Test image", len(labels) - 1, None)
+            forward = gr.Gallery(value=first, label="x_t at t = 0, 50, 100, 200, 400, 600, 800, 999", columns=8,
+                                 height="auto", object_fit="contain", format="png")
+            forward_caption = gr.Markdown(caption)
+    show.click(forward_view, [source, example, generated, noise_seed], [forward, forward_caption],
+               api_name="forward_fashion")
+    gr.LinePlot(schedule_frame(), x="t", y="value", color="series", title="Noise schedule (DDPM, linear betas 1e-4 to 0.02)",
+                x_title="timestep t", y_title="level", height=300)

@@ -1,0 +1,69 @@
+"""/sample_fashion through gradio_client, with the shipped CPU model (small requests: a few seconds each)."""
+
+from pathlib import Path
+
+import pytest
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+
+def _sample(client, **kw):
+    args = dict(label="Trouser", count=3, sampler="DPM-Solver++", num_inference_steps=5, guidance_scale=2.0, seed=7)
+    args.update(kw)
+    return client.predict(**args, api_name="/sample_fashion")
+
+
+def _paths(gallery) -> list[str]:
+    return [item["image"] if isinstance(item["image"], str) else item["image"]["path"] for item in gallery]
+
+
+def test_sample_fashion_returns_one_grey_image_per_sample(client):
+    gallery, trajectory, info = _sample(client)
+    paths = _paths(gallery)
+    assert len(paths) == 3
+    for path in paths:
+        with Image.open(path) as img:
+            assert img.mode in ("L", "LA", "RGB", "RGBA", "P")
+            assert img.size[0] == img.size[1] and img.size[0] % 32 == 0  # 32x32 upscaled by an integer factor
+            grey = img.convert("RGB")
+            r, g, b = grey.split()
+            assert r.tobytes() == g.tobytes() == b.tobytes()  # grey
+    assert info["seed"] == 7 and info["sampler"] == "DPM-Solver++" and info["steps"] == 5
+    assert info["count"] == 3 and info["class"] == "Trouser"
+    assert info["wall_time_s"] > 0 and info["images_per_s"] > 0
+    # trajectory: x_t and predicted x0 at several steps, then the final sample
+    assert 4 <= len(trajectory) <= 2 * 9
+    assert any("predicted x" in (item.get("caption") or "") for item in trajectory)
+
+
+def test_same_seed_same_images_and_label_by_index(client):
+    a, _, _ = _sample(client, seed=11)
+    b, _, _ = _sample(client, label=1, seed=11)  # "Trouser" by index
+    assert [Path(p).read_bytes() for p in _paths(a)] == [Path(p).read_bytes() for p in _paths(b)]
+
+
+def test_huge_and_negative_seeds_are_reduced(client):
+    *_, info = _sample(client, count=1, seed=2**32 + 5)
+    assert info["seed"] == 5
+    *_, info = _sample(client, count=1, seed=-1)
+    assert info["seed"] == 2**32 - 1
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(count=65), "64"),  # gradio's slider or the engine: either names the limit
+    (dict(count=0), "1"),
+    (dict(sampler="DDPM", num_inference_steps=5), "DDPM takes between 10 and 1000"),
+    (dict(num_inference_steps=500), "between 2 and 100"),
+    (dict(label="Hat"), "Unknown class"),
+    (dict(seed=1.5), "whole number"),
+])
+def test_bad_input_gets_a_clear_message(client, kw, message):
+    with pytest.raises(AppError, match=message):
+        _sample(client, **kw)
+
+
+def test_forward_process_api(client):
+    gallery, caption = client.predict(source="Test image", example=3, seed=0, api_name="/forward_fashion")
+    assert len(gallery) == 8
+    assert [item["caption"].split(" ")[0] for item in gallery] == [f"t={t}" for t in (0, 50, 100, 200, 400, 600, 800, 999)]
+    assert "Trouser" in caption

@@ -1,0 +1,27 @@
+"""The class-conditional tab in a real browser: pick "Ankle boot", generate, see the samples."""
+
+from tests.conftest import open_tab
+
+TAB = "Class-conditional (Fashion-MNIST)"
+
+
+def test_ankle_boots_appear_in_the_gallery(page, artifacts):
+    open_tab(page, TAB)
+    page.locator("#fashion-class input").click()
+    page.get_by_role("option", name="Ankle boot").click()
+    page.locator("#fashion-count input[type=number]").fill("8")
+    page.locator("#fashion-count input[type=number]").press("Enter")
+    page.locator("#fashion-generate").click()
+    samples = page.locator("#fashion-samples")
+    samples.locator("img").nth(7).wait_for(timeout=120_000)
+    assert samples.locator("img").count() == 8
+    assert "Ankle boot #1" in samples.inner_text()
+    page.locator("#fashion-info").get_by_text("images_per_s").wait_for()
+    assert page.locator("#fashion-trajectory img").count() >= 4
+    page.screenshot(path=str(artifacts / "fashion_tab.png"), full_page=True)
+
+
+def test_forward_process_view_is_there(page):
+    open_tab(page, TAB)
+    page.get_by_text("The forward process: what the model learned to undo").wait_for()
+    page.get_by_text("t=999", exact=False).first.wait_for()
