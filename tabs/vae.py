@@ -162,7 +162,7 @@ def build() -> None:
     with gr.Row():
         noisy_latent = _output_image("Noisy latent, decoded", elem_id="vae-noisy-latent")
         noisy_pixels = _output_image("Same noise level in pixel space", elem_id="vae-noisy-pixels")
-    noise_numbers = gr.JSON(label="Noise schedule at t")
+    noise_numbers = gr.JSON(label="Noise schedule at t", elem_id="vae-noise-numbers")
     state = gr.State(None)
 
     outputs = [reconstruction, channels, numbers, shown_input, heatmap, legend, histogram, summary, state]
@@ -171,4 +171,6 @@ def build() -> None:
                       api_name="vae_roundtrip", preprocess=False, **COMPUTE)
     noise_inputs, noise_outputs = [state, timestep, seed], [noisy_latent, noisy_pixels, noise_numbers]
     event.success(what_the_unet_sees, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private", **COMPUTE)
-    timestep.release(what_the_unet_sees, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private", **COMPUTE)
+    # change, not release: release misses keyboard use; always_last keeps a drag to at most two decodes.
+    timestep.change(what_the_unet_sees, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private",
+                    trigger_mode="always_last", show_progress="minimal", **COMPUTE)

@@ -26,3 +26,10 @@ def test_vae_tab_round_trip_of_an_example(page, artifacts):
     page.locator("#vae-noisy-latent img").wait_for()
     page.locator("#vae-noisy-pixels img").wait_for()
     page.screenshot(path=str(artifacts / "vae_tab.png"), full_page=True)
+
+    timestep = page.get_by_label("number input for Timestep t")  # the slider's number box
+    timestep.fill("999")
+    timestep.press("Enter")
+    page.wait_for_function("""() => document.querySelector('#vae-noise-numbers').innerText
+                               .replace(/\\s/g, '').includes('"timestep":999')""")
+    page.screenshot(path=str(artifacts / "vae_tab_t999.png"), full_page=True)
