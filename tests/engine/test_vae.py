@@ -174,6 +174,24 @@ def test_ssim_sanity():
     assert engine.ssim(img, noisy) == pytest.approx(engine.ssim(noisy, img))  # symmetric
 
 
+def test_ssim_matches_a_direct_window_by_window_computation():
+    """Wang et al. 2004, eq. 13 with the weighted statistics of eqs. 14-16, window by window."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (15, 14), dtype=np.uint8)
+    b = np.clip(a + rng.normal(0, 30, a.shape), 0, 255).astype(np.uint8)
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    scores = []
+    for i in range(a.shape[0] - 10):
+        for j in range(a.shape[1] - 10):
+            x, y = a[i:i + 11, j:j + 11].astype(float), b[i:i + 11, j:j + 11].astype(float)
+            mx, my = (w * x).sum(), (w * y).sum()
+            vx, vy, cov = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum(), (w * (x - mx) * (y - my)).sum()
+            scores.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+    assert engine.ssim(a, b) == pytest.approx(np.mean(scores), rel=1e-9)
+
+
 def test_ssim_of_a_constant_shift_is_the_luminance_term():
     """For a constant image pair the contrast/structure terms are 1: SSIM = (2ab + C1) / (a^2 + b^2 + C1)."""
     a, b = np.full((20, 20), 100, np.uint8), np.full((20, 20), 140, np.uint8)
