@@ -97,9 +97,15 @@ class Generator:
             self.preset = Preset(name=f"{FOLDERS[kind]} (eval)", kind=kind, path=str(path),
                                  options={"min_size": 64, "max_size": 256, "default_size": 64})
 
+    def __call__(self, prompt: str, *, seed: int, n: int = 4, **kwargs) -> torch.Tensor:
+        """``n`` images, made 4 at a time (the engine's limit) with seeds seed, seed + 1000, ..."""
+        chunks = [min(4, n - start) for start in range(0, n, 4)]
+        return torch.cat([self.generate(prompt, seed=seed + 1000 * k, n=m, **kwargs) for k, m in enumerate(chunks)])
+
     @torch.no_grad()
-    def __call__(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = 5.0, steps: int = 25,
+    def generate(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = 5.0, steps: int = 25,
                  negative_prompt: str = "", original_size=(64, 64), crops_coords_top_left=(0, 0)) -> torch.Tensor:
+        """Up to 4 images from one seed: the engine's ``text_to_image`` or ``pipe(...)``, which agree."""
         sdxl = {}
         if self.kind == "sdxl":
             sdxl = dict(original_size=tuple(original_size), crops_coords_top_left=tuple(crops_coords_top_left))

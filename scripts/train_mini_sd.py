@@ -844,7 +844,7 @@ def main(argv=None) -> None:
                "unet-sdxl": lambda a: train_unet(a, True)}
     for stage in stages:
         if args.stage == "all" and is_done(args, stage):
-            print(f"{stage}: done already ({args.out / stage / 'done.json'})", flush=True)
+            print(f"{stage}: done already (see {args.assets}/{SHIPS_TO[stage][-1]}/training.json)", flush=True)
             continue
         for needed in STAGES[: STAGES.index(stage)][:2]:  # the UNets need the encoders and the VAE
             if stage.startswith("unet") and not is_done(args, needed):

@@ -173,3 +173,98 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
     before = (tmp_path / "run" / "unet-sd" / "checkpoint.pt").stat().st_mtime
     train_mini_sd.main(args)  # everything is done: nothing runs again
     assert (tmp_path / "run" / "unet-sd" / "checkpoint.pt").stat().st_mtime == before
+
+
+# ----------------------------------------------------------------------------
+# Our engine loop runs the mini pipelines unchanged
+
+
+def _engine_images(pipe, path: Path, kind: str, **kwargs):
+    from engine.presets import Preset
+    from engine.txt2img import run_to_end, text_to_image
+
+    preset = Preset(name=f"mini {kind} (test)", kind=kind, path=str(path), options={"min_size": 64, "max_size": 256})
+    result = run_to_end(text_to_image(pipe, preset, width=64, height=64, preview_every=0, **kwargs))
+    return torch.from_numpy(result.images).permute(0, 3, 1, 2)
+
+
+def _diffusers_images(pipe, *, prompt, negative_prompt="", guidance_scale, num_inference_steps, seed, num_images,
+                      **sdxl):
+    out = pipe(prompt, negative_prompt=negative_prompt or None, guidance_scale=guidance_scale,
+               num_inference_steps=num_inference_steps, num_images_per_prompt=num_images, height=64, width=64,
+               generator=torch.Generator("cpu").manual_seed(seed), output_type="pt", **sdxl)
+    return out.images.float()
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_engine_loop_and_diffusers_pipeline_give_the_same_images(saved, kind):
+    pipe = ms.load_pipeline(saved[kind])
+    request = dict(prompt="a red ankle boot", negative_prompt="blue", guidance_scale=5.0, num_inference_steps=3,
+                   seed=7, num_images=2)
+    sdxl = dict(original_size=(16, 16), crops_coords_top_left=(8, 8)) if kind == "sdxl" else {}
+    ours = _engine_images(pipe, saved[kind], kind, **request, **sdxl)
+    theirs = _diffusers_images(pipe, **request, **sdxl)
+    assert ours.shape == theirs.shape == (2, 3, 64, 64)
+    assert float((ours - theirs).abs().max()) < 1e-4
+
+
+# ----------------------------------------------------------------------------
+# The shipped, trained models (skipped until scripts/train_mini_sd.py has written them)
+
+SHIPPED = {kind: REPO_ROOT / "assets" / folder for kind, folder in (("sd", "mini-sd"), ("sdxl", "mini-sdxl"))}
+
+
+def _shipped(kind: str) -> Path:
+    path = SHIPPED[kind]
+    if not (path / "model_index.json").exists():
+        pytest.skip(f"{path} is not trained yet (python scripts/train_mini_sd.py all)")
+    return path
+
+
+def _judge():
+    from engine import loader
+    from engine.presets import presets_for
+
+    names = [p.name for p in presets_for("classifier")]
+    if not names:
+        pytest.skip("no Fashion-MNIST judge ('classifier' preset) to score classes with")
+    return loader.load(names[0], "classifier", device="cpu")
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_shipped_pipeline_is_small_and_the_engine_matches_diffusers(kind):
+    path = _shipped(kind)
+    assert ms.weights_megabytes(path) < 40
+    pipe = ms.load_pipeline(path)
+    request = dict(prompt="a blue sneaker", guidance_scale=5.0, num_inference_steps=25, seed=0, num_images=2)
+    assert float((_engine_images(pipe, path, kind, **request) - _diffusers_images(pipe, **request)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_shipped_pipeline_draws_the_asked_class(kind):
+    """Loose quality check: for 3 prompts, at least 70% of 16 images are judged as the asked class."""
+    from engine import colour_fashion as cf
+    from engine.fashion import judge_images
+
+    judge = _judge()
+    pipe = ms.load_pipeline(_shipped(kind))
+    for label, colour in ((7, "blue"), (1, "red"), (8, "green")):
+        images = _diffusers_images(pipe, prompt=cf.prompt_for(label, colour), guidance_scale=5.0,
+                                   num_inference_steps=25, seed=label, num_images=16)
+        predicted, _ = judge_images(judge, cf.to_judge_grey(images))
+        assert float((predicted == label).float().mean()) >= 0.7, (label, colour, predicted.tolist())
+
+
+def test_shipped_sdxl_micro_conditioning_has_the_right_sign():
+    """original_size (16, 16) blurs (less high-frequency energy); crop (16, 16) moves the item up and left."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from eval_mini_sd import centroids, high_frequency_energy
+
+    pipe = ms.load_pipeline(_shipped("sdxl"))
+    request = dict(prompt="a purple dress", guidance_scale=5.0, num_inference_steps=25, seed=0, num_images=8)
+    base = _diffusers_images(pipe, **request)
+    blurry = _diffusers_images(pipe, **request, original_size=(16, 16))
+    cropped = _diffusers_images(pipe, **request, crops_coords_top_left=(16, 16))
+    assert high_frequency_energy(blurry) < high_frequency_energy(base)
+    move = (centroids(cropped) - centroids(base)).mean(0)
+    assert float(move[0]) < 0 and float(move[1]) < 0  # rows and columns: up and left
