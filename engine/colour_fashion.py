@@ -11,7 +11,10 @@ the grey version the Fashion-MNIST judge reads.
 Captions come from templates and synonyms ("a red ankle boot", "a photo of blue
 trousers", "sneakers in yellow", "a green bag"); about 10% are empty, so the
 UNet also learns the unconditional prediction that classifier-free guidance
-needs (Ho & Salimans 2022). Everything is drawn from one seed.
+needs (Ho & Salimans 2022), and about 10% name the item but not its colour
+("a photo of a sneaker"), so a prompt without a colour is not new to the model
+(and a negative prompt "red" has something to steer). Everything is drawn from
+one seed.
 
 The second half is SDXL's micro-conditioning as training augmentations
 (Podell et al. 2023, "SDXL", §2.2):
@@ -43,6 +46,7 @@ IMAGE_SIZE = 64
 ITEM_SIZE = 48  # the 28 px item is upscaled to this and centred: an 8 px margin all round
 BACKGROUND = (0.95, 0.94, 0.92)  # a light, slightly warm grey, RGB in [0, 1]
 EMPTY_CAPTION_SHARE = 0.1
+NO_COLOUR_SHARE = 0.1  # of all captions: the item without its colour
 
 #: The named colours, RGB in [0, 1]. Hues (degrees): red 0, orange 27, yellow 56,
 #: green 129, blue 224, purple 275, pink 327; black has no hue (saturation ~0).
@@ -83,6 +87,8 @@ TEMPLATES = (
     "{noun} in {colour}",
     "{colour} {word}",
 )
+#: Templates for captions that do not name the colour.
+NO_COLOUR_TEMPLATES = ("{noun}", "a photo of {noun}", "a picture of {noun}")
 PLURAL_SHARE = 0.25
 
 
@@ -97,12 +103,17 @@ def noun_phrase(colour: str, singular: str | None, plural: str, use_plural: bool
     return f"{_article(colour)} {colour} {singular}"
 
 
-def make_caption(label: int, colour: str, template: int, noun: int, use_plural: bool) -> str:
-    """One caption from its choices: class ``label``, ``colour`` name, template and noun indices."""
+def make_caption(label: int, colour: str | None, template: int, noun: int, use_plural: bool) -> str:
+    """One caption from its choices: class ``label``, ``colour`` name, template and noun indices.
+
+    ``colour=None`` uses ``NO_COLOUR_TEMPLATES`` (``template`` modulo their number): "a photo of a sneaker".
+    """
     singular, plural = CLASS_NOUNS[label][noun]
     use_plural = use_plural or singular is None
     word = plural if use_plural else singular
     noun = word if use_plural else f"{_article(singular)} {singular}"
+    if colour is None:
+        return NO_COLOUR_TEMPLATES[template % len(NO_COLOUR_TEMPLATES)].format(noun=noun)
     return TEMPLATES[template].format(np=noun_phrase(colour, singular, plural, use_plural), noun=noun,
                                       word=word, colour=colour)
 
@@ -115,7 +126,7 @@ def prompt_for(label: int, colour: str) -> str:
 
 def caption_vocabulary() -> set[str]:
     """Every word a caption can contain (for tests and the model card)."""
-    words = {w for t in TEMPLATES for w in re.sub(r"{\w+}", " ", t).split()}
+    words = {w for t in TEMPLATES + NO_COLOUR_TEMPLATES for w in re.sub(r"{\w+}", " ", t).split()}
     words |= set(COLOUR_NAMES) | {"a", "an"}
     for nouns in CLASS_NOUNS:
         for singular, plural in nouns:
@@ -132,14 +143,17 @@ class ColourFashion:
     """A seeded captioned set: item ``i`` is Fashion-MNIST image ``items[i]`` in ``colours[i]``.
 
     items: uint8 [N, 28, 28]; labels: int64 [N] (0-9); colours: int64 [N]
-    (indices into ``COLOUR_NAMES``); captions: N strings ("" for about 10%).
-    Pictures are drawn on demand with ``pictures(indices)``.
+    (indices into ``COLOUR_NAMES``); captions: N strings ("" for about 10%);
+    names_colour: bool [N], whether the caption names the colour (False for
+    empty and colourless captions). Pictures are drawn on demand with
+    ``pictures(indices)``.
     """
 
     items: np.ndarray
     labels: np.ndarray
     colours: np.ndarray
     captions: list[str]
+    names_colour: np.ndarray
     seed: int
 
     def __len__(self) -> int:
@@ -154,20 +168,23 @@ class ColourFashion:
 
 
 def make_captions(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator,
-                  empty_share: float = EMPTY_CAPTION_SHARE) -> list[str]:
-    """A caption per item: random template, noun and number; ``empty_share`` of them are ""."""
+                  empty_share: float = EMPTY_CAPTION_SHARE,
+                  no_colour_share: float = NO_COLOUR_SHARE) -> tuple[list[str], np.ndarray]:
+    """A caption per item: random template, noun and number; ``empty_share`` of them are "" and
+    ``no_colour_share`` leave the colour out. Returns (captions, names_colour bool [N])."""
     n = len(labels)
     templates = rng.integers(0, len(TEMPLATES), n)
     nouns = rng.random(n)
     plural = rng.random(n) < PLURAL_SHARE
-    empty = rng.random(n) < empty_share
+    draw = rng.random(n)
+    empty, no_colour = draw < empty_share, (draw >= empty_share) & (draw < empty_share + no_colour_share)
     captions = []
     for i in range(n):
         label = int(labels[i])
         noun = int(nouns[i] * len(CLASS_NOUNS[label]))
-        text = make_caption(label, COLOUR_NAMES[colours[i]], int(templates[i]), noun, bool(plural[i]))
-        captions.append("" if empty[i] else text)
-    return captions
+        colour = None if no_colour[i] else COLOUR_NAMES[colours[i]]
+        captions.append("" if empty[i] else make_caption(label, colour, int(templates[i]), noun, bool(plural[i])))
+    return captions, ~(empty | no_colour)
 
 
 @functools.lru_cache(maxsize=2)
@@ -188,8 +205,9 @@ def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = No
     order = rng.permutation(len(labels))[: num_items or len(labels)]
     items, labels = items[order], labels[order].astype(np.int64)
     colours = rng.integers(0, len(COLOUR_NAMES), len(labels)).astype(np.int64)
-    captions = make_captions(labels, colours, rng, empty_share)
-    return ColourFashion(items=items, labels=labels, colours=colours, captions=captions, seed=seed)
+    captions, names_colour = make_captions(labels, colours, rng, empty_share)
+    return ColourFashion(items=items, labels=labels, colours=colours, captions=captions, names_colour=names_colour,
+                         seed=seed)
 
 
 # ----------------------------------------------------------------------------

@@ -250,17 +250,20 @@ class ImageTower(nn.Module):
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-                     keys: torch.Tensor) -> torch.Tensor:
+                     fits: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP's loss) over a batch of normalised embeddings [B, E].
 
-    A caption names only a colour and a class, so a batch holds many pairs that
-    match equally well: items with the same ``keys`` [B] (colour x class) are
-    all counted as positives, with equal weight, instead of as negatives.
+    A caption names only a class and perhaps a colour, so a batch holds many
+    pairs that match equally well: ``fits`` [B, B] (bool, fits[i, j] = caption
+    j describes picture i, the diagonal true) marks them all as positives, with
+    equal weight, instead of as negatives. With ``fits`` the identity this is
+    CLIP's loss exactly.
     """
     logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()
-    same = (keys[:, None] == keys[None, :]).float()
-    targets = same / same.sum(1, keepdim=True)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+    fits = fits.float()
+    image_to_text = F.cross_entropy(logits, fits / fits.sum(1, keepdim=True))
+    text_to_image = F.cross_entropy(logits.t(), fits.t() / fits.t().sum(1, keepdim=True))
+    return (image_to_text + text_to_image) / 2
 
 
 class MiniCLIP(nn.Module):
@@ -284,23 +287,24 @@ class MiniCLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.full((2,), 2.6593))  # log(1 / 0.07), CLIP's initial temperature
 
     def forward(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor,
-                keys: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pictures [B, 3, 64, 64], ids [B, T] for each tokenizer, keys [B] -> the two losses and their sum."""
+                fits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pictures [B, 3, 64, 64], ids [B, T] for each tokenizer, fits [B, B] -> the two losses and their sum."""
         image_1, image_2 = self.image_tower(pictures)
         text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
         text_2 = F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
-        loss_1 = contrastive_loss(image_1, text_1, self.logit_scale[0], keys)
-        loss_2 = contrastive_loss(image_2, text_2, self.logit_scale[1], keys)
+        loss_1 = contrastive_loss(image_1, text_1, self.logit_scale[0], fits)
+        loss_2 = contrastive_loss(image_2, text_2, self.logit_scale[1], fits)
         return {"loss": loss_1 + loss_2, "loss_text_encoder": loss_1, "loss_text_encoder_2": loss_2}
 
     @torch.no_grad()
     def retrieval_accuracy(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor,
-                           keys: torch.Tensor) -> tuple[float, float]:
-        """Share of pictures whose best-matching caption (among the batch's) has the right colour and class."""
+                           fits: torch.Tensor) -> tuple[float, float]:
+        """Share of pictures whose best-matching caption (among the batch's) describes them (``fits``)."""
         image_1, image_2 = self.image_tower(pictures)
         text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
         text_2 = F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
-        acc = [float((keys[(img @ txt.t()).argmax(1)] == keys).float().mean())
+        rows = torch.arange(len(fits), device=fits.device)
+        acc = [float(fits[rows, (img @ txt.t()).argmax(1)].float().mean())
                for img, txt in ((image_1, text_1), (image_2, text_2))]
         return acc[0], acc[1]
 

@@ -43,20 +43,25 @@ def test_pictures_shape_and_range(small_set):
 @needs_data
 def test_captions_use_the_vocabulary_and_name_colour_and_class(small_set):
     vocabulary = cf.caption_vocabulary()
-    for caption, label, colour in zip(small_set.captions, small_set.labels, small_set.colours):
+    for caption, label, colour, named in zip(small_set.captions, small_set.labels, small_set.colours,
+                                             small_set.names_colour):
         if not caption:
+            assert not named
             continue
         assert set(caption.split()) <= vocabulary, caption
-        assert cf.COLOUR_NAMES[colour] in caption.split(), caption
+        colour_words = set(caption.split()) & set(cf.COLOUR_NAMES)
+        assert colour_words == ({cf.COLOUR_NAMES[colour]} if named else set()), caption
         nouns = {w for pair in cf.CLASS_NOUNS[label] for w in pair if w}
         assert any(re.search(rf"\b{re.escape(n)}\b", caption) for n in nouns), caption
     assert len(set(small_set.captions)) > 300  # templates x synonyms x colours give variety
 
 
 @needs_data
-def test_about_ten_percent_of_captions_are_empty(small_set):
-    share = sum(c == "" for c in small_set.captions) / len(small_set)
-    assert 0.08 <= share <= 0.12
+def test_about_ten_percent_of_captions_are_empty_and_ten_percent_colourless(small_set):
+    empty = sum(c == "" for c in small_set.captions) / len(small_set)
+    colourless = sum(bool(c) and not named for c, named in zip(small_set.captions, small_set.names_colour))
+    assert 0.08 <= empty <= 0.12
+    assert 0.08 <= colourless / len(small_set) <= 0.12
 
 
 def test_caption_grammar_examples():
@@ -67,6 +72,8 @@ def test_caption_grammar_examples():
     assert cf.make_caption(7, "yellow", 3, 0, True) == "sneakers in yellow"
     assert cf.make_caption(8, "green", 0, 0, False) == "a green bag"
     assert cf.make_caption(7, "red", 4, 0, False) == "red sneaker"
+    assert cf.make_caption(7, None, 1, 0, False) == "a photo of a sneaker"
+    assert cf.make_caption(1, None, 0, 1, False) == "pants"
 
 
 def test_tint_hue_matches_the_colour_name():

@@ -126,14 +126,19 @@ def test_short_clip_windows_give_the_same_states_as_77_tokens():
 def test_contrastive_loss_rewards_matching_pairs():
     torch.manual_seed(0)
     emb = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
-    keys = torch.arange(8)
+    fits = torch.eye(8, dtype=torch.bool)
     scale = torch.tensor(2.0)
-    matched = ms.contrastive_loss(emb, emb, scale, keys)
-    shuffled = ms.contrastive_loss(emb, emb[torch.randperm(8)], scale, keys)
+    matched = ms.contrastive_loss(emb, emb, scale, fits)
+    shuffled = ms.contrastive_loss(emb, emb[torch.randperm(8)], scale, fits)
     assert matched < shuffled
-    # two items with the same key count as positives of each other
-    twins = ms.contrastive_loss(emb, emb, scale, torch.tensor([0, 0, 1, 2, 3, 4, 5, 6]))
-    assert torch.isfinite(twins)
+    # with the identity, it is CLIP's loss: cross-entropy with the diagonal as the labels
+    logits = scale.exp() * emb @ emb.t()
+    clip = (torch.nn.functional.cross_entropy(logits, torch.arange(8)) +
+            torch.nn.functional.cross_entropy(logits.t(), torch.arange(8))) / 2
+    assert torch.allclose(matched, clip)
+    # a caption that fits two pictures ("a sneaker") is a positive of both
+    fits[0, 1] = True
+    assert torch.isfinite(ms.contrastive_loss(emb, emb, scale, fits))
 
 
 def test_mini_clip_learns_a_fixed_batch():
@@ -143,16 +148,16 @@ def test_mini_clip_learns_a_fixed_batch():
     captions = ["a red bag", "a blue bag", "a red sneaker", "a blue sneaker"]
     ids, ids_2 = ms.tokenize(tok["tokenizer"], captions, 16), ms.tokenize(tok["tokenizer_2"], captions, 16)
     pictures = torch.rand(4, 3, 64, 64) * 2 - 1
-    keys = torch.arange(4)
+    fits = torch.eye(4, dtype=torch.bool)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = model(pictures, ids, ids_2, keys)["loss"].item()
+    first = model(pictures, ids, ids_2, fits)["loss"].item()
     for _ in range(25):
-        loss = model(pictures, ids, ids_2, keys)["loss"]
+        loss = model(pictures, ids, ids_2, fits)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first
-    assert min(model.retrieval_accuracy(pictures, ids, ids_2, keys)) >= 0.75
+    assert min(model.retrieval_accuracy(pictures, ids, ids_2, fits)) >= 0.75
 
 
 def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
