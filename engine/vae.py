@@ -71,25 +71,28 @@ def preprocess(image: Image.Image, size: int = 512, fit: str = "crop") -> tuple[
     """
     size, fit = check_size(size), check_fit(fit)
     image = to_rgb(image)
+    return _resize_and_crop(image, size) if fit == "crop" else _resize_and_pad(image, size)
+
+
+def _resize_and_crop(image: Image.Image, size: int) -> tuple[Image.Image, list[str]]:
     w, h = image.size
-    short, long = min(w, h), max(w, h)
+    scale = size / min(w, h)
+    rw, rh = round(w * scale), round(h * scale)  # the whole image at this scale
+    max_long = int(MAX_ASPECT * size)
+    cw, ch = min(rw, max_long) // 8 * 8, min(rh, max_long) // 8 * 8
+    # Crop in the source, then resize: a thin 20000 x 8 upload never becomes 640000 x 256 pixels.
+    left, top = (w - cw / scale) / 2, (h - ch / scale) / 2
+    out = image.resize((cw, ch), Image.Resampling.LANCZOS, box=(left, top, left + cw / scale, top + ch / scale))
     notes = []
-    if fit == "crop":
-        scale = size / short
-    else:
-        scale = min(size / short, MAX_ASPECT * size / long)
+    if rw - cw > 8 or rh - ch > 8:
+        notes.append(f"Centre-cropped from {rw}x{rh} to {cw}x{ch} (at most {MAX_ASPECT:g}:1).")
+    return out, notes
+
+
+def _resize_and_pad(image: Image.Image, size: int) -> tuple[Image.Image, list[str]]:
+    w, h = image.size
+    scale = min(size / min(w, h), MAX_ASPECT * size / max(w, h))
     rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
-    resized = image.resize((rw, rh), Image.Resampling.LANCZOS)
-
-    if fit == "crop":
-        max_long = int(MAX_ASPECT * size)
-        cw, ch = min(rw, max_long) // 8 * 8, min(rh, max_long) // 8 * 8
-        left, top = (rw - cw) // 2, (rh - ch) // 2
-        out = resized.crop((left, top, left + cw, top + ch))
-        if rw - cw > 8 or rh - ch > 8:
-            notes.append(f"Centre-cropped from {rw}x{rh} to {cw}x{ch} (at most {MAX_ASPECT:g}:1).")
-        return out, notes
-
     cw, ch = _ceil8(rw), _ceil8(rh)
     if max(cw, ch) > MAX_ASPECT * min(cw, ch):  # a very long image: pad the short side too
         if cw > ch:
@@ -97,9 +100,8 @@ def preprocess(image: Image.Image, size: int = 512, fit: str = "crop") -> tuple[
         else:
             cw = _ceil8(ch / MAX_ASPECT)
     out = Image.new("RGB", (cw, ch), PAD_COLOR)
-    out.paste(resized, ((cw - rw) // 2, (ch - rh) // 2))
-    if (cw, ch) != (rw, rh):
-        notes.append(f"Padded with white from {rw}x{rh} to {cw}x{ch}.")
+    out.paste(image.resize((rw, rh), Image.Resampling.LANCZOS), ((cw - rw) // 2, (ch - rh) // 2))
+    notes = [f"Padded with white from {rw}x{rh} to {cw}x{ch}."] if (cw, ch) != (rw, rh) else []
     return out, notes
 
 

@@ -135,6 +135,16 @@ def test_crop_vs_pad_on_a_very_long_image():
     assert (np.asarray(padded)[0] == 255).all()
 
 
+def test_a_thin_image_is_cropped_before_it_is_resized(monkeypatch):
+    """20000 x 8 at short side 1024 would be 2,560,000 x 1024 pixels if resized first."""
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, s, *a, **k: sizes.append(s) or resize(self, s, *a, **k))
+    out, notes = engine.preprocess(Image.new("RGB", (20000, 8), "gray"), 1024, "crop")
+    assert out.size == (2048, 1024) and max(w * h for w, h in sizes) == 2048 * 1024
+    assert "Centre-cropped" in notes[0]
+
+
 @pytest.mark.parametrize("bad", [{"size": 500}, {"size": "big"}, {"fit": "stretch"}])
 def test_preprocess_rejects_bad_choices(bad):
     with pytest.raises(ValueError):
