@@ -198,6 +198,9 @@ def decode(latent: torch.Tensor, vae, tiled: bool | None = None) -> torch.Tensor
     if tiled is None:
         tiled = max(z.shape[-2:]) > TILED_DECODE_ABOVE
     image = vae.tiled_decode(z).sample if tiled else vae.decode(z).sample
+    if not torch.isfinite(image).all():  # e.g. the original SDXL VAE in float16
+        raise ValueError(f"The VAE's decoder overflowed in {str(vae.dtype).replace('torch.', '')} (NaN or inf). "
+                         "Use a VAE made for float16, such as the SDXL fp16-fix one, or run in float32.")
     return image.float().cpu()
 
 

@@ -101,6 +101,11 @@ def test_tiled_decode_is_the_vae_tiling(vae):
     assert engine.decode(latent, vae).shape == (1, 3, 128, 128)  # 16 <= 64: plain decode by default
 
 
+def test_a_decoder_overflow_is_a_clear_error(vae):
+    with pytest.raises(ValueError, match="overflowed"):
+        engine.decode(torch.full((1, 4, 8, 8), float("nan")), vae)
+
+
 def test_encode_rejects_sizes_not_multiple_of_8(vae):
     with pytest.raises(ValueError, match="multiples of 8"):
         engine.encode(torch.zeros(1, 3, 60, 64), vae)
