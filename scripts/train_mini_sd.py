@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import os
@@ -172,12 +173,19 @@ def mark_done(args, stage: str, info: dict) -> None:
     for folder in SHIPS_TO[stage]:
         path = args.assets / folder
         record = training_record(args, folder)
+        stale = stage in ("clip", "vae")  # a new encoder or VAE invalidates the UNet trained on the old one
+        if stale:
+            record.pop("unet-sdxl" if folder == "mini-sdxl" else "unet-sd", None)
+            for name in ("model_index.json", "eval.json", "samples.png"):
+                (path / name).unlink(missing_ok=True)
+            for name in ("unet", "scheduler"):
+                shutil.rmtree(path / name, ignore_errors=True)
         record[stage] = info
         record.update(seed=args.seed, size=args.size, grid_steps=args.grid_steps)
         (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         text = model_card(folder, record, path)
         readme = path / "README.md"
-        if readme.exists():  # keep the measured-quality section that eval wrote
+        if readme.exists() and not stale:  # keep the measured-quality section that eval wrote
             old = re.search(r"<!-- eval:start -->.*<!-- eval:end -->", readme.read_text(encoding="utf-8"), re.S)
             if old:
                 text = re.sub(r"<!-- eval:start -->.*<!-- eval:end -->", lambda _: old.group(0), text, flags=re.S)
@@ -418,17 +426,31 @@ def load_vae(args, device: str):
 # 3 and 4. UNets
 
 
+def frozen_parts_key(args) -> str:
+    """A fingerprint of the shipped text encoders and VAE: UNet checkpoints and latent caches made
+    with other ones are stale."""
+    digest = hashlib.sha256()
+    folder = args.assets / "mini-sdxl"
+    for name in ("text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 @torch.no_grad()
 def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -> dict:
     """Every training picture through the VAE encoder, once: posterior mean and std [N, 4, 8, 8].
 
     For mini-SDXL each picture first gets its micro-conditioning augmentation
     (drawn from the seed), and its original_size and crop [N, 2] are kept.
-    Cached in ``OUT/latents-{sd,sdxl}.pt``.
+    Cached in ``OUT/latents-{sd,sdxl}.pt``, keyed by the VAE's weights, the seed and the item count.
     """
     path = args.out / f"latents-{'sdxl' if sdxl else 'sd'}.pt"
+    key = f"{frozen_parts_key(args)} seed={args.seed} items={len(data)}"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        cached = torch.load(path, weights_only=False)
+        if cached.get("key") == key:
+            return cached
     rng = np.random.default_rng([args.seed, 99, int(sdxl)])
     means, stds, originals, crops = [], [], [], []
     for start in tqdm(range(0, len(data), 500), desc=f"encode {'sdxl' if sdxl else 'sd'} latents", mininterval=10,
@@ -441,7 +463,7 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
         dist = vae.encode(cf.to_model_space(pictures).to(device)).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
-    latents = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    latents = {"mean": torch.cat(means), "std": torch.cat(stds), "key": key}
     if sdxl:
         latents.update(original_size=torch.cat(originals), crops_coords_top_left=torch.cat(crops))
     torch.save(latents, path)
@@ -566,7 +588,11 @@ def train_unet(args, sdxl: bool) -> dict:
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
     step, running = 0, None
+    key = frozen_parts_key(args)
     state = load_checkpoint(folder / "checkpoint.pt", device)
+    if state and state.get("frozen_parts") != key:
+        print(f"{stage}: the checkpoint was trained with other text encoders or VAE: starting again", flush=True)
+        state = None
     if state:
         unet.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -595,7 +621,8 @@ def train_unet(args, sdxl: bool) -> dict:
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         if step % args.checkpoint_every == 0 or step == total:
             save_checkpoint(folder / "checkpoint.pt", dict(model=unet.state_dict(), ema=ema.state_dict(),
-                                                           opt=opt.state_dict(), step=step, running=running))
+                                                           opt=opt.state_dict(), step=step, running=running,
+                                                           frozen_parts=key))
         if step % args.sample_every == 0 or step == total:
             pipe = ms.build_sdxl_pipeline(ema, vae, te, te_2) if sdxl else ms.build_sd_pipeline(ema, vae, te)
             pipe.set_progress_bar_config(disable=True)
