@@ -92,11 +92,26 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
         out.paste(rgba, mask=rgba.getchannel("A"))
         return out
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+        img = Image.fromarray(_deep_to_8bit(np.asarray(img, dtype=np.float64), img.mode), mode="L")
     return img.convert("RGB")
+
+
+def _deep_to_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit, 32-bit and float greyscale -> uint8, keeping tones (no auto-contrast).
+
+    16-bit images scale 0..65535 to 0..255; float images in [0, 1] scale by 255;
+    anything else that already fits 0..255 is kept. Only values outside every
+    known range are stretched from min to max.
+    """
+    hi = float(arr.max()) if arr.size else 0.0
+    lo = float(arr.min()) if arr.size else 0.0
+    if mode.startswith("I;16") or (mode == "I" and 255 < hi <= 65535 and lo >= 0):
+        arr = arr / 257.0
+    elif mode == "F" and lo >= 0 and hi <= 1.0:
+        arr = arr * 255.0
+    elif lo < 0 or hi > 255:
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+    return np.clip(np.round(arr), 0, 255).astype(np.uint8)
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

@@ -56,6 +56,9 @@ class _Entry:
 _models: dict[tuple, _Entry] = {}
 _key_locks: dict[tuple, threading.Lock] = {}
 _guard = threading.Lock()
+# transformers and diffusers resolve many names lazily on first import, and two request threads
+# doing that at once can fail ("cannot import name 'CLIPImageProcessor'"): imports take turns.
+_import_lock = threading.Lock()
 load_count: dict[tuple, int] = {}  # how many times each key was really loaded (tests count these)
 
 
@@ -99,7 +102,7 @@ def load(preset: Preset | str, kind: str | None = None, *, device: str | None = 
 
 def _load_uncached(preset: Preset, device: str, dtype: torch.dtype) -> object:
     module_name, func_name = LOADERS[preset.kind].split(":")
-    loader = getattr(importlib.import_module(module_name), func_name)
+    loader = getattr(_import(module_name), func_name)
     local_only = False
     if preset.is_hub:
         if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
@@ -166,6 +169,12 @@ def hub_reachable(timeout: float = 2.0, ttl: float = 30.0) -> bool:
 # Loaders for the built-in kinds. Each takes (preset, device, dtype, local_only).
 
 
+def _import(module_name: str):
+    """``importlib.import_module`` one thread at a time (see ``_import_lock``)."""
+    with _import_lock:
+        return importlib.import_module(module_name)
+
+
 def _pretrained_kwargs(preset: Preset, local_only: bool) -> dict:
     kwargs = {"local_files_only": local_only}
     if preset.subfolder:
@@ -174,8 +183,7 @@ def _pretrained_kwargs(preset: Preset, local_only: bool) -> dict:
 
 
 def _load_tokenizer(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
-    from transformers import CLIPTokenizer
-
+    CLIPTokenizer = _import("transformers").CLIPTokenizer
     tok = CLIPTokenizer.from_pretrained(preset.source, **_pretrained_kwargs(preset, local_only))
     # transformers 5 returns an empty tokenizer, without an error, when vocab.json and
     # merges.txt cannot be found: refuse it rather than tokenize everything to nothing.
@@ -185,8 +193,7 @@ def _load_tokenizer(preset: Preset, device: str, dtype: torch.dtype, local_only:
 
 
 def _load_vae(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
-    from diffusers import AutoencoderKL
-
+    AutoencoderKL = _import("diffusers").AutoencoderKL
     kwargs = _pretrained_kwargs(preset, local_only)
     if preset.variant:
         kwargs["variant"] = preset.variant
@@ -200,8 +207,7 @@ def _load_pipeline(cls, preset: Preset, device: str, dtype: torch.dtype, local_o
         kwargs["variant"] = preset.variant
     vae_repo = preset.options.get("vae")
     if vae_repo:
-        from diffusers import AutoencoderKL
-
+        AutoencoderKL = _import("diffusers").AutoencoderKL
         kwargs["vae"] = AutoencoderKL.from_pretrained(vae_repo, dtype=dtype, local_files_only=local_only)
     pipe = cls.from_pretrained(preset.source, dtype=dtype, **kwargs)
     pipe.set_progress_bar_config(disable=True)
@@ -209,15 +215,11 @@ def _load_pipeline(cls, preset: Preset, device: str, dtype: torch.dtype, local_o
 
 
 def _load_sd(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
-    from diffusers import StableDiffusionPipeline
-
-    return _load_pipeline(StableDiffusionPipeline, preset, device, dtype, local_only)
+    return _load_pipeline(_import("diffusers").StableDiffusionPipeline, preset, device, dtype, local_only)
 
 
 def _load_sdxl(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
-    from diffusers import StableDiffusionXLPipeline
-
-    return _load_pipeline(StableDiffusionXLPipeline, preset, device, dtype, local_only)
+    return _load_pipeline(_import("diffusers").StableDiffusionXLPipeline, preset, device, dtype, local_only)
 
 
 # ----------------------------------------------------------------------------
