@@ -182,6 +182,7 @@ def mark_done(args, stage: str, info: dict) -> None:
                 shutil.rmtree(path / name, ignore_errors=True)
         record[stage] = info
         record.update(seed=args.seed, size=args.size, grid_steps=args.grid_steps)
+        info.setdefault("device", f"{args.device}, {args.threads} threads" if args.device == "cpu" else args.device)
         (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         text = model_card(folder, record, path)
         readme = path / "README.md"
@@ -741,7 +742,9 @@ def model_card(folder: str, record: dict, path: Path) -> str:
         "",
         "## Training",
         "",
-        "`python scripts/train_mini_sd.py all`, on the CPU (2 cores). Checkpoints and sample grids stay in "
+        "`python scripts/train_mini_sd.py all` ("
+        + "; ".join(f"{stage} on {record[stage].get('device', '?')}" for stage in STAGES if stage in record)
+        + "). Checkpoints and sample grids stay in "
         "`runs/mini_sd/` (not shipped); `training.json` holds the figures above."
         + (" `samples.png`: one row per class, one column per colour"
            + (", then \"a {colour} sneaker\" with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
