@@ -13,9 +13,11 @@ the same scheduler config (the book's DDPM schedule, 1000 steps, linear betas
 
 * "DDPM": ``DDPMScheduler``, ancestral sampling, Ho et al. 2020, Algorithm 2
   (the book's 1000-step loop).
-* "DDIM": ``DDIMScheduler`` with η = 0, deterministic, Song et al. 2021.
+* "DDIM": ``DDIMScheduler`` with η = 0, deterministic, Song et al. 2021
+  (x_0 clipped, and ε re-derived from the clipped x_0: see ``step_kwargs``).
 * "DPM-Solver++": ``DPMSolverMultistepScheduler`` (2nd-order multistep,
-  data prediction), Lu et al. 2022.
+  data prediction), Lu et al. 2022, with x_0 clipped to [-1, 1] like the
+  other two (their ``clip_sample``).
 
 Classifier-free guidance (Ho & Salimans 2022) is written out in
 ``predict_noise``: ε = ε_uncond + g · (ε_cond − ε_uncond), skipped when g ≤ 1.
@@ -169,10 +171,14 @@ def make_scheduler(sampler: str, config: dict | None = None):
     if sampler == "DDIM":
         return DDIMScheduler.from_config(config)
     if sampler == "DPM-Solver++":
-        # Keys that only DDPM/DDIM know would make from_config warn; drop them.
-        for key in ("clip_sample", "clip_sample_range", "set_alpha_to_one", "variance_type", "eta"):
+        # DDPM and DDIM clip their predicted x_0 to [-1, 1] (clip_sample, on by default); DPM-Solver++'s
+        # data prediction gets the same clipping through thresholding with sample_max_value = 1.
+        clip = config.pop("clip_sample", True)
+        clip_range = config.pop("clip_sample_range", 1.0)
+        for key in ("set_alpha_to_one", "variance_type", "eta"):  # DDPM/DDIM-only keys
             config.pop(key, None)
-        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=bool(clip), sample_max_value=clip_range)
     raise ValueError(f"Unknown sampler {sampler!r}. Choose one of: {', '.join(SAMPLERS)}.")
 
 
@@ -240,6 +246,21 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor) 
     return (x_t - (1 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
 
 
+def step_kwargs(sampler: str, generator: torch.Generator) -> dict:
+    """Extra arguments of ``scheduler.step`` per sampler.
+
+    DDIM clips its predicted x_0 to [-1, 1] (``clip_sample``); with
+    ``use_clipped_model_output=True`` it also re-derives ε from the clipped
+    x_0, so both terms of its update agree. Without it, DDIM at g = 2 on the
+    CPU model got *worse* with more steps (class fidelity 92% at 10 steps, 46%
+    at 50); with it, 98% at 50 steps on a quick check. DDPM draws its
+    variance noise from ``generator``.
+    """
+    if sampler == "DDIM":
+        return {"eta": 0.0, "use_clipped_model_output": True, "generator": generator}
+    return {"generator": generator}
+
+
 def use_cpu_bf16(device: str | torch.device) -> bool:
     """bf16 autocast for CPU inference, where the CPU has native bf16 (AVX512-BF16/AMX): ~1.3-2x faster."""
     if torch.device(device).type != "cpu":
@@ -305,7 +326,7 @@ def sample(
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             eps = predict_noise(unet, model_input.to(dtype), t, labels, request.guidance_scale)
         x0 = predict_x0(x, eps, alphas_cumprod[int(t)])
-        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+        x = scheduler.step(eps, t, x, **step_kwargs(request.sampler, generator)).prev_sample
         yield SampleStep(index=i, total=len(timesteps), timestep=int(t), latents=x, pred_original=x0)
 
     # 4. Back to [0, 1]

@@ -115,7 +115,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_deca
 def sample_grid(unet: UNet2DModel, device: str, per_class: int = 8, steps: int = 20, guidance: float = 2.0,
                 seed: int = 0) -> Image.Image:
     """One row per class: DPM-Solver++ with classifier-free guidance. Returns a grey PIL grid."""
-    scheduler = DPMSolverMultistepScheduler.from_config(SCHEDULER_CONFIG, algorithm_type="dpmsolver++")
+    # x_0 clipped to [-1, 1] as in the app (engine.fashion.make_scheduler)
+    scheduler = DPMSolverMultistepScheduler.from_config(SCHEDULER_CONFIG, algorithm_type="dpmsolver++",
+                                                        thresholding=True, sample_max_value=1.0)
     scheduler.set_timesteps(steps)
     labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class).to(device)
     g = torch.Generator("cpu").manual_seed(seed)

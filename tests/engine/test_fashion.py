@@ -127,7 +127,8 @@ def _reference(unet, scheduler, label: int, count: int, steps: int, guidance: fl
             cond = unet(x, t, class_labels=labels).sample
             uncond = unet(x, t, class_labels=torch.full_like(labels, 10)).sample
             eps = uncond + guidance * (cond - uncond)
-            x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            extra = {"use_clipped_model_output": True} if isinstance(scheduler, DDIMScheduler) else {}
+            x = scheduler.step(eps, t, x, generator=generator, **extra).prev_sample
     return (x / 2 + 0.5).clamp(0, 1)
 
 
@@ -137,7 +138,8 @@ def test_matches_stepping_the_diffusers_scheduler(unet, sampler, steps):
     scheduler = {
         "DDPM": DDPMScheduler(**config),
         "DDIM": DDIMScheduler(**config),
-        "DPM-Solver++": DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++"),
+        "DPM-Solver++": DPMSolverMultistepScheduler(**config, algorithm_type="dpmsolver++", thresholding=True,
+                                                    sample_max_value=1.0),
     }[sampler]
     expected = _reference(unet, scheduler, label=8, count=2, steps=steps, guidance=2.5, seed=11)
     got = run(unet, label="Bag", count=2, sampler=sampler, num_inference_steps=steps, guidance_scale=2.5, seed=11)
@@ -162,7 +164,10 @@ def test_schedulers_share_one_config():
         s = fashion.make_scheduler(name, cfg)
         assert isinstance(s, cls)
         assert s.config.beta_end == 0.03 and s.config.num_train_timesteps == 1000
-    assert fashion.make_scheduler("DPM-Solver++").config.algorithm_type == "dpmsolver++"
+    dpm = fashion.make_scheduler("DPM-Solver++")
+    assert dpm.config.algorithm_type == "dpmsolver++"
+    assert dpm.config.thresholding and dpm.config.sample_max_value == 1.0  # clips x0 like DDPM/DDIM do
+    assert not fashion.make_scheduler("DPM-Solver++", dict(cfg, clip_sample=False)).config.thresholding
 
 
 # ---------------------------------------------------------------------------------------------
