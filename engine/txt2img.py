@@ -37,6 +37,7 @@ VAE and in [0, 1] after post-processing.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
@@ -566,6 +567,23 @@ def run_safety_checker(pipe, images: torch.Tensor) -> tuple[torch.Tensor, list[b
     return images, [bool(x) for x in has_nsfw]
 
 
+@contextlib.contextmanager
+def vae_upcast_if_needed(vae, kind: str):
+    """Run the VAE in fp32 for the duration, when SDXL's fp16 VAE would overflow (``force_upcast``).
+
+    The VAE is the shared cached one, so it goes back to fp16 afterwards; the compute
+    queue runs one job at a time, so no other request sees it in fp32.
+    """
+    upcast = kind == "sdxl" and vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            vae.to(dtype=torch.float16)
+
+
 @torch.no_grad()
 def decode(pipe, kind: str, latents: torch.Tensor) -> tuple[np.ndarray, list[bool] | None]:
     """Step 5: latents [B, 4, h, w] -> images [B, H, W, 3] in [0, 1], and NSFW flags (or None).
@@ -577,15 +595,9 @@ def decode(pipe, kind: str, latents: torch.Tensor) -> tuple[np.ndarray, list[boo
     fp16-fix VAE of our SDXL presets does not need it).
     """
     vae = pipe.vae
-    needs_upcasting = kind == "sdxl" and vae.dtype == torch.float16 and vae.config.force_upcast
-    if needs_upcasting:
-        vae.to(dtype=torch.float32)
-    try:
+    with vae_upcast_if_needed(vae, kind):
         latents = latents.to(device=vae.device, dtype=vae.dtype)
         images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-    finally:
-        if needs_upcasting:
-            vae.to(dtype=torch.float16)
     images, has_nsfw = run_safety_checker(pipe, images)
     out = postprocess(images)
     if has_nsfw is not None:
@@ -601,15 +613,9 @@ def decode(pipe, kind: str, latents: torch.Tensor) -> tuple[np.ndarray, list[boo
 def encode_image(pipe, kind: str, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """An image [1, 3, H, W] in [-1, 1] -> latents [1, 4, H/8, W/8], sampled from the VAE's posterior."""
     vae = pipe.vae
-    needs_upcasting = kind == "sdxl" and vae.dtype == torch.float16 and vae.config.force_upcast
-    if needs_upcasting:
-        vae.to(dtype=torch.float32)
-    try:
+    with vae_upcast_if_needed(vae, kind):
         image = image.to(device=vae.device, dtype=vae.dtype)
         latents = vae.encode(image).latent_dist.sample(generator)
-    finally:
-        if needs_upcasting:
-            vae.to(dtype=torch.float16)
     return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
 
 

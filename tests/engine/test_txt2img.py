@@ -427,3 +427,20 @@ class IdentityVAE(torch.nn.Module):
 
     def decode(self, z, return_dict=False):
         return (z[:, :3],)
+
+
+def test_sdxl_fp16_vae_runs_in_fp32_and_is_restored_even_on_error():
+    from engine.txt2img import vae_upcast_if_needed
+    from tests.tiny_models import tiny_vae
+
+    vae = tiny_vae().to(torch.float16)
+    vae.register_to_config(force_upcast=True)
+    with vae_upcast_if_needed(vae, "sdxl"):
+        assert vae.dtype == torch.float32
+    assert vae.dtype == torch.float16
+    with pytest.raises(RuntimeError):
+        with vae_upcast_if_needed(vae, "sdxl"):
+            raise RuntimeError("decode failed")
+    assert vae.dtype == torch.float16  # the shared cached VAE is never left in fp32
+    with vae_upcast_if_needed(vae, "sd"):
+        assert vae.dtype == torch.float16  # SD 1.x's VAE is fine in fp16
