@@ -16,7 +16,9 @@ engine part that uses that kind.
 
 A pipeline preset (``sd``, ``sdxl``) also counts as a ``vae`` preset (its
 ``vae`` subfolder) and as a ``tokenizer`` preset (``tokenizer``, and for SDXL
-``tokenizer_2``), so every tab that can use a part of it lists it.
+``tokenizer_2``), so every tab that can use a part of it lists it, unless it
+says ``"parts": false`` because those parts are presets of their own already
+(the mini models ship the project's CLIP tokenizers and one VAE, listed once).
 
 Users choose presets by name only: no user input ever becomes a repo id or a path.
 """
@@ -144,6 +146,8 @@ def all_presets() -> list[Preset]:
 
 def _parts_of(p: Preset, kind: str) -> list[Preset]:
     """The ``vae`` or ``tokenizer`` presets that a pipeline preset contains."""
+    if p.options.get("parts", True) is False:
+        return []
     if kind == "vae":
         subs = ["vae"]
     elif kind == "tokenizer":

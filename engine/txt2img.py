@@ -585,6 +585,25 @@ def vae_upcast_if_needed(vae, kind: str):
 
 
 @torch.no_grad()
+def preview(pipe, preset, x0: torch.Tensor, size: tuple[int, int]) -> Image.Image:
+    """The live preview of one step: the first image's predicted x0 [B, 4, h, w] as a PIL image of ``size`` (W, H).
+
+    Usually a fixed linear latent->RGB map (``engine.preview``), because a VAE
+    decode per step would cost more than the step. Presets with
+    ``"preview": "decode"`` (the mini models, whose 8x8 latents decode in a
+    millisecond and whose VAE the published SD factors do not fit) decode x0
+    with their own VAE instead: the preview is then exactly the image the loop
+    would give if it stopped here.
+    """
+    if preset.options.get("preview") != "decode":
+        return preview_image(x0, preset.kind, size)
+    vae = pipe.vae
+    with vae_upcast_if_needed(vae, preset.kind):
+        image = vae.decode(x0[:1].to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
+    return numpy_to_pil(postprocess(image))[0].resize(size, Image.Resampling.BILINEAR)
+
+
+@torch.no_grad()
 def decode(pipe, kind: str, latents: torch.Tensor) -> tuple[np.ndarray, list[bool] | None]:
     """Step 5: latents [B, 4, h, w] -> images [B, H, W, 3] in [0, 1], and NSFW flags (or None).
 
@@ -862,7 +881,7 @@ def _run(pipe, preset, args, scheduler_name, scales, sdxl, image, colour_spec, p
                 losses.append(round(state.colour_loss, 5))
             show = preview_every and (state.i % preview_every == 0 or state.i == state.num_steps - 1)
             yield {"step": state.i + 1, "num_steps": state.num_steps, "run": run_index + 1, "runs": len(scales),
-                   "preview": preview_image(state.x0, kind, preview_size) if show else None}
+                   "preview": preview(pipe, preset, state.x0, preview_size) if show else None}
         loop_seconds = time.perf_counter() - run_start
         unet_calls += calls
 
@@ -954,6 +973,13 @@ def default_size(preset) -> int:
 
 def default_steps(preset) -> int:
     return int(preset.options.get("default_steps", 30))
+
+
+def default_guidance(preset) -> float:
+    """The preset's ``default_guidance`` (the scale its quality figures were measured at), else 7.5; 0 without guidance."""
+    if not guidance_allowed(preset):
+        return 0.0
+    return float(preset.options.get("default_guidance", 7.5))
 
 
 def validate(preset, **kwargs) -> None:

@@ -27,6 +27,15 @@ from tabs.common import COMPUTE, user_errors
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "explorer-txt2img"
 KEEP_SECONDS = 3600  # our PNG copies older than this are removed (gradio keeps its own cached copy)
 
+MINI_EXAMPLES = [
+    ["a blue sneaker", ""],
+    ["a photo of red trousers", ""],
+    ["sneakers in yellow", ""],
+    ["a sneaker", "red"],
+    ["a green bag", ""],
+    ["a purple ankle boot", ""],
+]
+
 EXAMPLES = [
     ["An oil painting of a collie in a top hat", ""],
     ["Acrylic palette knife painting of a flower", ""],
@@ -38,8 +47,14 @@ The engine runs its own loop, the one the book annotates (no `pipe(...)`): **enc
 draw **seeded noise** in the VAE's latent space, then at every step **one batched UNet call** predicts the noise
 for [negative prompt, prompt], **classifier-free guidance** mixes them,
 `noise = uncond + guidance × (cond − uncond)`, and the **scheduler** takes a step. At the end the **VAE decodes**
-the latents. The live preview shows each step's predicted clean image through a fixed linear
-latent→RGB map (no VAE call per step). The same seed gives the same image as the diffusers pipeline."""
+the latents. The live preview shows each step's predicted clean image: through a fixed linear latent→RGB map
+for the hub models (no VAE call per step), decoded by their own tiny VAE for the mini models. The same seed
+gives the same image as the diffusers pipeline.
+
+**The mini models work offline.** *mini-SD* and *mini-SDXL* are Stable Diffusion and SDXL at toy scale: the same
+diffusers and transformers classes, trained by us on a 2-core CPU on "Fashion-MNIST in colour" (64 × 64 pictures
+of 10 kinds of clothing in 8 colours). They only know prompts like *a blue sneaker* or *a photo of red
+trousers*; each image takes a fraction of a second."""
 
 SDXL_HELP = """SDXL was trained on images of every size and crop, and was *told* each image's original size and crop
 (Podell et al. 2023, §2.2; the book's exercise 8). At sampling time you choose what to tell it:
@@ -63,7 +78,7 @@ are from the target colour, and nudge the latents down the gradient of that loss
 and its backward pass, so it is slow on CPU."""
 
 
-GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical."
+GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical for SD, 5 for the mini models."
 
 
 def model_choices() -> list[str]:
@@ -193,7 +208,7 @@ def model_settings(model: str):
     steps_max = engine.max_steps(preset)
     steps = min(engine.default_steps(preset), steps_max)
     if engine.guidance_allowed(preset):
-        guidance = gr.update(value=7.5, interactive=True, info=GUIDANCE_INFO)
+        guidance = gr.update(value=engine.default_guidance(preset), interactive=True, info=GUIDANCE_INFO)
     else:
         guidance = gr.update(value=0.0, interactive=False, info=f"Off: {_guidance_note(preset)}")
     return (
@@ -239,17 +254,20 @@ def build() -> None:
     steps = engine.default_steps(preset) if preset else 30
     steps_max = engine.max_steps(preset) if preset else engine.MAX_STEPS
     guidance_on = engine.guidance_allowed(preset) if preset else True
+    guidance = engine.default_guidance(preset) if preset else 7.5
+    mini = bool(preset and not preset.is_hub)
 
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(choices, value=first, label="Model", elem_id="t2i-model",
                                 info="Local presets first; hub presets need internet on first use.")
-            note = gr.Markdown(model_note(preset))
-            prompt = gr.Textbox(label="Prompt", lines=2, value=EXAMPLES[0][0], elem_id="t2i-prompt")
+            note = gr.Markdown(model_note(preset), elem_id="t2i-note")
+            prompt = gr.Textbox(label="Prompt", lines=2, value=(MINI_EXAMPLES if mini else EXAMPLES)[0][0],
+                                elem_id="t2i-prompt")
             negative_prompt = gr.Textbox("", label="Negative prompt", elem_id="t2i-negative",
                                          info="Replaces the empty prompt as the unconditional input of guidance.")
             with gr.Row():
-                guidance_scale = gr.Slider(0, 20, value=7.5 if guidance_on else 0.0, step=0.5,
+                guidance_scale = gr.Slider(0, 20, value=guidance, step=0.5,
                                            label="Guidance scale", interactive=guidance_on,
                                            info=GUIDANCE_INFO if guidance_on else f"Off: {_guidance_note(preset)}")
                 num_inference_steps = gr.Slider(1, steps_max, value=steps, step=1, label="Steps", elem_id="t2i-steps")
@@ -291,11 +309,13 @@ def build() -> None:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images (PNG with the generation parameters inside)", format="png",
                                  columns=2, height="auto", interactive=False, elem_id="t2i-gallery")
-            preview = gr.Image(label="Live preview: predicted x0, linear latent→RGB", interactive=False,
+            preview = gr.Image(label="Live preview: each step's predicted x0", interactive=False,
                                height=256, elem_id="t2i-preview")
             info = gr.JSON(label="Run details", elem_id="t2i-info")
 
-    gr.Examples(EXAMPLES, inputs=[prompt, negative_prompt], label="The book's prompts")
+    gr.Examples(MINI_EXAMPLES, inputs=[prompt, negative_prompt],
+                label="Prompts the mini models know (colour + clothing; try the negative prompt 'red')")
+    gr.Examples(EXAMPLES, inputs=[prompt, negative_prompt], label="The book's prompts (for SD 1.5 and SDXL)")
 
     gr.Markdown(SWEEP_HELP)
     with gr.Row():

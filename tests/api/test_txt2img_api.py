@@ -108,3 +108,31 @@ def test_a_non_image_upload_gets_a_clean_error(client, tmp_path):
     path.write_bytes(b"this is not a PNG at all" * 10)
     with pytest.raises(Exception, match="not an image"):
         client.predict(**BASE, image=handle_file(str(path)), strength=0.5, api_name="/generate")
+
+
+def _as_pictures(paths) -> "torch.Tensor":
+    import torch
+
+    arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def test_the_offline_mini_sdxl_draws_the_asked_colour_and_obeys_original_size(client):
+    """Issue 6 through the API: the shipped mini-SDXL answers "a red dress" in red, and a small original_size
+    gives blurrier pictures (less high-frequency energy), as in the SDXL paper's figure."""
+    import sys
+
+    from engine import colour_fashion as cf
+    from tests.conftest import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    from eval_mini_sd import high_frequency_energy
+
+    request = {**BASE, "model": "mini-SDXL (offline)", "prompt": "a red dress", "guidance_scale": 5.0,
+               "num_inference_steps": 25, "num_images": 4, "seed": 1}
+    gallery, info, _ = client.predict(**request, api_name="/generate")
+    sharp = _as_pictures(_paths(gallery))
+    assert sharp.shape == (4, 3, 64, 64)
+    assert cf.item_colours(sharp).count("red") >= 3
+    blurry = _as_pictures(_paths(client.predict(**request, original_size="16,16", api_name="/generate")[0]))
+    assert high_frequency_energy(blurry) < high_frequency_energy(sharp)

@@ -72,3 +72,28 @@ def test_unknown_name_lists_the_choices(monkeypatch):
     monkeypatch.delenv("EXPLORER_MODELS", raising=False)
     with pytest.raises(ValueError, match="Choose one of: 'CLIP ViT-L/14 \\(offline\\)'"):
         presets.get_preset("../../etc/passwd", "tokenizer")
+
+
+def test_the_mini_models_come_first_and_list_their_parts_once(monkeypatch):
+    """Issue 6: the offline mini models are the text-to-image and VAE defaults; their tokenizers and VAE,
+    which are the shipped CLIP tokenizers and one mini VAE, are not listed again as pipeline parts."""
+    from engine import txt2img
+
+    monkeypatch.delenv("EXPLORER_MODELS", raising=False)
+    assert [p.name for p in txt2img.pipeline_presets()][:2] == ["mini-SD (offline)", "mini-SDXL (offline)"]
+    vae = presets.get_preset("mini VAE (offline)", "vae")
+    assert vae.path.endswith("mini-sd") and vae.subfolder == "vae" and not vae.is_hub
+    names = presets.preset_names("vae") + presets.preset_names("tokenizer")
+    assert not [n for n in names if n.startswith("mini-SD")]
+    # an SD 1.5 part is still listed: "parts": false is per preset
+    assert "SD 1.5 · VAE" in names
+
+
+def test_parts_false_hides_a_pipelines_parts(tmp_path, monkeypatch):
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps([{"name": "Mine", "kind": "sdxl", "path": "x", "parts": False},
+                                 {"name": "Yours", "kind": "sdxl", "path": "y"}]))
+    monkeypatch.setenv("EXPLORER_MODELS", str(extra))
+    names = presets.preset_names("vae") + presets.preset_names("tokenizer")
+    assert not [n for n in names if n.startswith("Mine")]
+    assert "Yours · VAE" in names and "Yours · tokenizer_2" in names

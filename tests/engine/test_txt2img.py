@@ -444,3 +444,30 @@ def test_sdxl_fp16_vae_runs_in_fp32_and_is_restored_even_on_error():
     assert vae.dtype == torch.float16  # the shared cached VAE is never left in fp32
     with vae_upcast_if_needed(vae, "sd"):
         assert vae.dtype == torch.float16  # SD 1.x's VAE is fine in fp16
+
+
+def test_default_guidance_comes_from_the_preset():
+    assert txt2img.default_guidance(preset("sd")) == 7.5
+    assert txt2img.default_guidance(preset("sd", default_guidance=5.0)) == 5.0
+    assert txt2img.default_guidance(preset("sdxl", guidance=False, default_guidance=5.0)) == 0.0
+
+
+def _previews_and_images(pipe, p):
+    events = list(text_to_image(pipe, p, prompt=PROMPT, num_inference_steps=4, width=SIZE, height=SIZE, seed=3,
+                                scheduler="Euler"))  # its last step lands on x0 exactly
+    steps = [e for e in events if isinstance(e, dict)]
+    return steps, events[-1]
+
+
+def test_decoded_preview_is_the_vae_decode_of_x0(sd_pipe):
+    """"preview": "decode" (the mini models) decodes each step's x0 with the VAE: at the last step x0 is the
+    final latent, so the preview is the final image. The linear map's preview is not."""
+    steps, result = _previews_and_images(sd_pipe, preset("sd", preview="decode"))
+    final = np.asarray(result.pil_images[0], dtype=np.float64)
+    decoded = np.asarray(steps[-1]["preview"], dtype=np.float64)
+    assert steps[-1]["preview"].size == (SIZE, SIZE)
+    assert np.abs(decoded - final).mean() < 1.0  # 8-bit levels
+    linear_steps, _ = _previews_and_images(sd_pipe, preset("sd"))
+    assert np.abs(np.asarray(linear_steps[-1]["preview"], dtype=np.float64) - final).mean() > 5.0
+    # earlier previews differ from the final image: they show the prediction at that step
+    assert np.abs(np.asarray(steps[0]["preview"], dtype=np.float64) - final).mean() > 1.0
