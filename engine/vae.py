@@ -34,7 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
 
-SIZES = (256, 512, 768, 1024)  # short side of the preprocessed image, in pixels
+SIZES = (64, 128, 256, 512, 768, 1024)  # short side of the preprocessed image, in pixels (64: the mini VAE)
 FITS = ("crop", "pad")
 MAX_ASPECT = 2.0  # longer side at most twice the shorter one, so memory stays bounded
 TILED_DECODE_ABOVE = 64  # latent pixels a side (512 image pixels); larger latents decode in tiles

@@ -19,15 +19,17 @@ from engine.presets import presets_for
 from tabs.common import COMPUTE, user_errors
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
-EXAMPLES = [[str(EXAMPLES_DIR / name)] for name in ("scene.png", "fashion_collage.png", "test_pattern.png")]
-EXAMPLE_LABELS = ["Geometric scene with text", "Fashion-MNIST collage", "High-frequency test pattern"]
+EXAMPLES = [[str(EXAMPLES_DIR / name)]
+            for name in ("colour_fashion_64.png", "scene.png", "fashion_collage.png", "test_pattern.png")]
+EXAMPLE_LABELS = ["Fashion-MNIST in colour, 64 px (the mini VAE's data)", "Geometric scene with text",
+                  "Fashion-MNIST collage", "High-frequency test pattern"]
 
 INTRO = """### How much does the VAE keep?
 Stable Diffusion does not denoise pixels. Its VAE encodes an image of 3 × H × W values into a latent of
 **4 × H/8 × W/8** values, **48 times fewer**, the UNet denoises that latent, and the VAE decodes the result.
 Upload an image (or pick an example) and see what survives the round trip."""
 
-NO_OFFLINE_VAE = """**No offline VAE is installed yet.** An offline one arrives with the embedded mini model.
+NO_OFFLINE_VAE = """**No offline VAE is installed.** The mini VAE (`assets/mini-sd/vae`) is missing from this copy.
 The presets below come from the Hugging Face Hub: they download about 330 MB on first use and need internet
 access (without it you get a short message instead). Operators can add a local VAE through `EXPLORER_MODELS`, e.g.
 `[{"name": "My VAE", "kind": "vae", "path": "/models/my-vae"}]`, a folder saved with `AutoencoderKL.save_pretrained`."""
@@ -45,8 +47,22 @@ def vae_choices() -> list[str]:
     return [p.name for p in presets]
 
 
+def default_size(name: str | None) -> int:
+    """The size a VAE preset suggests (``default_size``: 64 for the mini VAE, trained on 64 px pictures), else 512."""
+    for p in presets_for("vae"):
+        if p.name == name:
+            size = int(p.options.get("default_size", 512))
+            return size if size in engine.SIZES else 512
+    return 512
+
+
+def size_for_vae(name: str):
+    """When the VAE changes: its suggested size."""
+    return gr.update(value=default_size(name))
+
+
 def _has_offline_vae() -> bool:
-    return any(not p.is_hub for p in presets_for("vae"))
+    return any(not p.is_hub and Path(p.path, p.subfolder or "").is_dir() for p in presets_for("vae"))
 
 
 def _upload_path(image) -> str | None:
@@ -135,7 +151,9 @@ def build() -> None:
         with gr.Column(scale=1):
             vae = gr.Dropdown(choices, value=choices[0] if choices else None, label="VAE",
                               info="Local models first; hub ones download on first use.")
-            size = gr.Radio(list(engine.SIZES), value=512, label="Size (short side, pixels)")
+            size = gr.Radio(list(engine.SIZES), value=default_size(choices[0] if choices else None),
+                            label="Size (short side, pixels)",
+                            info="Choosing a VAE picks the size it was trained at (64 for the mini VAE).")
             fit = gr.Radio([("Centre-crop to a multiple of 8", "crop"), ("Keep the aspect ratio, pad with white", "pad")],
                            value="crop", label="Fit")
             with gr.Accordion("More settings", open=False):
@@ -164,6 +182,7 @@ def build() -> None:
         noisy_pixels = _output_image("Same noise level in pixel space", elem_id="vae-noisy-pixels")
     noise_numbers = gr.JSON(label="Noise schedule at t", elem_id="vae-noise-numbers")
     state = gr.State(None)
+    vae.change(size_for_vae, vae, size, api_visibility="private", queue=False)
 
     outputs = [reconstruction, channels, numbers, shown_input, heatmap, legend, histogram, summary, state]
     # preprocess=False: gradio would open the upload with PIL before our guard; open_image checks it first.

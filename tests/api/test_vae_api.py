@@ -151,3 +151,11 @@ def test_server_files_cannot_be_read_through_the_image_parameter(app_url):
     for image in (str(SCENE), {"path": str(SCENE), "meta": {"_type": "gradio.FileData"}}):
         stream = _raw_call(app_url, image)
         assert stream.startswith("event: error") and "latent_shape" not in stream
+
+
+def test_the_mini_vae_round_trips_its_own_pictures(client):
+    """Issue 6: the offline mini VAE, at the 64 px it was trained at, keeps a picture of its data well."""
+    picture = REPO_ROOT / "assets" / "examples" / "colour_fashion_64.png"
+    numbers = roundtrip(client, picture, vae="mini VAE (offline)", size=64)[2]
+    assert numbers["latent_shape"] == [4, 8, 8] and numbers["compression_ratio"] == 48
+    assert numbers["psnr"] > 25  # dB; the model card gives the test-split figure

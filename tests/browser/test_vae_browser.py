@@ -1,6 +1,14 @@
 """The VAE compression tab in a real browser: pick an example, run it, see the channels and the numbers."""
 
+from playwright.sync_api import expect
+
 from tests.conftest import open_tab
+
+
+def test_vae_tab_opens_on_the_offline_mini_vae_at_64_px(page):
+    open_tab(page, "VAE compression")
+    assert page.get_by_label("VAE", exact=True).input_value() == "mini VAE (offline)"
+    expect(page.get_by_label("64", exact=True)).to_be_checked()
 
 
 def test_vae_tab_round_trip_of_an_example(page, artifacts):
@@ -9,6 +17,7 @@ def test_vae_tab_round_trip_of_an_example(page, artifacts):
     page.locator("#vae-input img").wait_for()  # the example is in the upload box
     page.get_by_label("VAE", exact=True).click()
     page.get_by_role("option", name="tiny-VAE (test)").click()
+    expect(page.get_by_label("512")).to_be_checked()  # choosing a VAE sets its size (the mini VAE's is 64)
     page.get_by_label("256").check()
     page.get_by_role("button", name="Encode and decode").click()
 
