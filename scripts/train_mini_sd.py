@@ -181,7 +181,7 @@ def mark_done(args, stage: str, info: dict) -> None:
             for name in ("unet", "scheduler"):
                 shutil.rmtree(path / name, ignore_errors=True)
         record[stage] = info
-        record.update(seed=args.seed, size=args.size, grid_steps=args.grid_steps)
+        record.update(seed=args.seed, size=args.size, grid_steps=args.grid_steps, grid_guidance=DEFAULT_GUIDANCE)
         info.setdefault("device", f"{args.device}, {args.threads} threads" if args.device == "cpu" else args.device)
         (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
         text = model_card(folder, record, path)
@@ -544,10 +544,14 @@ def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: 
 
 
 GRID_COLOURS = cf.COLOUR_NAMES
+#: The mini models' default guidance scale (their presets' ``default_guidance``). eval_mini_sd.py's sweep
+#: picked it: at 4-5 the colours burn out (classifier-free guidance extrapolates the latents off the VAE's
+#: manifold, as high guidance oversaturates SD), at 1 the classes blur.
+DEFAULT_GUIDANCE = 2.0
 
 
 @torch.no_grad()
-def sample_grid(pipe, sdxl: bool, path: Path, steps: int = 20, guidance_scale: float = 5.0) -> None:
+def sample_grid(pipe, sdxl: bool, path: Path, steps: int = 20, guidance_scale: float = DEFAULT_GUIDANCE) -> None:
     """One row per class, one column per colour ("a {colour} {class}"); SDXL adds rows for size and crop."""
     prompts = [cf.prompt_for(label, colour) for label in range(10) for colour in GRID_COLOURS]
     kwargs = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt", height=64, width=64)
@@ -675,7 +679,8 @@ def model_card(folder: str, record: dict, path: Path) -> str:
         "```python",
         f"from diffusers import {pipeline}",
         f"pipe = {pipeline}.from_pretrained(\"assets/{folder}\")",
-        "image = pipe(\"a blue sneaker\", height=64, width=64, num_inference_steps=25, guidance_scale=5).images[0]",
+        f"image = pipe(\"a blue sneaker\", height=64, width=64, num_inference_steps=25, "
+        f"guidance_scale={DEFAULT_GUIDANCE:g}).images[0]",
         "```",
         "",
         "## Data",
@@ -748,7 +753,7 @@ def model_card(folder: str, record: dict, path: Path) -> str:
         "`runs/mini_sd/` (not shipped); `training.json` holds the figures above."
         + (" `samples.png`: one row per class, one column per colour"
            + (", then \"a {colour} sneaker\" with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
-           + f"; {record.get('grid_steps', 20)} steps, guidance 5." if unet else ""),
+           + f"; {record.get('grid_steps', 20)} steps, guidance {record.get('grid_guidance', 5):g}." if unet else ""),
         "",
         "A GPU run would improve it: wider and deeper UNets trained for 10-50x more steps, a VAE with a "
         "perceptual (LPIPS) and adversarial loss as SD's, and a mini CLIP trained longer with more caption variety.",
