@@ -103,21 +103,27 @@ def test_local_vaes_come_first_and_are_the_default(tiny_presets):
     from tabs.vae import vae_choices
 
     names = vae_choices()
-    local = ["tiny-SD (test) · VAE", "tiny-SDXL (test) · VAE", "tiny-VAE (test)"]
-    assert names[:3] == local
+    local = ["mini VAE (offline)", "tiny-SD (test) · VAE", "tiny-SDXL (test) · VAE", "tiny-VAE (test)"]
+    assert names[:4] == local  # the shipped mini VAE, then the operator's (here the tests') local ones
     assert {"SD VAE ft-MSE", "SDXL VAE (fp16-fix)", "SDXL base 1.0 · VAE"} <= set(names[3:])
 
 
-def test_without_an_offline_vae_the_tab_says_so(monkeypatch):
+def test_without_an_offline_vae_the_tab_says_so(monkeypatch, tmp_path):
+    """A copy of the app without the mini models' folders (only hub VAEs left) says so on the tab."""
     import gradio as gr
 
+    from engine import presets
     from tabs import vae as tab
 
     monkeypatch.delenv("EXPLORER_MODELS", raising=False)
+    shipped = json.loads(presets.SHIPPED_PRESETS.read_text())
+    hub_only = tmp_path / "presets.json"
+    hub_only.write_text(json.dumps([e for e in shipped if "path" not in e or e["kind"] not in ("sd", "sdxl", "vae")]))
+    monkeypatch.setattr(presets, "SHIPPED_PRESETS", hub_only)
     with gr.Blocks() as demo:
         tab.build()
     notes = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
-    assert any("No offline VAE is installed yet" in n and "EXPLORER_MODELS" in n for n in notes)
+    assert any("No offline VAE is installed" in n and "EXPLORER_MODELS" in n for n in notes)
     dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "VAE")
     assert dropdown.choices[0][0] == dropdown.value == "SD VAE ft-MSE"  # standalone hub VAEs before pipelines' parts
 
