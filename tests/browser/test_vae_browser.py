@@ -17,8 +17,8 @@ def test_vae_tab_round_trip_of_an_example(page, artifacts):
     page.locator("#vae-input img").wait_for()  # the example is in the upload box
     page.get_by_label("VAE", exact=True).click()
     page.get_by_role("option", name="tiny-VAE (test)").click()
-    expect(page.get_by_label("512")).to_be_checked()  # choosing a VAE sets its size (the mini VAE's is 64)
-    page.get_by_label("256").check()
+    expect(page.get_by_label("512", exact=True)).to_be_checked()  # choosing a VAE sets its size (the mini VAE's is 64)
+    page.get_by_label("256", exact=True).check()
     page.get_by_role("button", name="Encode and decode").click()
 
     page.get_by_text("48× fewer").wait_for()
