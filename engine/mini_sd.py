@@ -362,6 +362,8 @@ def save_pipeline(pipe, path: str | Path, dtype: torch.dtype = torch.float16) ->
     clone.save_pretrained(tmp, safe_serialization=True)
     for name in ("text_encoder", "text_encoder_2"):
         _set_default_dtype(tmp / name / "config.json", "float32")
+    for config_path in tmp.glob("*/config.json"):
+        drop_source_path(config_path)
     copy_tokenizers(tmp, [n for n in TOKENIZER_DIRS if (tmp / n).exists()])
     for name in KEPT_FILES:
         if (path / name).exists():
@@ -387,6 +389,14 @@ def save_part(model: nn.Module, path: str | Path, dtype: torch.dtype = torch.flo
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
+
+
+def drop_source_path(config_path: Path) -> None:
+    """Remove ``_name_or_path`` from a saved config: a part loaded from a folder (the VAE, re-shipped with
+    each UNet) records that folder, which would put this machine's absolute path into the shipped files."""
+    config = json.loads(config_path.read_text())
+    if config.pop("_name_or_path", None) is not None:
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _set_default_dtype(config_path: Path, dtype: str) -> None:

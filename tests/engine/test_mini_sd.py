@@ -286,3 +286,18 @@ def test_shipped_sdxl_micro_conditioning_has_the_right_sign():
     assert high_frequency_energy(blurry) < high_frequency_energy(base)
     move = (centroids(cropped) - centroids(base)).mean(0)
     assert float(move[0]) < 0 and float(move[1]) < 0  # rows and columns: up and left
+
+
+def test_saving_a_loaded_pipeline_records_no_machine_path(saved, tmp_path):
+    """A part loaded from a folder remembers it (``_name_or_path``); the shipped configs must not carry it."""
+    pipe = ms.load_pipeline(saved["sd"])
+    assert pipe.vae.config._name_or_path  # the folder it came from
+    again = ms.save_pipeline(pipe, tmp_path / "again")
+    for config in again.glob("*/config.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_shipped_configs_name_no_machine_path(kind):
+    for config in _shipped(kind).glob("*/config.json"):
+        assert "_name_or_path" not in json.loads(config.read_text()), config
