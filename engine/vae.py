@@ -105,6 +105,13 @@ def _resize_and_pad(image: Image.Image, size: int) -> tuple[Image.Image, list[st
     return out, notes
 
 
+def default_size(preset) -> int:
+    """The size a VAE preset suggests (its ``default_size``: 64 for the mini VAE, trained on 64 px pictures),
+    else 512; always one of ``SIZES``."""
+    size = int(preset.options.get("default_size", 512))
+    return size if size in SIZES else 512
+
+
 def check_size(size) -> int:
     try:
         value = int(size)

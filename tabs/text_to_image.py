@@ -78,7 +78,7 @@ are from the target colour, and nudge the latents down the gradient of that loss
 and its backward pass, so it is slow on CPU."""
 
 
-GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical for SD, 5 for the mini models."
+GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical for SD, 2 for the mini models."
 
 
 def model_choices() -> list[str]:

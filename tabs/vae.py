@@ -15,7 +15,7 @@ import gradio as gr
 from engine import loader
 from engine import vae as engine
 from engine.images import open_image
-from engine.presets import presets_for
+from engine.presets import get_preset, presets_for
 from tabs.common import COMPUTE, user_errors
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -48,12 +48,11 @@ def vae_choices() -> list[str]:
 
 
 def default_size(name: str | None) -> int:
-    """The size a VAE preset suggests (``default_size``: 64 for the mini VAE, trained on 64 px pictures), else 512."""
-    for p in presets_for("vae"):
-        if p.name == name:
-            size = int(p.options.get("default_size", 512))
-            return size if size in engine.SIZES else 512
-    return 512
+    """The size the VAE preset called ``name`` suggests; 512 for an unknown name."""
+    try:
+        return engine.default_size(get_preset(name, "vae"))
+    except ValueError:
+        return 512
 
 
 def size_for_vae(name: str):

@@ -333,3 +333,11 @@ def test_animated_gif_uses_the_first_frame():
 def test_bad_uploads_get_clear_messages(data, message):
     with pytest.raises(ValueError, match=message):
         open_image(data)
+
+
+def test_a_vae_preset_suggests_its_training_size():
+    from engine.presets import Preset, get_preset
+
+    assert engine.default_size(get_preset("mini VAE (offline)", "vae")) == 64  # trained on 64 px pictures
+    assert engine.default_size(Preset(name="x", kind="vae", path="/x")) == 512
+    assert engine.default_size(Preset(name="x", kind="vae", path="/x", options={"default_size": 100})) == 512
