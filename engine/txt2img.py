@@ -590,8 +590,8 @@ def preview(pipe, preset, x0: torch.Tensor, size: tuple[int, int]) -> Image.Imag
 
     Usually a fixed linear latent->RGB map (``engine.preview``), because a VAE
     decode per step would cost more than the step. Presets with
-    ``"preview": "decode"`` (the mini models, whose 8x8 latents decode in a
-    millisecond and whose VAE the published SD factors do not fit) decode x0
+    ``"preview": "decode"`` (the mini models, whose 8x8 latent decodes in
+    about 5 ms and whose VAE the published SD factors do not fit) decode x0
     with their own VAE instead: the preview is then exactly the image the loop
     would give if it stopped here.
     """

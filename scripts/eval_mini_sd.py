@@ -110,8 +110,8 @@ class Generator:
         return torch.cat([self.generate(prompt, seed=seed + 1000 * k, n=m, **kwargs) for k, m in enumerate(chunks)])
 
     @torch.no_grad()
-    def generate(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = 5.0, steps: int = 25,
-                 negative_prompt: str = "", original_size=(64, 64), crops_coords_top_left=(0, 0)) -> torch.Tensor:
+    def generate(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = training.DEFAULT_GUIDANCE,
+                 steps: int = 25, negative_prompt: str = "", original_size=(64, 64), crops_coords_top_left=(0, 0)) -> torch.Tensor:
         """Up to 4 images from one seed: the engine's ``text_to_image`` or ``pipe(...)``, which agree."""
         sdxl = {}
         if self.kind == "sdxl":
