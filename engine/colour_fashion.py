@@ -16,6 +16,14 @@ needs (Ho & Salimans 2022), and about 10% name the item but not its colour
 (and a negative prompt "red" has something to steer). Everything is drawn from
 one seed.
 
+Half the pictures (``POSITIONED_SHARE``) are *positioned*: the item is smaller
+(``PLACED_SIZES``, 24-36 px) and sits at a named place (``PLACES``: left, right,
+top, bottom, the four corners, centre), its exact spot jittered, and the
+caption says where ("a red sneaker on the left", "a small blue bag in the top
+right corner"). A caption with no place word always means the classic picture:
+centred and 48 px. So the text encoders and the UNets have to learn *where*,
+and the item word's cross-attention has somewhere to point.
+
 The second half is SDXL's micro-conditioning as training augmentations
 (Podell et al. 2023, "SDXL", §2.2):
 
@@ -91,6 +99,27 @@ TEMPLATES = (
 NO_COLOUR_TEMPLATES = ("{noun}", "a photo of {noun}", "a picture of {noun}")
 PLURAL_SHARE = 0.25
 
+#: Positioned pictures: share of all pictures, item sizes (px), and the named places. Each place has
+#: its centre as (row, column) fractions of the canvas (None: pushed to that edge, see ``place_box``)
+#: and the phrases captions use. Left/right = that half, top/bottom = that half, a corner = that quadrant.
+POSITIONED_SHARE = 0.5
+PLACED_SIZES = (24, 36)  # inclusive range of the item's side on the 64 px canvas
+SMALL_SHARE = 0.25  # of positioned captions with a bare noun phrase: "a small red sneaker on the left"
+PLACES: dict[str, tuple[tuple[str | None, str | None], tuple[str, ...]]] = {
+    "left": ((None, "left"), ("on the left", "at the left", "on the left side")),
+    "right": ((None, "right"), ("on the right", "at the right", "on the right side")),
+    "top": (("top", None), ("at the top", "in the top half")),
+    "bottom": (("bottom", None), ("at the bottom", "in the bottom half")),
+    "top left": (("top", "left"), ("in the top left corner", "at the top left", "in the top left")),
+    "top right": (("top", "right"), ("in the top right corner", "at the top right", "in the top right")),
+    "bottom left": (("bottom", "left"), ("in the bottom left corner", "at the bottom left", "in the bottom left")),
+    "bottom right": (("bottom", "right"), ("in the bottom right corner", "at the bottom right",
+                                           "in the bottom right")),
+    "centre": ((None, None), ("in the centre", "in the center", "in the middle")),
+}
+PLACE_NAMES = tuple(PLACES)
+UNPLACED = -1  # ``places`` value of a classic picture: centred, 48 px, no place word
+
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
@@ -118,16 +147,31 @@ def make_caption(label: int, colour: str | None, template: int, noun: int, use_p
                                       word=word, colour=colour)
 
 
+def place_caption(caption: str, place: str, phrase: int, small: bool) -> str:
+    """Add the place to a caption: "a red sneaker" -> "a red sneaker on the left"; ``small`` makes a bare
+    singular noun phrase "a small red sneaker ..." (other captions are left as they are)."""
+    if small and caption.startswith(("a ", "an ")) and not caption.startswith(("a photo", "a picture")):
+        caption = "a small " + caption.split(" ", 1)[1]
+    phrases = PLACES[place][1]
+    return f"{caption} {phrases[phrase % len(phrases)]}"
+
+
 def prompt_for(label: int, colour: str) -> str:
     """The evaluation prompt "a {colour} {class}": "a red ankle boot", "blue trousers"."""
     singular, plural = CLASS_NOUNS[label][0]
     return noun_phrase(colour, singular, plural, use_plural=False)
 
 
+def positioned_prompt_for(label: int, colour: str, place: str) -> str:
+    """The evaluation prompt with a place: "a red ankle boot on the left", "blue trousers in the top right corner"."""
+    return place_caption(prompt_for(label, colour), place, 0, small=False)
+
+
 def caption_vocabulary() -> set[str]:
     """Every word a caption can contain (for tests and the model card)."""
     words = {w for t in TEMPLATES + NO_COLOUR_TEMPLATES for w in re.sub(r"{\w+}", " ", t).split()}
-    words |= set(COLOUR_NAMES) | {"a", "an"}
+    words |= set(COLOUR_NAMES) | {"a", "an", "small"}
+    words |= {w for _, phrases in PLACES.values() for phrase in phrases for w in phrase.split()}
     for nouns in CLASS_NOUNS:
         for singular, plural in nouns:
             words |= set(plural.split()) | set((singular or "").split())
@@ -145,8 +189,10 @@ class ColourFashion:
     items: uint8 [N, 28, 28]; labels: int64 [N] (0-9); colours: int64 [N]
     (indices into ``COLOUR_NAMES``); captions: N strings ("" for about 10%);
     names_colour: bool [N], whether the caption names the colour (False for
-    empty and colourless captions). Pictures are drawn on demand with
-    ``pictures(indices)``.
+    empty and colourless captions); places: int64 [N], an index into
+    ``PLACE_NAMES`` or ``UNPLACED`` (-1) for a classic centred picture; boxes:
+    int64 [N, 3], the item's (top, left, side) in px on the 64 px canvas.
+    Pictures are drawn on demand with ``pictures(indices)``.
     """
 
     items: np.ndarray
@@ -155,6 +201,8 @@ class ColourFashion:
     captions: list[str]
     names_colour: np.ndarray
     seed: int
+    places: np.ndarray
+    boxes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -164,7 +212,7 @@ class ColourFashion:
         if indices is None:
             indices = np.arange(len(self))
         indices = np.asarray(indices)
-        return render(self.items[indices], self.colours[indices])
+        return render(self.items[indices], self.colours[indices], self.boxes[indices])
 
 
 def make_captions(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator,
@@ -187,6 +235,47 @@ def make_captions(labels: np.ndarray, colours: np.ndarray, rng: np.random.Genera
     return captions, ~(empty | no_colour)
 
 
+def place_box(place: str, side: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[int, int]:
+    """(top, left) in px of a ``side`` px item at ``place``, jittered.
+
+    Along an axis the place names ("left", "top"...), the item sits 1-6 px from
+    that edge; along an axis it leaves free, its centre is jittered +-8 px around
+    the middle ("centre": +-4 px on both).
+    """
+    (row, col), _ = PLACES[place]
+    spread = 4 if place == "centre" else 8
+
+    def along(edge: str | None, low_edge: str) -> int:
+        if edge is None:
+            return int(np.clip(round((size - side) / 2 + rng.integers(-spread, spread + 1)), 0, size - side))
+        gap = int(rng.integers(1, 7))
+        return gap if edge == low_edge else size - side - gap
+
+    return along(row, "top"), along(col, "left")
+
+
+def make_places(n: int, rng: np.random.Generator, share: float = POSITIONED_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Places (int64 [N], ``UNPLACED`` for about 1 - ``share``) and boxes (int64 [N, 3]: top, left, side)."""
+    positioned = rng.random(n) < share
+    place_ids = rng.integers(0, len(PLACE_NAMES), n)
+    sides = rng.integers(PLACED_SIZES[0], PLACED_SIZES[1] + 1, n)
+    margin = (IMAGE_SIZE - ITEM_SIZE) // 2
+    places = np.full(n, UNPLACED, dtype=np.int64)
+    boxes = np.tile(np.array([margin, margin, ITEM_SIZE], dtype=np.int64), (n, 1))
+    for i in np.flatnonzero(positioned):
+        places[i] = place_ids[i]
+        boxes[i] = (*place_box(PLACE_NAMES[place_ids[i]], int(sides[i]), rng), sides[i])
+    return places, boxes
+
+
+def add_places(captions: list[str], places: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """Each positioned item's caption gets its place phrase (empty captions stay empty)."""
+    phrases = rng.integers(0, 3, len(captions))
+    small = rng.random(len(captions)) < SMALL_SHARE
+    return [place_caption(c, PLACE_NAMES[p], int(k), bool(s)) if c and p != UNPLACED else c
+            for c, p, k, s in zip(captions, places, phrases, small)]
+
+
 @functools.lru_cache(maxsize=2)
 def _load_split(split: str, root: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST's ``split``, read once per process (the arrays are never written to)."""
@@ -194,11 +283,13 @@ def _load_split(split: str, root: str | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = None,
-                 empty_share: float = EMPTY_CAPTION_SHARE, root=None) -> ColourFashion:
+                 empty_share: float = EMPTY_CAPTION_SHARE, root=None,
+                 positioned_share: float = POSITIONED_SHARE) -> ColourFashion:
     """The colour set from Fashion-MNIST's ``split``, the same for the same ``seed``.
 
     ``num_items`` takes a seeded random subset (all 60,000 / 10,000 when None).
-    Colours are uniform over the eight names, independent of the class.
+    Colours are uniform over the eight names, independent of the class; about
+    ``positioned_share`` of the items are small and placed (``make_places``).
     """
     items, labels = _load_split(split, None if root is None else str(root))
     rng = np.random.default_rng(seed)
@@ -206,8 +297,10 @@ def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = No
     items, labels = items[order], labels[order].astype(np.int64)
     colours = rng.integers(0, len(COLOUR_NAMES), len(labels)).astype(np.int64)
     captions, names_colour = make_captions(labels, colours, rng, empty_share)
+    places, boxes = make_places(len(labels), rng, positioned_share)
+    captions = add_places(captions, places, rng)
     return ColourFashion(items=items, labels=labels, colours=colours, captions=captions, names_colour=names_colour,
-                         seed=seed)
+                         seed=seed, places=places, boxes=boxes)
 
 
 # ----------------------------------------------------------------------------
@@ -234,9 +327,27 @@ def tint(v: torch.Tensor, colour_ids) -> torch.Tensor:
     return background + v * (colour - background)
 
 
-def render(items: np.ndarray, colour_ids) -> torch.Tensor:
-    """uint8 items [N, 28, 28] and colour indices [N] -> pictures [N, 3, 64, 64] in [0, 1]."""
-    return tint(intensity_map(items), colour_ids)
+def placed_intensity_map(items: np.ndarray, boxes: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """uint8 items [N, 28, 28] and boxes [N, 3] (top, left, side) -> shading v [N, 1, size, size]: each item
+    upscaled (bilinear) to its side and put at its box, 0 elsewhere."""
+    items, boxes = np.asarray(items), np.asarray(boxes)
+    v = torch.zeros(len(items), 1, size, size)
+    for side in np.unique(boxes[:, 2]):
+        rows = np.flatnonzero(boxes[:, 2] == side)
+        scaled = intensity_map(items[rows], size=int(side), item_size=int(side))
+        for k, i in enumerate(rows):
+            top, left = int(boxes[i, 0]), int(boxes[i, 1])
+            v[i, :, top: top + side, left: left + side] = scaled[k]
+    return v
+
+
+def render(items: np.ndarray, colour_ids, boxes: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 items [N, 28, 28] and colour indices [N] -> pictures [N, 3, 64, 64] in [0, 1].
+
+    Without ``boxes`` every item is centred at 48 px (the classic picture).
+    """
+    v = intensity_map(items) if boxes is None else placed_intensity_map(items, boxes)
+    return tint(v, colour_ids)
 
 
 def ink(pictures: torch.Tensor) -> torch.Tensor:
@@ -329,13 +440,15 @@ MAX_CROP = 32
 
 
 def micro_condition(pictures: torch.Tensor, rng: np.random.Generator, size_share: float = 0.5,
-                    crop_share: float = 0.5, sizes=SIZE_CHOICES, max_crop: int = MAX_CROP):
+                    crop_share: float = 0.5, sizes=SIZE_CHOICES, max_crop: int = MAX_CROP, croppable=None):
     """Augment a batch as SDXL's training data: some pictures blurred, some cropped.
 
     Each picture independently: with probability ``size_share`` it is degraded
     to an ``original_size`` drawn from ``sizes`` (else 64); with probability
     ``crop_share`` it is cut at a (top, left) drawn uniformly from 0..``max_crop``
-    each (else (0, 0)). Returns (pictures [N, 3, 64, 64], original_size int64
+    each (else (0, 0)). ``croppable`` (bool [N], default all) limits cropping to
+    some pictures: a positioned item is never moved, so its place word stays true.
+    Returns (pictures [N, 3, 64, 64], original_size int64
     [N, 2] as (h, w), crops_coords_top_left int64 [N, 2] as (top, left)).
     """
     n, size = pictures.shape[0], pictures.shape[-1]
@@ -347,7 +460,7 @@ def micro_condition(pictures: torch.Tensor, rng: np.random.Generator, size_share
         if rng.random() < size_share:
             s = int(rng.choice(sizes))
             picture, originals[i] = degrade_resolution(picture, s), (s, s)
-        if rng.random() < crop_share:
+        if rng.random() < crop_share and (croppable is None or croppable[i]):
             top, left = (int(v) for v in rng.integers(0, max_crop + 1, 2))
             picture, crops[i] = crop_canvas(picture, top, left), (top, left)
         out.append(picture)

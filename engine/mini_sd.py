@@ -230,8 +230,10 @@ def add_time_ids(original_size: torch.Tensor, crops_coords_top_left: torch.Tenso
 class ImageTower(nn.Module):
     """A small CNN: pictures [B, 3, 64, 64] in [-1, 1] -> one L2-normalised embedding per text tower.
 
-    Four stride-2 convolutions (64 -> 4 px), global average pooling, then a
-    linear head per text encoder width (``out_dims``).
+    Four stride-2 convolutions (64 -> 4 px), then a linear head per text
+    encoder width (``out_dims``) on the flattened 4x4 map: no global pooling,
+    so the embedding keeps *where* the item is, and captions with place words
+    ("on the left") can be matched.
     """
 
     def __init__(self, width: int = 32, out_dims: tuple[int, ...] = (64,)):
@@ -241,8 +243,8 @@ class ImageTower(nn.Module):
         for cin, cout in zip(chans[:-1], chans[1:]):
             layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8 if cout % 8 == 0 else 1, cout),
                        nn.GELU()]
-        self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.heads = nn.ModuleList(nn.Linear(chans[-1], d) for d in out_dims)
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.heads = nn.ModuleList(nn.Linear(chans[-1] * 16, d) for d in out_dims)
 
     def forward(self, pictures: torch.Tensor) -> list[torch.Tensor]:
         features = self.body(pictures)

@@ -72,7 +72,7 @@ DEFAULTS = {
     "smoke": dict(clip_steps=4, clip_batch=16, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=8,
                   num_items=256, sample_every=4, checkpoint_every=2, grid_steps=2),
 }
-CLIP_TOKENS = 16  # captions are at most ~12 tokens; CLIP's causal mask makes positions < 16 the same at 77
+CLIP_TOKENS = 20  # captions are at most ~17 tokens; CLIP's causal mask makes positions < 20 the same at 77
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -220,11 +220,14 @@ def dataset(args, split: str = "train") -> cf.ColourFashion:
 
 
 def fits_of(data: cf.ColourFashion, idx) -> torch.Tensor:
-    """[B, B] bool: caption j describes picture i (same class, and same colour or no colour named)."""
+    """[B, B] bool: caption j describes picture i (same class, same colour or no colour named, same place).
+
+    A caption without a place word describes only a classic (centred, large) picture, so places always match.
+    """
     labels, colours = torch.as_tensor(data.labels[idx]), torch.as_tensor(data.colours[idx])
-    names_colour = torch.as_tensor(data.names_colour[idx])
+    names_colour, places = torch.as_tensor(data.names_colour[idx]), torch.as_tensor(data.places[idx])
     same_colour = (colours[:, None] == colours[None, :]) | ~names_colour[None, :]
-    return (labels[:, None] == labels[None, :]) & same_colour
+    return (labels[:, None] == labels[None, :]) & same_colour & (places[:, None] == places[None, :])
 
 
 # ----------------------------------------------------------------------------
@@ -328,7 +331,8 @@ def load_text_encoders(args, device: str):
 def vae_batch(data: cf.ColourFashion, rng: np.random.Generator, batch: int) -> torch.Tensor:
     """Pictures [B, 3, 64, 64] in [-1, 1]; a quarter blurred and a quarter cropped, as mini-SDXL will see."""
     idx = rng.integers(0, len(data), batch)
-    pictures, _, _ = cf.micro_condition(data.pictures(idx), rng, size_share=0.25, crop_share=0.25)
+    pictures, _, _ = cf.micro_condition(data.pictures(idx), rng, size_share=0.25, crop_share=0.25,
+                                        croppable=data.places[idx] == cf.UNPLACED)
     return cf.to_model_space(pictures)
 
 
@@ -456,9 +460,10 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
     means, stds, originals, crops = [], [], [], []
     for start in tqdm(range(0, len(data), 500), desc=f"encode {'sdxl' if sdxl else 'sd'} latents", mininterval=10,
                       file=sys.stdout):
-        pictures = data.pictures(np.arange(start, min(start + 500, len(data))))
+        rows = np.arange(start, min(start + 500, len(data)))
+        pictures = data.pictures(rows)
         if sdxl:
-            pictures, original, crop = cf.micro_condition(pictures, rng)
+            pictures, original, crop = cf.micro_condition(pictures, rng, croppable=data.places[rows] == cf.UNPLACED)
             originals.append(original)
             crops.append(crop)
         dist = vae.encode(cf.to_model_space(pictures).to(device)).latent_dist
@@ -691,7 +696,10 @@ def model_card(folder: str, record: dict, path: Path) -> str:
         f"({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions come from {len(cf.TEMPLATES)} "
         "templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", \"sneakers in yellow\"); "
         "about 10% are empty, for classifier-free guidance, and about 10% leave the colour out (\"a photo of a "
-        "sneaker\")."
+        "sneaker\"). About half the pictures are *positioned*: the item is smaller "
+        f"({cf.PLACED_SIZES[0]}-{cf.PLACED_SIZES[1]} px) and sits at a named place ({', '.join(cf.PLACE_NAMES)}), "
+        "jittered, and the caption says where (\"a red sneaker on the left\", \"a small blue bag in the top right "
+        "corner\"). A caption without a place word means the classic centred 48 px item."
         + (f" {unet['train_items']} items, {unet['distinct_captions']} distinct captions." if unet else ""),
     ]
     if sdxl:
