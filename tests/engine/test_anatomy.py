@@ -165,5 +165,6 @@ def test_meta_build_allocates_no_weights():
     grown = _rss_bytes() - before
     assert all(p.is_meta for p in unet.parameters()) and all(b.is_meta for b in unet.buffers())
     assert A.count_parameters(unet) == SDXL_UNET_PARAMETERS
-    assert grown < 300 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB; fp32 weights would be {4 * SDXL_UNET_PARAMETERS / 2**30:.1f} GiB"
+    weights_gib = 4 * SDXL_UNET_PARAMETERS / 2**30
+    assert grown < 300 * 2**20, f"RSS grew {grown / 2**20:.0f} MiB; fp32 weights would be {weights_gib:.1f} GiB"
     assert torch.empty(0, device="meta").is_meta
