@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from engine.errors import UserError
+
 MAX_UPLOAD_BYTES = 25 * 2**20  # 25 MB
 MAX_PIXELS = 40_000_000  # about 6300 x 6300; larger ones are refused before decoding
 MIN_SIDE = 8
@@ -24,7 +26,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
                max_bytes: int = MAX_UPLOAD_BYTES) -> tuple[Image.Image, list[str]]:
     """Open an uploaded image and return it as RGB, with notes on what was changed.
 
-    * Refuses (ValueError) missing input, files over ``max_bytes``, non-images,
+    * Refuses (``UserError``) missing input, files over ``max_bytes``, non-images,
       truncated files, images under 8 px a side, and images whose header
       declares more than ``max_pixels`` pixels, before decoding them.
     * Animated images (GIF, APNG, WebP): the first frame, with a note.
@@ -34,7 +36,7 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
     Returns (image, notes); ``notes`` are short sentences for the user.
     """
     if source is None:
-        raise ValueError("No image given: upload an image or pick an example.")
+        raise UserError("No image given: upload an image or pick an example.")
     notes: list[str] = []
     if isinstance(source, Image.Image):
         img = source
@@ -44,30 +46,30 @@ def open_image(source: str | os.PathLike | bytes | Image.Image, *, max_pixels: i
         else:
             path = Path(source)
             if not path.is_file():
-                raise ValueError("The uploaded file could not be found; upload it again.")
+                raise UserError("The uploaded file could not be found; upload it again.")
             size, fp = path.stat().st_size, path
         if size > max_bytes:
-            raise ValueError(f"The file is {size / 2**20:.1f} MB; upload an image under {max_bytes / 2**20:.0f} MB.")
+            raise UserError(f"The file is {size / 2**20:.1f} MB; upload an image under {max_bytes / 2**20:.0f} MB.")
         try:
             img = Image.open(fp)  # reads the header only
         except Image.DecompressionBombError:
-            raise ValueError(f"The image has far more than {max_pixels / 1e6:.0f} megapixels (the limit). "
+            raise UserError(f"The image has far more than {max_pixels / 1e6:.0f} megapixels (the limit). "
                              "Downscale it and upload again.") from None
         except (UnidentifiedImageError, OSError, ValueError):
-            raise ValueError("That file is not an image this app can read; upload a PNG, JPEG, WebP or GIF.") from None
+            raise UserError("That file is not an image this app can read; upload a PNG, JPEG, WebP or GIF.") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise ValueError(f"The image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is "
+        raise UserError(f"The image is {w}x{h} ({w * h / 1e6:.0f} megapixels); the limit is "
                          f"{max_pixels / 1e6:.0f} megapixels. Downscale it and upload again.")
     if min(w, h) < MIN_SIDE:
-        raise ValueError(f"The image is {w}x{h}; it needs at least {MIN_SIDE} pixels on each side.")
+        raise UserError(f"The image is {w}x{h}; it needs at least {MIN_SIDE} pixels on each side.")
     if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
         img.seek(0)
         notes.append(f"Animated image: used the first of its {img.n_frames} frames.")
     try:
         img.load()
     except (OSError, ValueError, Image.DecompressionBombError):
-        raise ValueError("The image file is damaged or truncated; upload it again or use another one.") from None
+        raise UserError("The image file is damaged or truncated; upload it again or use another one.") from None
     if _exif_orientation(img) not in (None, 1):
         notes.append("Rotated according to the photo's EXIF orientation.")
     return to_rgb(ImageOps.exif_transpose(img)), notes

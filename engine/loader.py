@@ -6,7 +6,7 @@
   second waits on a per-key lock and then gets the first one's object.
 * Nothing loads at import time; ``load()`` is the only entry point.
 * A model that cannot be loaded (offline, gated, missing) raises
-  ``ModelUnavailable``, a ``ValueError`` whose message names the model and the
+  ``ModelUnavailable``, a ``UserError`` whose message names the model and the
   reason in one short sentence, so the tab can show it as it is.
 
 Weights are the only global state of the app, and they live here.
@@ -25,10 +25,11 @@ from urllib.parse import urlparse
 import torch
 
 from engine.device import best_device, parse_dtype
+from engine.errors import UserError
 from engine.presets import Preset, get_preset
 
 
-class ModelUnavailable(ValueError):
+class ModelUnavailable(UserError):
     """A preset that cannot be loaded here; the message is meant for the user."""
 
 
@@ -39,8 +40,8 @@ LOADERS: dict[str, str] = {
     "vae": "engine.loader:_load_vae",
     "sd": "engine.loader:_load_sd",
     "sdxl": "engine.loader:_load_sdxl",
-    "class-unet": "engine.fashion:load_class_unet",
-    "classifier": "engine.fashion:load_classifier",
+    "class-unet": "engine.fashion.sampling:load_class_unet",
+    "classifier": "engine.fashion.judge:load_classifier",
 }
 
 

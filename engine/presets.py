@@ -30,6 +30,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from engine.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_PRESETS = REPO_ROOT / "assets" / "presets.json"
 ENV_VAR = "EXPLORER_MODELS"
@@ -188,9 +190,16 @@ def preset_names(kind: str) -> list[str]:
 
 
 def get_preset(name: str, kind: str) -> Preset:
-    """The preset called ``name`` among those of ``kind``; ValueError listing the choices otherwise."""
+    """The preset called ``name`` among those of ``kind``; ``UserError`` listing the choices otherwise."""
     for p in presets_for(kind):
         if p.name == name:
             return p
     choices = ", ".join(repr(n) for n in preset_names(kind)) or "none"
-    raise ValueError(f"Unknown {kind} model {name!r}. Choose one of: {choices}.")
+    raise UserError(f"Unknown {kind} model {name!r}. Choose one of: {choices}.")
+
+
+def default_size(preset, allowed=None) -> int:
+    """The side in pixels a preset suggests: its ``default_size`` option, else 1024 for SDXL and 512 for
+    the rest; with ``allowed`` (the sizes a tab offers), a value outside them falls back to 512."""
+    size = int(preset.options.get("default_size", 1024 if preset.kind == "sdxl" else 512))
+    return 512 if allowed is not None and size not in allowed else size

@@ -20,6 +20,8 @@ from diffusers import (
     EulerDiscreteScheduler,
 )
 
+from engine.errors import UserError
+
 DEFAULT = "default"
 # name -> (class, overrides of the preset's config); "default" keeps the preset's own class
 SCHEDULERS: dict[str, tuple[type | None, dict]] = {
@@ -37,10 +39,10 @@ def make_scheduler(preset_scheduler, name: str = DEFAULT):
     """A fresh scheduler called ``name``, made from ``preset_scheduler``'s config.
 
     ``"default"`` is the preset's own class, unchanged (SD 1.5 ships PNDM, SDXL
-    Euler). ValueError names the choices for an unknown name.
+    Euler). ``UserError`` names the choices for an unknown name.
     """
     if name not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+        raise UserError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
     cls, overrides = SCHEDULERS[name]
     if cls is None:
         cls = type(preset_scheduler)
@@ -53,3 +55,16 @@ def sampler_label(scheduler) -> str:
     if getattr(scheduler.config, "use_karras_sigmas", False):
         label += " (Karras)"
     return label
+
+
+#: Stable Diffusion's training noise schedule ("scaled_linear" betas from 0.00085 to 0.012 over 1000
+#: steps, epsilon prediction), shared by SD 1.x and SDXL and by our mini models.
+SD_NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         prediction_type="epsilon")
+
+
+def sd_noise_scheduler():
+    """The forward process q(x_t | x_0) of SD's training: a ``DDPMScheduler`` with ``SD_NOISE_SCHEDULE``."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**SD_NOISE_SCHEDULE, clip_sample=False)

@@ -16,6 +16,7 @@ import re
 import unicodedata
 
 from engine import loader
+from engine.errors import UserError
 from engine.presets import get_preset, preset_names
 
 WINDOW = 77  # CLIP's context length: <|startoftext|> + 75 tokens + <|endoftext|>
@@ -48,9 +49,9 @@ def clean_prompt(prompt: str | None) -> tuple[str, list[str]]:
     if prompt is None:
         return "", []
     if not isinstance(prompt, str):
-        raise ValueError(f"The prompt must be text, got {type(prompt).__name__}.")
+        raise UserError(f"The prompt must be text, got {type(prompt).__name__}.")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt has {len(prompt):,} characters; the inspector takes up to "
+        raise UserError(f"The prompt has {len(prompt):,} characters; the inspector takes up to "
                          f"{MAX_PROMPT_CHARS:,}. Only the first ~75 tokens reach the model anyway.")
     notes = []
     text, n = _SURROGATE.subn("\ufffd", prompt)

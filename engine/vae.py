@@ -28,11 +28,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
+from engine.errors import UserError, check_seed, whole_number
+from engine.figures import colormap, latent_range
 from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
+from engine.metrics import PSNR_METHOD, SSIM_METHOD, psnr, ssim
+from engine.schedulers import SD_NOISE_SCHEDULE, sd_noise_scheduler
 
 SIZES = (64, 128, 256, 512, 768, 1024)  # short side of the preprocessed image, in pixels (64: the mini VAE)
 FITS = ("crop", "pad")
@@ -40,13 +43,8 @@ MAX_ASPECT = 2.0  # longer side at most twice the shorter one, so memory stays b
 TILED_DECODE_ABOVE = 64  # latent pixels a side (512 image pixels); larger latents decode in tiles
 PAD_COLOR = (255, 255, 255)
 
-# Stable Diffusion's training noise schedule (the DDPMScheduler in SD 1.x / SDXL's scheduler config).
-NUM_TRAIN_TIMESTEPS = 1000
-BETA_START, BETA_END, BETA_SCHEDULE = 0.00085, 0.012, "scaled_linear"
+NUM_TRAIN_TIMESTEPS = SD_NOISE_SCHEDULE["num_train_timesteps"]
 
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
-SSIM_METHOD = "mean of the R, G, B channels' SSIM; Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, L=255 (Wang et al. 2004)"
-PSNR_METHOD = "8-bit RGB, peak 255, mean squared error over all pixels and channels"
 
 
 # ----------------------------------------------------------------------------
@@ -105,26 +103,19 @@ def _resize_and_pad(image: Image.Image, size: int) -> tuple[Image.Image, list[st
     return out, notes
 
 
-def default_size(preset) -> int:
-    """The size a VAE preset suggests (its ``default_size``: 64 for the mini VAE, trained on 64 px pictures),
-    else 512; always one of ``SIZES``."""
-    size = int(preset.options.get("default_size", 512))
-    return size if size in SIZES else 512
-
-
 def check_size(size) -> int:
     try:
         value = int(size)
     except (TypeError, ValueError):
         value = None
     if value not in SIZES:
-        raise ValueError(f"Size must be one of {', '.join(map(str, SIZES))} pixels, got {size!r}.")
+        raise UserError(f"Size must be one of {', '.join(map(str, SIZES))} pixels, got {size!r}.")
     return value
 
 
 def check_fit(fit) -> str:
     if fit not in FITS:
-        raise ValueError(f"Fit must be 'crop' or 'pad', got {fit!r}.")
+        raise UserError(f"Fit must be 'crop' or 'pad', got {fit!r}.")
     return fit
 
 
@@ -152,14 +143,8 @@ def unscale_latent(latent: torch.Tensor, vae) -> torch.Tensor:
 
 
 def cpu_generator(seed) -> torch.Generator:
-    """A CPU generator seeded with ``seed`` (an integer 0 .. 2**32 - 1), as diffusers' pipelines use."""
-    try:
-        value = int(seed)
-    except (TypeError, ValueError):
-        value = -1
-    if not 0 <= value < 2**32 or value != seed:
-        raise ValueError(f"The seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}.")
-    return torch.Generator("cpu").manual_seed(value)
+    """A CPU generator seeded with ``seed`` (checked by ``engine.errors.check_seed``), as diffusers' pipelines use."""
+    return torch.Generator("cpu").manual_seed(check_seed(seed))
 
 
 def _sync(device) -> None:
@@ -178,10 +163,10 @@ def encode(image: torch.Tensor, vae, sample: bool = False, seed: int = 0) -> tor
     Returns float32 on the CPU, scaled by ``vae.config.scaling_factor``.
     """
     if image.ndim != 4 or image.shape[1] != 3:
-        raise ValueError(f"Expected an image tensor [1, 3, H, W], got shape {tuple(image.shape)}.")
+        raise UserError(f"Expected an image tensor [1, 3, H, W], got shape {tuple(image.shape)}.")
     f = vae_scale_factor(vae)
     if image.shape[-2] % f or image.shape[-1] % f:
-        raise ValueError(f"Image sides must be multiples of {f}, got {image.shape[-1]}x{image.shape[-2]}.")
+        raise UserError(f"Image sides must be multiples of {f}, got {image.shape[-1]}x{image.shape[-2]}.")
     posterior = vae.encode(image.to(device=vae.device, dtype=vae.dtype)).latent_dist
     if sample:
         z = posterior.sample(generator=cpu_generator(seed))
@@ -200,78 +185,19 @@ def decode(latent: torch.Tensor, vae, tiled: bool | None = None) -> torch.Tensor
     ``tiled`` forces the choice. Returns float32 on the CPU.
     """
     if latent.ndim != 4 or latent.shape[1] != vae.config.latent_channels:
-        raise ValueError(f"Expected a latent [1, {vae.config.latent_channels}, h, w], got shape {tuple(latent.shape)}.")
+        raise UserError(f"Expected a latent [1, {vae.config.latent_channels}, h, w], got shape {tuple(latent.shape)}.")
     z = unscale_latent(latent.float(), vae).to(device=vae.device, dtype=vae.dtype)
     if tiled is None:
         tiled = max(z.shape[-2:]) > TILED_DECODE_ABOVE
     image = vae.tiled_decode(z).sample if tiled else vae.decode(z).sample
     if not torch.isfinite(image).all():  # e.g. the original SDXL VAE in float16
-        raise ValueError(f"The VAE's decoder overflowed in {str(vae.dtype).replace('torch.', '')} (NaN or inf). "
+        raise UserError(f"The VAE's decoder overflowed in {str(vae.dtype).replace('torch.', '')} (NaN or inf). "
                          "Use a VAE made for float16, such as the SDXL fp16-fix one, or run in float32.")
     return image.float().cpu()
 
 
 # ----------------------------------------------------------------------------
 # 3. Quality: PSNR and SSIM on 8-bit images
-
-
-def to_uint8(image: Image.Image | np.ndarray) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"Expected 8-bit image data, got {arr.dtype}.")
-    return arr
-
-
-def psnr(reference, test) -> float:
-    """Peak signal-to-noise ratio in dB of two 8-bit images (H, W, 3): 10 log10(255^2 / MSE).
-
-    Identical images give ``inf``.
-    """
-    a, b = to_uint8(reference).astype(np.float64), to_uint8(test).astype(np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"PSNR needs images of the same shape, got {a.shape} and {b.shape}.")
-    mse = np.mean((a - b) ** 2)
-    return math.inf if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
-def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
-    x = np.arange(size) - (size - 1) / 2
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Separable 'valid' filtering of (H, W) with the 1-D window g (as MATLAB's filter2 'valid')."""
-    k = len(g)
-    x = np.lib.stride_tricks.sliding_window_view(x, k, axis=0) @ g
-    return np.lib.stride_tricks.sliding_window_view(x, k, axis=1) @ g
-
-
-def ssim(reference, test) -> float:
-    """Structural similarity (Wang et al. 2004) of two 8-bit images, (H, W) or (H, W, 3).
-
-    Gaussian window 11 x 11 with sigma 1.5, K1 = 0.01, K2 = 0.03, L = 255; the
-    SSIM map over the 'valid' region (windows fully inside the image) is averaged,
-    per channel, then over R, G and B. Identical images give 1.0.
-    """
-    a, b = to_uint8(reference).astype(np.float64), to_uint8(test).astype(np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"SSIM needs images of the same shape, got {a.shape} and {b.shape}.")
-    if min(a.shape[:2]) < SSIM_WINDOW:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WINDOW} px a side, got {a.shape[1]}x{a.shape[0]}.")
-    if a.ndim == 2:
-        a, b = a[..., None], b[..., None]
-    g = _gaussian_window()
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    scores = []
-    for x, y in zip(np.moveaxis(a, -1, 0), np.moveaxis(b, -1, 0)):
-        mu_x, mu_y = _filter_valid(x, g), _filter_valid(y, g)
-        var_x = _filter_valid(x * x, g) - mu_x**2
-        var_y = _filter_valid(y * y, g) - mu_y**2
-        cov = _filter_valid(x * y, g) - mu_x * mu_y
-        ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-        scores.append(ssim_map.mean())
-    return float(np.mean(scores))
 
 
 # ----------------------------------------------------------------------------
@@ -369,18 +295,10 @@ def compression_numbers(image: torch.Tensor, latent: torch.Tensor, vae) -> dict:
 # 5. "What the UNet sees": the latent after forward diffusion to timestep t
 
 
-def sd_noise_scheduler():
-    """SD's training schedule: DDPM, 1000 steps, betas "scaled_linear" from 0.00085 to 0.012."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START,
-                         beta_end=BETA_END, beta_schedule=BETA_SCHEDULE)
-
-
 def check_timestep(timestep) -> int:
-    t = int(timestep)
+    t = whole_number(timestep, "The timestep")
     if not 0 <= t < NUM_TRAIN_TIMESTEPS:
-        raise ValueError(f"The timestep must be between 0 and {NUM_TRAIN_TIMESTEPS - 1}, got {timestep}.")
+        raise UserError(f"The timestep must be between 0 and {NUM_TRAIN_TIMESTEPS - 1}, got {timestep}.")
     return t
 
 
@@ -427,33 +345,9 @@ def _finite(value: float, digits: int = 3) -> float | None:
 
 
 # ----------------------------------------------------------------------------
-# 6. Pictures: channels with a shared colour scale, colour bar, histogram, difference heatmap
+# 6. Channel pictures on a shared colour scale (the other figure helpers are in engine.figures)
 
-# Diverging map for signed latent values (ColorBrewer RdBu, blue < 0 < red), and a
-# sequential one (black -> purple -> orange -> pale yellow) for differences.
-DIVERGING = [(0.0, (33, 102, 172)), (0.25, (103, 169, 207)), (0.5, (247, 247, 247)),
-             (0.75, (239, 138, 98)), (1.0, (178, 24, 43))]
-SEQUENTIAL = [(0.0, (0, 0, 4)), (0.25, (87, 16, 110)), (0.5, (188, 55, 84)),
-              (0.75, (249, 142, 9)), (1.0, (252, 255, 164))]
-CHANNEL_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)]
 PANEL_SIZE = 256  # channel images are scaled up (nearest) to about this many pixels a side
-
-
-def colormap(values: np.ndarray, anchors=DIVERGING) -> np.ndarray:
-    """Map values in [0, 1] (any shape) to uint8 RGB (shape + (3,)) by linear interpolation between anchors."""
-    v = np.clip(values, 0.0, 1.0)
-    xs = [a[0] for a in anchors]
-    rgb = [np.interp(v, xs, [a[1][i] for a in anchors]) for i in range(3)]
-    return np.stack(rgb, axis=-1).round().astype(np.uint8)
-
-
-def _font(size: int = 12):
-    return ImageFont.load_default(size=size)
-
-
-def latent_range(latent: torch.Tensor) -> float:
-    """The shared colour scale's half-width: the largest |value| in the latent (at least 1e-6)."""
-    return max(float(latent.abs().max()), 1e-6)
 
 
 def channel_images(latent: torch.Tensor) -> list[tuple[Image.Image, str]]:
@@ -472,85 +366,3 @@ def channel_images(latent: torch.Tensor) -> list[tuple[Image.Image, str]]:
         img = Image.fromarray(rgb).resize((rgb.shape[1] * factor, rgb.shape[0] * factor), Image.Resampling.NEAREST)
         out.append((img, f"Channel {c}: mean {channel.mean():+.3f}, std {channel.std():.3f}"))
     return out
-
-
-def colorbar(m: float, width: int = 512, height: int = 48) -> Image.Image:
-    """The shared colour scale of ``channel_images`` as a bar from -m to +m with labelled ticks."""
-    bar_h = height - 18
-    strip = colormap(np.linspace(0, 1, width))[None].repeat(bar_h, axis=0)
-    img = Image.new("RGB", (width, height), "white")
-    img.paste(Image.fromarray(strip), (0, 0))
-    draw, font = ImageDraw.Draw(img), _font()
-    for frac, label in ((0.0, f"{-m:.3g}"), (0.5, "0"), (1.0, f"{m:.3g}")):
-        x = int(frac * (width - 1))
-        draw.line([(x, bar_h - 6), (x, bar_h + 2)], fill="black")
-        anchor = "la" if frac == 0 else "ra" if frac == 1 else "ma"
-        draw.text((x, bar_h + 3), label, fill="black", font=font, anchor=anchor)
-    return img
-
-
-def histogram(latent: torch.Tensor, bins: int = 60) -> dict:
-    """Per-channel histograms of the scaled latent values over [-m, m], m = ``latent_range``.
-
-    Returns {"edges": (bins + 1,) array, "counts": (C, bins) array}.
-    """
-    m = latent_range(latent)
-    edges = np.linspace(-m, m, bins + 1)
-    z = latent[0].float().numpy()
-    counts = np.stack([np.histogram(channel, bins=edges)[0] for channel in z])
-    return {"edges": edges, "counts": counts}
-
-
-def histogram_image(latent: torch.Tensor, bins: int = 60, width: int = 560, height: int = 280) -> Image.Image:
-    """A line histogram of each latent channel (colours as in the legend), with the
-    standard normal N(0, 1) as a dashed grey reference: well-scaled latents follow it."""
-    hist = histogram(latent, bins)
-    edges, counts = hist["edges"], hist["counts"]
-    centres = (edges[:-1] + edges[1:]) / 2
-    per_channel = latent[0, 0].numel()
-    normal = per_channel * (edges[1] - edges[0]) * np.exp(-centres**2 / 2) / math.sqrt(2 * math.pi)
-    top = max(counts.max(), 1)
-
-    left, right, top_pad, bottom = 40, 24, 12, 44
-    img = Image.new("RGB", (width, height), "white")
-    draw, font = ImageDraw.Draw(img), _font()
-    pw, ph = width - left - right, height - top_pad - bottom
-
-    def xy(xs, ys):
-        px = left + (xs - edges[0]) / (edges[-1] - edges[0]) * pw
-        py = top_pad + ph - np.minimum(ys / top, 1.05) * ph
-        return list(zip(px.tolist(), py.tolist()))
-
-    draw.rectangle([left, top_pad, left + pw, top_pad + ph], outline=(160, 160, 160))
-    points = xy(centres, normal)
-    for i in range(0, len(points) - 1, 2):  # dashed
-        draw.line(points[i:i + 2], fill=(140, 140, 140), width=1)
-    for c, row in enumerate(counts):
-        draw.line(xy(centres, row), fill=CHANNEL_COLORS[c % len(CHANNEL_COLORS)], width=2)
-    for frac, value in ((0.0, edges[0]), (0.5, 0.0), (1.0, edges[-1])):
-        x = left + frac * pw
-        draw.line([(x, top_pad + ph), (x, top_pad + ph + 4)], fill="black")
-        draw.text((x, top_pad + ph + 6), f"{value:.3g}", fill="black", font=font, anchor="ma")
-    draw.text((left - 4, top_pad), f"{top}", fill="black", font=font, anchor="ra")
-    draw.text((left - 4, top_pad + ph), "0", fill="black", font=font, anchor="rb")
-    x, y = left, height - 16  # legend under the axis
-    for c in range(len(counts)):
-        draw.text((x, y), f"channel {c}", fill=CHANNEL_COLORS[c % len(CHANNEL_COLORS)], font=font)
-        x += 78
-    draw.text((x, y), "- - N(0, 1)", fill=(110, 110, 110), font=font)
-    return img
-
-
-def difference_heatmap(reference: Image.Image, test: Image.Image, gain: float = 4.0) -> Image.Image:
-    """|reference - test| averaged over R, G, B, times ``gain``, as a heatmap (black = equal).
-
-    Pixel value d (0..255) is drawn at colour ``min(d * gain, 255) / 255`` of the
-    sequential map, so with gain 4 a difference of 64/255 or more is pale yellow.
-    """
-    if not gain > 0:
-        raise ValueError(f"The amplification must be positive, got {gain}.")
-    a, b = to_uint8(reference).astype(np.float32), to_uint8(test).astype(np.float32)
-    if a.shape != b.shape:
-        raise ValueError(f"The two images differ in size: {a.shape} and {b.shape}.")
-    diff = np.abs(a - b).mean(axis=-1) if a.ndim == 3 else np.abs(a - b)
-    return Image.fromarray(colormap(np.minimum(diff * gain, 255) / 255, SEQUENTIAL))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import fashion  # noqa: E402
+from engine.fashion import sampling as fashion  # noqa: E402
 from engine.presets import Preset  # noqa: E402
 
 DEFAULT_RUNS = "DDPM:1000,DDIM:10,DDIM:20,DDIM:50,DPM-Solver++:10,DPM-Solver++:20,DPM-Solver++:50"

@@ -37,8 +37,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine import fashion  # noqa: E402
-from engine.fashion_data import CLASS_NAMES, load_split, to_model_space, to_unit_range  # noqa: E402
+from engine.fashion import sampling as fashion  # noqa: E402
+from engine.fashion.judge import judge_images, load_classifier  # noqa: E402
+from engine.metrics import frechet_distance  # noqa: E402
+from engine.fashion.data import CLASS_NAMES, load_split, to_model_space, to_unit_range  # noqa: E402
 from engine.presets import Preset  # noqa: E402
 
 DEFAULT_RUNS = "DDPM:1000,DDIM:10,DDIM:20,DDIM:50,DPM-Solver++:10,DPM-Solver++:20,DPM-Solver++:50"
@@ -80,7 +82,7 @@ def main(argv=None) -> None:
     torch.set_flush_denormal(True)
     unet = fashion.load_class_unet(Preset("eval", "class-unet", path=str(Path(args.model).resolve())), "cpu",
                                    torch.float32, True)
-    judge = fashion.load_classifier(Preset("judge", "classifier", path=str(Path(args.judge).resolve())), "cpu",
+    judge = load_classifier(Preset("judge", "classifier", path=str(Path(args.judge).resolve())), "cpu",
                                     torch.float32, True)
     schedule = fashion.scheduler_config_of(args.model)
     cpu_bf16 = False if args.fp32 else None
@@ -91,13 +93,13 @@ def main(argv=None) -> None:
     test_pick = rng.choice(len(test_x), 1000, replace=False)
     train_pick = rng.choice(len(train_x), 1000, replace=False)
     test01 = to_unit_range(to_model_space(test_x[test_pick]))
-    _, test_feats = fashion.judge_images(judge, test01)
-    all_test_preds, _ = fashion.judge_images(judge, to_unit_range(to_model_space(test_x)))
-    _, train_feats = fashion.judge_images(judge, to_unit_range(to_model_space(train_x[train_pick])))
+    _, test_feats = judge_images(judge, test01)
+    all_test_preds, _ = judge_images(judge, to_unit_range(to_model_space(test_x)))
+    _, train_feats = judge_images(judge, to_unit_range(to_model_space(train_x[train_pick])))
     report = {
         "model": args.model, "guidance_scale": args.guidance, "judge": args.judge,
         "judge_test_accuracy": round(float((all_test_preds.numpy() == test_y).mean()), 4),
-        "fd_train_vs_test_1000": round(fashion.frechet_distance(train_feats.numpy(), test_feats.numpy()), 3),
+        "fd_train_vs_test_1000": round(frechet_distance(train_feats.numpy(), test_feats.numpy()), 3),
         "runs": [],
     }
     print(f"judge test accuracy {report['judge_test_accuracy']:.4f}; FD train vs test (1000 each) "
@@ -117,7 +119,7 @@ def main(argv=None) -> None:
             labels.append(torch.full((per_class,), c))
         seconds = time.perf_counter() - start
         images, labels = torch.cat(images), torch.cat(labels)
-        preds, feats = fashion.judge_images(judge, images)
+        preds, feats = judge_images(judge, images)
         k = min(args.fidelity_per_class, per_class)
         per_class_fid = {}
         for c, name in enumerate(CLASS_NAMES):
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
             "sampler": sampler, "steps": steps, "samples": len(images), "fidelity_per_class_n": k,
             "fidelity": round(float(np.mean(list(per_class_fid.values()))), 4),
             "fidelity_per_class": per_class_fid,
-            "frechet_distance": round(fashion.frechet_distance(feats.numpy(), test_feats.numpy()), 3),
+            "frechet_distance": round(frechet_distance(feats.numpy(), test_feats.numpy()), 3),
             "seconds": round(seconds, 1),
         }
         report["runs"].append(row)

@@ -51,11 +51,12 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from engine import colour_fashion as cf  # noqa: E402
-from engine import mini_sd as ms  # noqa: E402
+from engine.mini import data as cf  # noqa: E402
 
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-import train_mini_sd as training  # noqa: E402  (the model cards and sample grids)
+from engine.mini import measure  # noqa: E402
+from engine.mini import models as ms  # noqa: E402
+
+from engine.mini import cards  # noqa: E402
 
 FOLDERS = {"sd": "mini-sd", "sdxl": "mini-sdxl"}
 TARGETS = {"class_fidelity": 0.8, "colour_accuracy": 0.8, "high_frequency_cut": 0.3, "centroid_shift_px": 4.0,
@@ -69,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backend", choices=("auto", "engine", "diffusers"), default="auto")
     p.add_argument("--per-prompt", type=int, default=4, help="images per 'a {colour} {class}' prompt")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=training.DEFAULT_GUIDANCE,
+    p.add_argument("--guidance", type=float, default=cards.DEFAULT_GUIDANCE,
                    help="the default guidance the figures are taken at")
     p.add_argument("--sweep", default="1,3,5", help="other guidance scales to measure (class and colour)")
     p.add_argument("--sweep-per-prompt", type=int, default=2, help="images per prompt in the sweep")
@@ -110,7 +111,7 @@ class Generator:
         return torch.cat([self.generate(prompt, seed=seed + 1000 * k, n=m, **kwargs) for k, m in enumerate(chunks)])
 
     @torch.no_grad()
-    def generate(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = training.DEFAULT_GUIDANCE,
+    def generate(self, prompt: str, *, seed: int, n: int = 4, guidance_scale: float = cards.DEFAULT_GUIDANCE,
                  steps: int = 25, negative_prompt: str = "", original_size=(64, 64), crops_coords_top_left=(0, 0)) -> torch.Tensor:
         """Up to 4 images from one seed: the engine's ``text_to_image`` or ``pipe(...)``, which agree."""
         sdxl = {}
@@ -149,9 +150,9 @@ def load_judge(name: str | None):
 
 def judged_classes(judge, pictures: torch.Tensor) -> torch.Tensor:
     """The judge's class [N] for each picture [N, 3, 64, 64] in [0, 1], from its grey version."""
-    from engine.fashion import judge_images
+    from engine.fashion.judge import judge_images
 
-    predictions, _ = judge_images(judge, cf.to_judge_grey(pictures))
+    predictions, _ = judge_images(judge, measure.to_judge_grey(pictures))
     return predictions
 
 
@@ -164,7 +165,7 @@ def high_frequency_energy(pictures: torch.Tensor) -> float:
 
 def centroids(pictures: torch.Tensor) -> torch.Tensor:
     """The ink-weighted centre (row, column) [N, 2] of each picture's item, in pixels."""
-    w = cf.ink(pictures)[:, 0]
+    w = measure.ink(pictures)[:, 0]
     rows = torch.arange(w.shape[1], dtype=torch.float32).view(1, -1, 1)
     cols = torch.arange(w.shape[2], dtype=torch.float32).view(1, 1, -1)
     total = w.sum((1, 2)).clamp_min(1e-6)
@@ -185,7 +186,7 @@ def class_and_colour(gen: Generator, judge, args, guidance_scale: float, desc: s
         asked_class += [label] * per_prompt
         asked_colour += [colour] * per_prompt
     images = torch.cat(images)
-    found_colour = cf.item_colours(images)
+    found_colour = measure.item_colours(images)
     out = {"images": len(images), "colour_accuracy": float(np.mean([a == b for a, b in zip(found_colour,
                                                                                            asked_colour)]))}
     if judge is not None:
@@ -205,7 +206,7 @@ def negative_prompt_effect(gen: Generator, args, n_seeds: int = 8) -> dict:
         images = torch.cat([gen("a sneaker", seed=args.seed + s, n=4, guidance_scale=args.guidance, steps=args.steps,
                                 negative_prompt=negative) for s in range(n_seeds)])
         shares["with_negative_red" if negative else "without"] = float(np.mean([c == "red" for c in
-                                                                                cf.item_colours(images)]))
+                                                                                measure.item_colours(images)]))
     shares["images_each"] = 4 * n_seeds
     return shares
 
@@ -245,7 +246,7 @@ def references(judge) -> dict:
     data = cf.make_dataset("test", seed=0, num_items=1000)
     pictures = data.pictures()
     out = {"colour_accuracy_real": float(np.mean([a == cf.COLOUR_NAMES[b] for a, b in
-                                                  zip(cf.item_colours(pictures), data.colours)]))}
+                                                  zip(measure.item_colours(pictures), data.colours)]))}
     if judge is not None:
         out["judge_accuracy_real"] = float((judged_classes(judge, pictures) == torch.as_tensor(data.labels)).float()
                                            .mean())
@@ -353,9 +354,9 @@ def write_card(path: Path, section: str, result: dict, kind: str, guidance: floa
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     pipe = ms.load_pipeline(path)
     pipe.set_progress_bar_config(disable=True)
-    training.sample_grid(pipe, kind == "sdxl", path / "samples.png", steps=record.get("grid_steps", 20),
+    cards.sample_grid(pipe, kind == "sdxl", path / "samples.png", steps=record.get("grid_steps", 20),
                          guidance_scale=guidance)
-    text = training.model_card(path.name, record, path)
+    text = cards.model_card(path.name, record, path)
     new = re.sub(r"<!-- eval:start -->.*<!-- eval:end -->", lambda _: f"<!-- eval:start -->\n{section}\n<!-- eval:end -->",
                  text, flags=re.S)
     (path / "README.md").write_text(new, encoding="utf-8")

@@ -110,7 +110,7 @@ def colour_fashion_picture(index: int = 1) -> Image.Image:
     """One 64 x 64 picture of the mini models' data ("Fashion-MNIST in colour"), from the test split:
     what the mini VAE was trained on, so its round trip is near-perfect (compare with the photos)."""
     sys.path.insert(0, str(REPO_ROOT))
-    from engine import colour_fashion as cf
+    from engine.mini import data as cf
 
     data = cf.make_dataset("test", seed=0)
     picture = cf.render(data.items[index:index + 1], data.colours[index:index + 1])[0]

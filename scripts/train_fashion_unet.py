@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import shutil
 import sys
 import time
@@ -39,15 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel  # noqa: E402
+from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.fashion_configs import SCHEDULER_CONFIG, UNET_CONFIGS  # noqa: E402
-from engine.fashion_data import NULL_CLASS, NUM_CLASSES, load_split, random_flip, to_model_space  # noqa: E402
+from engine.fashion.configs import SCHEDULER_CONFIG, UNET_CONFIGS  # noqa: E402
+from engine.fashion.data import NULL_CLASS, NUM_CLASSES, load_split, random_flip, to_model_space  # noqa: E402
+from engine.fashion.sampling import generate  # noqa: E402
+from engine.training import (autocast, ema_update, lr_at, optimizer_step, resumable_loop,  # noqa: E402
+                             save_checkpoint, set_lr)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,19 +79,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lr_at(step: int, total: int, warmup: int, min_ratio: float, progress: float | None = None) -> float:
-    """Multiplier of the base LR: linear warm-up to 1, then cosine decay to ``min_ratio``.
-
-    ``progress`` (0..1) overrides the step-based progress (wall-clock schedule).
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if progress is None:
-        progress = (step - warmup) / max(1, total - warmup)
-    progress = min(1.0, max(0.0, progress))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def deadline_epoch(hhmm: str, now: float) -> float:
     """Unix time of the next HH:MM (UTC) after ``now``."""
     import datetime as dt
@@ -104,31 +92,14 @@ def deadline_epoch(hhmm: str, now: float) -> float:
 
 
 @torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
-    """EMA with the usual warm-up: decay = min(max_decay, (1 + step) / (10 + step))."""
-    decay = min(max_decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
-
-
-@torch.no_grad()
-def sample_grid(unet: UNet2DModel, device: str, per_class: int = 8, steps: int = 20, guidance: float = 2.0,
+def sample_grid(unet: UNet2DModel, per_class: int = 8, steps: int = 20, guidance: float = 2.0,
                 seed: int = 0) -> Image.Image:
-    """One row per class: DPM-Solver++ with classifier-free guidance. Returns a grey PIL grid."""
-    # x_0 clipped to [-1, 1] as in the app (engine.fashion.make_scheduler)
-    scheduler = DPMSolverMultistepScheduler.from_config(SCHEDULER_CONFIG, algorithm_type="dpmsolver++",
-                                                        thresholding=True, sample_max_value=1.0)
-    scheduler.set_timesteps(steps)
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(per_class).to(device)
-    g = torch.Generator("cpu").manual_seed(seed)
-    x = torch.randn(len(labels), 1, 32, 32, generator=g).to(device)
-    null = torch.full_like(labels, NULL_CLASS)
+    """One row per class, sampled by the app's own sampler (``engine.fashion.sampling.generate``:
+    DPM-Solver++ with classifier-free guidance). Returns a grey PIL grid."""
     unet.eval()
-    for t in scheduler.timesteps:
-        eps = unet(torch.cat([x, x]), t, class_labels=torch.cat([null, labels])).sample
-        uncond, cond = eps.chunk(2)
-        x = scheduler.step(uncond + guidance * (cond - uncond), t, x).prev_sample
-    img = ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()[:, 0]
+    rows = [generate(unet, label, per_class, "DPM-Solver++", steps, guidance, seed, cpu_bf16=False).images
+            for label in range(NUM_CLASSES)]
+    img = (torch.cat(rows).clamp(0, 1) * 255).round().byte().cpu().numpy()[:, 0]
     grid = img.reshape(NUM_CLASSES, per_class, 32, 32).transpose(0, 2, 1, 3).reshape(NUM_CLASSES * 32, per_class * 32)
     return Image.fromarray(grid, mode="L")
 
@@ -142,12 +113,6 @@ def export_ema(ema: UNet2DModel, out: Path, meta: dict) -> None:
     (tmp / "training.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out / "ema", ignore_errors=True)
     tmp.rename(out / "ema")
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def main(argv=None) -> None:
@@ -196,14 +161,14 @@ def main(argv=None) -> None:
     end_time = deadline_epoch(args.deadline, first_start) if args.deadline else None
     if end_time:
         print(f"deadline {args.deadline} UTC: {(end_time - started) / 60:.1f} min left", flush=True)
-    bar = tqdm(total=total, initial=step, desc=f"train {args.config}", mininterval=10, file=sys.stdout)
-    running = None
-    while step < total and not (end_time and time.time() >= end_time):
+    state = {"perm": perm, "cursor": cursor}
+
+    def train_step(step: int) -> float:
         # Next batch: walk through a fresh permutation each epoch.
-        if perm is None or cursor + args.batch_size > len(data):
-            perm, cursor = torch.randperm(len(data), generator=gen), 0
-        idx = perm[cursor: cursor + args.batch_size]
-        cursor += args.batch_size
+        if state["perm"] is None or state["cursor"] + args.batch_size > len(data):
+            state["perm"], state["cursor"] = torch.randperm(len(data), generator=gen), 0
+        idx = state["perm"][state["cursor"]: state["cursor"] + args.batch_size]
+        state["cursor"] += args.batch_size
         x0 = random_flip(data[idx], generator=gen).to(device)
         y = targets[idx].clone()
         y[torch.rand(len(y), generator=gen) < args.label_dropout] = NULL_CLASS
@@ -215,37 +180,30 @@ def main(argv=None) -> None:
         abar = alphas_cumprod[t].view(-1, 1, 1, 1)
         xt = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-        for group in opt.param_groups:
-            progress = None if end_time is None else (time.time() - first_start) / (end_time - first_start)
-            group["lr"] = args.lr * lr_at(step, total, args.warmup, args.min_lr_ratio, progress)
+        progress = None if end_time is None else (time.time() - first_start) / (end_time - first_start)
+        set_lr(opt, args.lr * lr_at(step, total, args.warmup, args.min_lr_ratio, progress))
         unet.train()
-        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu",
-                            dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(device, enabled=use_bf16):
             pred = unet(xt, t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, unet)
         ema_update(ema, unet, step, args.ema_decay)
-        step += 1
+        return loss.item()
 
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}", refresh=False)
+    def checkpoint(step: int, running: float, last: bool) -> None:
+        save_checkpoint(ckpt_path, dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+                                         step=step, perm=state["perm"], cursor=state["cursor"], gen=gen.get_state(),
+                                         torch_rng=torch.get_rng_state(), args=vars(args), first_start=first_start))
+        export_ema(ema, out, {**meta, "step": step, "epochs": round(step * args.batch_size / len(data), 2),
+                              "loss_ema": running, "wall_seconds_this_run": round(time.time() - started)})
 
-        last = step == total or (end_time is not None and time.time() >= end_time)
-        if step % args.checkpoint_every == 0 or last:
-            save_checkpoint(ckpt_path, dict(model=unet.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
-                                             step=step, perm=perm, cursor=cursor, gen=gen.get_state(),
-                                             torch_rng=torch.get_rng_state(), args=vars(args),
-                                             first_start=first_start))
-            export_ema(ema, out, {**meta, "step": step, "epochs": round(step * args.batch_size / len(data), 2),
-                                  "loss_ema": running, "wall_seconds_this_run": round(time.time() - started)})
-        if step % args.sample_every == 0 or last:
-            sample_grid(ema, device).save(out / "samples" / f"step{step:06d}.png")
-            print(f"\nstep {step}: loss {running:.4f}, grid saved", flush=True)
-    bar.close()
+    def grid(step: int, running: float, last: bool) -> None:
+        sample_grid(ema).save(out / "samples" / f"step{step:06d}.png")
+        print(f"\nstep {step}: loss {running:.4f}, grid saved", flush=True)
+
+    step, _ = resumable_loop(step, total, train_step, desc=f"train {args.config}",
+                             every={args.checkpoint_every: checkpoint, args.sample_every: grid},
+                             stop=lambda: end_time is not None and time.time() >= end_time)
     print(f"done: {step} steps in {time.time() - started:.0f} s this run; EMA weights in {out / 'ema'}", flush=True)
 
 

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.fashion import FashionJudge, judge_images  # noqa: E402
-from engine.fashion_data import CLASS_NAMES, load_split, random_flip, to_model_space  # noqa: E402
+from engine.fashion.judge import FashionJudge, judge_images  # noqa: E402
+from engine.fashion.data import CLASS_NAMES, load_split, random_flip, to_model_space  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -45,7 +45,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -61,10 +60,15 @@ from tqdm import tqdm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from engine import colour_fashion as cf  # noqa: E402
-from engine import mini_sd as ms  # noqa: E402
+from engine import metrics  # noqa: E402
+from engine import text_encoding as te_  # noqa: E402
+from engine.mini import data as cf  # noqa: E402
+from engine.mini.cards import DEFAULT_GUIDANCE, STAGES, model_card, sample_grid, save_grid  # noqa: E402
+from engine.mini import models as ms  # noqa: E402
+from engine.schedulers import sd_noise_scheduler  # noqa: E402
+from engine.training import (autocast, ema_update, load_checkpoint, lr_at, optimizer_step,  # noqa: E402
+                             resumable_loop, save_checkpoint, set_lr)
 
-STAGES = ("clip", "vae", "unet-sd", "unet-sdxl")
 # Steps of the shipped run (sized with ``bench`` for ~2 h on 2 CPU cores) and of ``--smoke``.
 DEFAULTS = {
     "full": dict(clip_steps=800, clip_batch=256, vae_steps=3000, vae_batch=32, unet_steps=4000, unet_batch=128,
@@ -111,40 +115,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 # Shared helpers
 
 
-def lr_at(step: int, total: int, warmup: int, min_ratio: float = 0.02) -> float:
-    """Multiplier of the base LR: linear warm-up to 1, then cosine decay to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def batch_rng(seed: int, stage: str, step: int) -> np.random.Generator:
     """The random numbers of one step: the same for the same (seed, stage, step), resumed or not."""
     return np.random.default_rng([seed, STAGES.index(stage), step])
 
 
-def autocast(device: str):
-    """bf16 autocast on CUDA; a no-op context on the CPU (fp32 there)."""
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
-    """EMA with the usual warm-up: decay = min(max_decay, (1 + step) / (10 + step))."""
-    decay = min(max_decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: Path, device: str) -> dict | None:
-    return torch.load(path, map_location=device, weights_only=False) if path.exists() else None
+def resume(folder: Path, device: str, model, opt, ema=None, key: str | None = None) -> tuple[int, float | None]:
+    """Load ``folder/checkpoint.pt`` into the model, EMA and optimiser, if there is one (made with the same
+    frozen parts ``key``, for the UNets); returns (step, running loss), (0, None) for a fresh start."""
+    state = load_checkpoint(folder / "checkpoint.pt", device)
+    if state and key is not None and state.get("frozen_parts") != key:
+        print(f"{folder.name}: the checkpoint was trained with other text encoders or VAE: starting again", flush=True)
+        state = None
+    if not state:
+        return 0, None
+    model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    print(f"{folder.name}: resumed at step {state['step']}", flush=True)
+    return state["step"], state["running"]
 
 
 def stage_dir(args, stage: str) -> Path:
@@ -204,17 +194,6 @@ def ship_part(args, stage: str, parts: dict) -> None:
         ms.copy_tokenizers(path, ["tokenizer"] + (["tokenizer_2"] if folder == "mini-sdxl" else []))
 
 
-def save_grid(pictures: torch.Tensor, rows: int, path: Path) -> None:
-    """Pictures [rows * cols, 3, H, W] in [0, 1] -> one PNG grid, row-major."""
-    from PIL import Image
-
-    n, _, h, w = pictures.shape
-    cols = n // rows
-    grid = pictures[: rows * cols].clamp(0, 1).view(rows, cols, 3, h, w).permute(0, 3, 1, 4, 2)
-    array = (grid.reshape(rows * h, cols * w, 3).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)
-
-
 def dataset(args, split: str = "train") -> cf.ColourFashion:
     return cf.make_dataset(split, seed=args.seed, num_items=args.num_items if split == "train" else 1024)
 
@@ -240,7 +219,7 @@ def token_table(captions: list[str], tokenizers: dict) -> dict:
     row = {c: i for i, c in enumerate(unique)}
     table = {"index": torch.tensor([row[c] for c in captions])}
     for key, name in (("ids", "tokenizer"), ("ids_2", "tokenizer_2")):
-        table[key] = ms.tokenize(tokenizers[name], unique, CLIP_TOKENS)
+        table[key] = te_.tokenize(tokenizers[name], unique, CLIP_TOKENS)
         if not bool((table[key] == ms.EOS).any(1).all()):
             raise ValueError(f"A caption is longer than {CLIP_TOKENS} tokens: raise CLIP_TOKENS.")
     return table
@@ -251,7 +230,7 @@ def clip_batch(data: cf.ColourFashion, tokens: dict, rng: np.random.Generator, b
     """Pictures [B, 3, 64, 64] in [-1, 1], ids [B, 16] for each tokenizer, fits [B, B]; captioned items only."""
     idx = rng.choice(captioned, size=batch, replace=False)
     rows = tokens["index"][idx]
-    return cf.to_model_space(data.pictures(idx)), tokens["ids"][rows], tokens["ids_2"][rows], fits_of(data, idx)
+    return cf.to_vae_input(data.pictures(idx)), tokens["ids"][rows], tokens["ids_2"][rows], fits_of(data, idx)
 
 
 def train_clip(args) -> dict:
@@ -267,41 +246,31 @@ def train_clip(args) -> dict:
     torch.manual_seed(args.seed)
     model = ms.MiniCLIP(args.size).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.01)
-    step, running = 0, None
-    state = load_checkpoint(folder / "checkpoint.pt", device)
-    if state:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, running = state["step"], state["running"]
-        print(f"clip: resumed at step {step}", flush=True)
-
+    step, running = resume(folder, device, model, opt)
     total = args.clip_steps
-    bar = tqdm(total=total, initial=step, desc="clip", mininterval=10, file=sys.stdout)
-    while step < total:
+
+    def train_step(step: int) -> float:
         pictures, ids, ids_2, fits = clip_batch(data, tokens, batch_rng(args.seed, "clip", step),
                                                 args.clip_batch, captioned)
-        for group in opt.param_groups:
-            group["lr"] = args.clip_lr * lr_at(step, total, warmup=min(100, total // 10 + 1))
+        set_lr(opt, args.clip_lr * lr_at(step, total, warmup=min(100, total // 10 + 1)))
         model.train()
         with autocast(device):
             losses = model(pictures.to(device), ids.to(device), ids_2.to(device), fits.to(device))
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        running = losses["loss"].item() if running is None else 0.98 * running + 0.02 * losses["loss"].item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", refresh=False)
-        if step % args.checkpoint_every == 0 or step == total:
-            save_checkpoint(folder / "checkpoint.pt", dict(model=model.state_dict(), opt=opt.state_dict(),
-                                                           step=step, running=running))
-        if step % args.sample_every == 0 or step == total:
-            model.eval()
-            acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
-            print(f"\nclip step {step}: loss {running:.3f}, test retrieval accuracy "
-                  f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
-    bar.close()
+        optimizer_step(opt, losses["loss"], model)
+        return losses["loss"].item()
+
+    def checkpoint(step: int, running: float, last: bool) -> None:
+        save_checkpoint(folder / "checkpoint.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step,
+                                                       running=running))
+
+    def evaluate(step: int, running: float, last: bool) -> None:
+        model.eval()
+        acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
+        print(f"\nclip step {step}: loss {running:.3f}, test retrieval accuracy "
+              f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
+
+    step, running = resumable_loop(step, total, train_step, desc="clip", running=running,
+                                   every={args.checkpoint_every: checkpoint, args.sample_every: evaluate})
 
     model.eval()
     acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
@@ -333,7 +302,7 @@ def vae_batch(data: cf.ColourFashion, rng: np.random.Generator, batch: int) -> t
     idx = rng.integers(0, len(data), batch)
     pictures, _, _ = cf.micro_condition(data.pictures(idx), rng, size_share=0.25, crop_share=0.25,
                                         croppable=data.places[idx] == cf.UNPLACED)
-    return cf.to_model_space(pictures)
+    return cf.to_vae_input(pictures)
 
 
 def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,11 +314,10 @@ def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6) -> tuple[torch.Tenso
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two batches in [-1, 1], over 8-bit [0, 255] values."""
-    a8 = ((a.clamp(-1, 1) + 1) * 127.5).round()
-    b8 = ((b.clamp(-1, 1) + 1) * 127.5).round()
-    mse = F.mse_loss(a8, b8).item()
-    return 10 * math.log10(255 ** 2 / max(mse, 1e-10))
+    """PSNR in dB (``engine.metrics.psnr``) of two batches in [-1, 1], over their 8-bit [0, 255] values."""
+    def to8(x):
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    return metrics.psnr(to8(a), to8(b))
 
 
 @torch.no_grad()
@@ -364,47 +332,37 @@ def train_vae(args) -> dict:
     folder = stage_dir(args, "vae")
     device = args.device
     data, test = dataset(args), dataset(args, "test")
-    test_x = cf.to_model_space(test.pictures(range(256)))
+    test_x = cf.to_vae_input(test.pictures(range(256)))
 
     torch.manual_seed(args.seed)
     vae = ms.make_vae(args.size).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    step, running = 0, None
-    state = load_checkpoint(folder / "checkpoint.pt", device)
-    if state:
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, running = state["step"], state["running"]
-        print(f"vae: resumed at step {step}", flush=True)
-
+    step, running = resume(folder, device, vae, opt)
     total = args.vae_steps
-    bar = tqdm(total=total, initial=step, desc="vae", mininterval=10, file=sys.stdout)
-    while step < total:
+
+    def train_step(step: int) -> float:
         x = vae_batch(data, batch_rng(args.seed, "vae", step), args.vae_batch).to(device)
-        for group in opt.param_groups:
-            group["lr"] = args.vae_lr * lr_at(step, total, warmup=min(200, total // 10 + 1))
+        set_lr(opt, args.vae_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         vae.train()
         with autocast(device):
             loss, _ = vae_loss(vae, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        if step % args.checkpoint_every == 0 or step == total:
-            save_checkpoint(folder / "checkpoint.pt", dict(model=vae.state_dict(), opt=opt.state_dict(),
-                                                           step=step, running=running))
-        if step % args.sample_every == 0 or step == total:
-            vae.eval()
-            with torch.no_grad():
-                rec = vae.decode(vae.encode(test_x[:8].to(device)).latent_dist.mode()).sample.float().cpu()
-            save_grid(torch.cat([test_x[:8], rec]) / 2 + 0.5, 2, folder / "samples" / f"step{step:06d}.png")
-            print(f"\nvae step {step}: loss {running:.4f}, test PSNR (8 pictures) {psnr(rec, test_x[:8]):.2f} dB",
-                  flush=True)
-    bar.close()
+        optimizer_step(opt, loss, vae)
+        return loss.item()
+
+    def checkpoint(step: int, running: float, last: bool) -> None:
+        save_checkpoint(folder / "checkpoint.pt", dict(model=vae.state_dict(), opt=opt.state_dict(), step=step,
+                                                       running=running))
+
+    def evaluate(step: int, running: float, last: bool) -> None:
+        vae.eval()
+        with torch.no_grad():
+            rec = vae.decode(vae.encode(test_x[:8].to(device)).latent_dist.mode()).sample.float().cpu()
+        save_grid(torch.cat([test_x[:8], rec]) / 2 + 0.5, 2, folder / "samples" / f"step{step:06d}.png")
+        print(f"\nvae step {step}: loss {running:.4f}, test PSNR (8 pictures) {psnr(rec, test_x[:8]):.2f} dB",
+              flush=True)
+
+    step, running = resumable_loop(step, total, train_step, desc="vae", running=running,
+                                   every={args.checkpoint_every: checkpoint, args.sample_every: evaluate})
 
     vae.eval()
     with torch.no_grad():
@@ -466,7 +424,7 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
             pictures, original, crop = cf.micro_condition(pictures, rng, croppable=data.places[rows] == cf.UNPLACED)
             originals.append(original)
             crops.append(crop)
-        dist = vae.encode(cf.to_model_space(pictures).to(device)).latent_dist
+        dist = vae.encode(cf.to_vae_input(pictures).to(device)).latent_dist
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     latents = {"mean": torch.cat(means), "std": torch.cat(stds), "key": key}
@@ -490,10 +448,10 @@ def encode_caption_table(captions: list[str], tokenizers: dict, te, te_2, sdxl: 
     for start in range(0, len(unique), 256):
         chunk = unique[start: start + 256]
         if sdxl:
-            h, p = ms.encode_sdxl(tokenizers, te, te_2, chunk)
+            h, p = te_.encode_sdxl(tokenizers, te, te_2, chunk)
             pooled.append(p.float().cpu())
         else:
-            h = ms.encode_sd(tokenizers["tokenizer"], te, chunk)
+            h = te_.encode_sd(tokenizers["tokenizer"], te, chunk)
         hidden.append(h.float().cpu())
     table = {"index": torch.tensor([row[c] for c in captions]), "hidden": torch.cat(hidden)}
     if sdxl:
@@ -515,7 +473,8 @@ def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int,
     if sdxl:
         out["added_cond_kwargs"] = {
             "text_embeds": table["pooled"][rows],
-            "time_ids": ms.add_time_ids(latents["original_size"][idx], latents["crops_coords_top_left"][idx]),
+            "time_ids": te_.add_time_ids(latents["original_size"][idx], latents["crops_coords_top_left"][idx],
+                                          (cf.IMAGE_SIZE, cf.IMAGE_SIZE)),
         }
     return out
 
@@ -548,28 +507,6 @@ def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: 
     return (per_sample * min_snr_weights(noise_scheduler, t, snr_gamma)).mean()
 
 
-GRID_COLOURS = cf.COLOUR_NAMES
-#: The mini models' default guidance scale (their presets' ``default_guidance``). eval_mini_sd.py's sweep
-#: picked it: at 4-5 the colours burn out (classifier-free guidance extrapolates the latents off the VAE's
-#: manifold, as high guidance oversaturates SD), at 1 the classes blur.
-DEFAULT_GUIDANCE = 2.0
-
-
-@torch.no_grad()
-def sample_grid(pipe, sdxl: bool, path: Path, steps: int = 20, guidance_scale: float = DEFAULT_GUIDANCE) -> None:
-    """One row per class, one column per colour ("a {colour} {class}"); SDXL adds rows for size and crop."""
-    prompts = [cf.prompt_for(label, colour) for label in range(10) for colour in GRID_COLOURS]
-    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt", height=64, width=64)
-    images = [pipe(prompts, generator=torch.Generator("cpu").manual_seed(0), **kwargs).images.cpu()]
-    rows = 10
-    if sdxl:
-        extra = [cf.prompt_for(7, c) for c in GRID_COLOURS]
-        for cond in (dict(original_size=(16, 16)), dict(crops_coords_top_left=(16, 16))):
-            images.append(pipe(extra, generator=torch.Generator("cpu").manual_seed(0), **kwargs, **cond).images.cpu())
-            rows += 1
-    save_grid(torch.cat(images), rows, path)
-
-
 def build_pipeline(args, unet, sdxl: bool, device: str):
     te, te_2 = load_text_encoders(args, device)
     vae = load_vae(args, device)
@@ -591,54 +528,40 @@ def train_unet(args, sdxl: bool) -> dict:
     latents = encode_latents(args, vae, data, sdxl, device)
     table = encode_caption_table(data.captions, ms.load_tokenizers(), te, te_2, sdxl)
     scaling_factor = vae.config.scaling_factor
-    noise_scheduler = ms.make_noise_scheduler()
+    noise_scheduler = sd_noise_scheduler()
 
     torch.manual_seed(args.seed)
     unet = ms.make_unet(args.size, sdxl).to(device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
-    step, running = 0, None
     key = frozen_parts_key(args)
-    state = load_checkpoint(folder / "checkpoint.pt", device)
-    if state and state.get("frozen_parts") != key:
-        print(f"{stage}: the checkpoint was trained with other text encoders or VAE: starting again", flush=True)
-        state = None
-    if state:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, running = state["step"], state["running"]
-        print(f"{stage}: resumed at step {step}", flush=True)
-
+    step, running = resume(folder, device, unet, opt, ema, key)
     total = args.unet_steps
     started = time.time()
-    bar = tqdm(total=total, initial=step, desc=stage, mininterval=10, file=sys.stdout)
-    while step < total:
+
+    def train_step(step: int) -> float:
         rng = batch_rng(args.seed, stage, step)
         b = unet_batch(latents, table, rng, args.unet_batch, scaling_factor, sdxl)
-        for group in opt.param_groups:
-            group["lr"] = args.unet_lr * lr_at(step, total, warmup=min(200, total // 10 + 1))
+        set_lr(opt, args.unet_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         unet.train()
         loss = unet_loss(unet, noise_scheduler, b, rng, device, args.snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, unet)
         ema_update(ema, unet, step, args.ema_decay)
-        step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        if step % args.checkpoint_every == 0 or step == total:
-            save_checkpoint(folder / "checkpoint.pt", dict(model=unet.state_dict(), ema=ema.state_dict(),
-                                                           opt=opt.state_dict(), step=step, running=running,
-                                                           frozen_parts=key))
-        if step % args.sample_every == 0 or step == total:
-            pipe = ms.build_sdxl_pipeline(ema, vae, te, te_2) if sdxl else ms.build_sd_pipeline(ema, vae, te)
-            pipe.set_progress_bar_config(disable=True)
-            sample_grid(pipe, sdxl, folder / "samples" / f"step{step:06d}.png", steps=args.grid_steps)
-            print(f"\n{stage} step {step}: loss {running:.4f}, grid saved", flush=True)
-    bar.close()
+        return loss.item()
+
+    def checkpoint(step: int, running: float, last: bool) -> None:
+        save_checkpoint(folder / "checkpoint.pt", dict(model=unet.state_dict(), ema=ema.state_dict(),
+                                                       opt=opt.state_dict(), step=step, running=running,
+                                                       frozen_parts=key))
+
+    def grid(step: int, running: float, last: bool) -> None:
+        pipe = ms.build_sdxl_pipeline(ema, vae, te, te_2) if sdxl else ms.build_sd_pipeline(ema, vae, te)
+        pipe.set_progress_bar_config(disable=True)
+        sample_grid(pipe, sdxl, folder / "samples" / f"step{step:06d}.png", steps=args.grid_steps)
+        print(f"\n{stage} step {step}: loss {running:.4f}, grid saved", flush=True)
+
+    step, running = resumable_loop(step, total, train_step, desc=stage, running=running,
+                                   every={args.checkpoint_every: checkpoint, args.sample_every: grid})
 
     info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                 loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
@@ -658,122 +581,6 @@ def ship(args, unet, sdxl: bool) -> Path:
     path = ms.save_pipeline(pipe, args.assets / ("mini-sdxl" if sdxl else "mini-sd"))
     sample_grid(pipe, sdxl, path / "samples.png", steps=args.grid_steps)
     return path
-
-
-def model_card(folder: str, record: dict, path: Path) -> str:
-    """The model card from ``training.json``'s facts: data, parts, training, size; eval adds measured quality.
-
-    Parts whose stage has not run yet are listed as "not trained yet".
-    """
-    sdxl = folder == "mini-sdxl"
-    unet_stage = "unet-sdxl" if sdxl else "unet-sd"
-    clip, vae, unet = record.get("clip"), record.get("vae"), record.get(unet_stage)
-    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
-    todo = "not trained yet"
-    lines = [f"# {folder}: a miniature {'SDXL' if sdxl else 'Stable Diffusion'} trained on Fashion-MNIST in colour", ""]
-    if record.get("size") == "smoke":
-        lines += ["**Smoke test**: toy sizes and a few steps (`--smoke`); this model has learnt nothing.", ""]
-    if unet is None:
-        lines += [f"**Unfinished**: the stages done so far are {', '.join(k for k in record if k in STAGES)}. "
-                  f"This folder becomes a pipeline (`model_index.json`) when `python scripts/train_mini_sd.py all` "
-                  "has trained its UNet.", ""]
-    lines += [
-        f"A complete latent text-to-image model at toy scale, built from the same classes as "
-        f"{'SDXL base' if sdxl else 'Stable Diffusion 1.5'} and saved in the diffusers layout:",
-        "",
-        "```python",
-        f"from diffusers import {pipeline}",
-        f"pipe = {pipeline}.from_pretrained(\"assets/{folder}\")",
-        f"image = pipe(\"a blue sneaker\", height=64, width=64, num_inference_steps=25, "
-        f"guidance_scale={DEFAULT_GUIDANCE:g}).images[0]",
-        "```",
-        "",
-        "## Data",
-        "",
-        f"\"Fashion-MNIST in colour\" (`engine/colour_fashion.py`, seed {record.get('seed', 0)}): Fashion-MNIST "
-        "training items (Xiao et al. 2017, Debian's `dataset-fashion-mnist`), upscaled to 48 px, centred on a "
-        f"64x64 light background and tinted with one of {len(cf.COLOUR_NAMES)} colours "
-        f"({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions come from {len(cf.TEMPLATES)} "
-        "templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", \"sneakers in yellow\"); "
-        "about 10% are empty, for classifier-free guidance, and about 10% leave the colour out (\"a photo of a "
-        "sneaker\"). About half the pictures are *positioned*: the item is smaller "
-        f"({cf.PLACED_SIZES[0]}-{cf.PLACED_SIZES[1]} px) and sits at a named place ({', '.join(cf.PLACE_NAMES)}), "
-        "jittered, and the caption says where (\"a red sneaker on the left\", \"a small blue bag in the top right "
-        "corner\"). A caption without a place word means the classic centred 48 px item."
-        + (f" {unet['train_items']} items, {unet['distinct_captions']} distinct captions." if unet else ""),
-    ]
-    if sdxl:
-        lines += ["", "Micro-conditioning (Podell et al. 2023, §2.2): each UNet training picture is, with probability "
-                  f"1/2, downscaled to an `original_size` in {list(cf.SIZE_CHOICES)} and upscaled back (blurry), "
-                  "and, independently with probability 1/2, cut from a larger canvas at a `crops_coords_top_left` "
-                  f"uniform in 0..{cf.MAX_CROP} (the item moves up and left by that much). The UNet is told both."]
-    size = ms.SIZES[record.get("size", "full")]
-    t1, t2 = size["text"], size["text_2"]
-    encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers); the UNet reads "
-                f"its last hidden state (77 x {t1['hidden_size']})")
-    if sdxl:
-        encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers) + "
-                    f"`CLIPTextModelWithProjection` (width {t2['hidden_size']}, {t2['num_hidden_layers']} layers, "
-                    f"projection {t2['projection_dim']}); the UNet reads both penultimate hidden states "
-                    f"concatenated (77 x {t1['hidden_size'] + t2['hidden_size']}) and the pooled projection")
-    if clip:
-        params = f"{clip['params_text_encoder']:,}" + (f" + {clip['params_text_encoder_2']:,}" if sdxl else "")
-        clip_cell = (f"as a mini CLIP (InfoNCE against a {clip['params_image_tower']:,}-parameter CNN image tower), "
-                     f"{clip['steps']} steps of {clip['batch']}; caption retrieval on test pictures "
-                     f"{100 * clip['retrieval_accuracy_text_encoder']:.0f}%"
-                     + (f" / {100 * clip['retrieval_accuracy_text_encoder_2']:.0f}%" if sdxl else "")
-                     + " (the top caption among 512 fits the picture); then frozen")
-    else:
-        params, clip_cell = "-", todo
-    vae_cell = todo if not vae else (
-        f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
-        f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
-    text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
-    unet_cell = todo if not unet else (
-        f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
-        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)")
-    lines += [
-        "",
-        "## Components",
-        "",
-        "| part | class | parameters | training |",
-        "|---|---|---|---|",
-        "| tokenizer" + ("s" if sdxl else "") + " | `CLIPTokenizer`: the project's CLIP ViT-L/14"
-        + (" and ViT-bigG/14 (pad `!`)" if sdxl else "") + " files | - | none (the real ids) |",
-        f"| text encoder{'s' if sdxl else ''} | {encoders} | {params} | {clip_cell} |",
-        "| VAE | `AutoencoderKL`, 4 latent channels, 3 downsamples: 64x64x3 -> 8x8x4 (48x fewer values) | "
-        f"{format(vae['params'], ',') if vae else '-'} | {vae_cell} |",
-        f"| UNet | `UNet2DConditionModel`{text_time}, cross-attention at 8x8 and 4x4 | "
-        f"{format(unet['params'], ',') if unet else '-'} | {unet_cell} |",
-        f"| scheduler | `{'EulerDiscreteScheduler' if sdxl else 'PNDMScheduler'}`, "
-        f"{'SDXL' if sdxl else 'SD 1.5'}'s config (scaled_linear 0.00085-0.012, 1000 steps) | - | - |",
-        "",
-        f"Weights: {ms.weights_megabytes(path):.1f} MB of fp16 safetensors (the VAE and the first text encoder are "
-        "copies of the ones in the other mini pipeline). The text encoders' configs say `dtype: float32`, so a "
-        f"plain `from_pretrained` runs everything in fp32. Only the ~{len(cf.caption_vocabulary())} words of the "
-        "captions were ever trained: other words reach the UNet as untrained embeddings.",
-        "",
-        "## Training",
-        "",
-        "`python scripts/train_mini_sd.py all` ("
-        + "; ".join(f"{stage} on {record[stage].get('device', '?')}" for stage in STAGES if stage in record)
-        + "). Checkpoints and sample grids stay in "
-        "`runs/mini_sd/` (not shipped); `training.json` holds the figures above."
-        + (" `samples.png`: one row per class, one column per colour"
-           + (", then \"a {colour} sneaker\" with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
-           + f"; {record.get('grid_steps', 20)} steps, guidance {record.get('grid_guidance', 5):g}." if unet else ""),
-        "",
-        "A GPU run would improve it: wider and deeper UNets trained for 10-50x more steps, a VAE with a "
-        "perceptual (LPIPS) and adversarial loss as SD's, and a mini CLIP trained longer with more caption variety.",
-        "",
-        "## Measured quality",
-        "",
-        "<!-- eval:start -->",
-        "Not measured yet: run `python scripts/eval_mini_sd.py --write-cards`.",
-        "<!-- eval:end -->",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------
@@ -822,9 +629,9 @@ def bench(args) -> dict:
     def encode_step(i):
         with torch.no_grad():
             pictures, _, _ = cf.micro_condition(data.pictures(np.arange(500)), np.random.default_rng(i))
-            vae.encode(cf.to_model_space(pictures).to(device))
+            vae.encode(cf.to_vae_input(pictures).to(device))
 
-    noise_scheduler = ms.make_noise_scheduler()
+    noise_scheduler = sd_noise_scheduler()
     table_sd = encode_caption_table(data.captions, tokenizers, clip.text_encoder, clip.text_encoder_2, False)
     table_xl = encode_caption_table(data.captions, tokenizers, clip.text_encoder, clip.text_encoder_2, True)
     fake = {"mean": torch.randn(len(data), 4, 8, 8), "std": torch.full((len(data), 4, 8, 8), 0.1),

@@ -9,18 +9,20 @@ trained to undo, with its noise schedule ᾱ_t.
 
 from __future__ import annotations
 
-import random
-
 import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
 
-from engine import fashion, loader
+from engine import loader
 from engine.device import best_device
-from engine.fashion_data import CLASS_NAMES, example_images, to_model_space, to_unit_range
+from engine.diffusion import StepState
+from engine.errors import UserError
+from engine.fashion import sampling
+from engine.fashion.judge import judge_images
+from engine.fashion.data import CLASS_NAMES, example_images, to_model_space, to_unit_range
 from engine.presets import get_preset, presets_for
-from tabs.common import COMPUTE, user_errors
+from tabs.common import COMPUTE, seed_from_box, show_used_seed, user_errors
 
 SCALE = 4  # 32x32 samples are shown at 128x128 (nearest neighbour)
 GUIDANCE_COMPARE = (1.0, 2.0, 4.0)
@@ -49,16 +51,16 @@ def unet_choices() -> list[str]:
 
 def default_unet() -> str | None:
     """The class-unet preset suiting this device (preset option "device": "cpu" or "cuda")."""
-    return fashion.default_unet_preset(best_device(), [(p.name, p.options) for p in presets_for("class-unet")])
+    return sampling.default_unet_preset(best_device(), [(p.name, p.options) for p in presets_for("class-unet")])
 
 
 def _unet_and_schedule(model: str | None):
     name = model or default_unet()
     if not name:
-        raise ValueError("No class-conditional model is installed (assets/presets.json has no 'class-unet' preset).")
+        raise UserError("No class-conditional model is installed (assets/presets.json has no 'class-unet' preset).")
     preset = get_preset(name, "class-unet")
     unet = loader.load(preset)
-    return unet, fashion.scheduler_config_of(None if preset.is_hub else preset.source)
+    return unet, sampling.scheduler_config_of(None if preset.is_hub else preset.source)
 
 
 def _judge():
@@ -72,17 +74,17 @@ def _judge():
 
 
 def _gallery(images01: torch.Tensor, captions: list[str] | None = None) -> list:
-    pils = fashion.to_pil(images01, scale=SCALE)
+    pils = sampling.to_pil(images01, scale=SCALE)
     if captions is None:
         return pils
     return list(zip(pils, captions))
 
 
-def _trajectory_items(step: fashion.SampleStep) -> list:
+def _trajectory_items(step: StepState) -> list:
     """x_t and predicted x_0 of the first sample at one step, as two captioned gallery items."""
     x_t = to_unit_range(step.latents[:1].float())
     x0 = to_unit_range(step.pred_original[:1].float())
-    where = f"step {step.index + 1}/{step.total} · t={step.timestep}"
+    where = f"step {step.index + 1}/{step.num_steps} · t={step.timestep}"
     return _gallery(torch.cat([x_t, x0]), [f"{where} · x_t", f"{where} · predicted x₀"])
 
 
@@ -99,21 +101,20 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
     of the first sample at ~8 steps); its last output is (samples gallery,
     trajectory gallery, info JSON, the samples for the forward-process view).
     """
-    if randomize_seed:
-        seed = random.randrange(2**32)
-    request = fashion.validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed)
+    seed = seed_from_box(seed, randomize_seed)
+    request = sampling.validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed)
     progress(0, desc="Loading the model")
     unet, schedule = _unet_and_schedule(model)
-    keep = set(fashion.trajectory_indices(request.num_inference_steps))
+    keep = set(sampling.trajectory_indices(request.num_inference_steps))
     trajectory = []
     result = None
-    for state in fashion.sample(unet, request.label, request.count, request.sampler, request.num_inference_steps,
+    for state in sampling.sample(unet, request.label, request.count, request.sampler, request.num_inference_steps,
                                 request.guidance_scale, request.seed, scheduler_config=schedule):
-        if isinstance(state, fashion.SampleResult):
+        if isinstance(state, sampling.SampleResult):
             result = state
             break
-        progress((state.index + 1, state.total), desc=f"{request.sampler}: denoising", unit="steps")
-        if state.index in keep and state.index != state.total - 1:
+        progress((state.index + 1, state.num_steps), desc=f"{request.sampler}: denoising", unit="steps")
+        if state.index in keep and state.index != state.num_steps - 1:
             trajectory += _trajectory_items(state)
             yield gr.skip(), trajectory, gr.skip(), gr.skip()
     # The last trajectory entry: the final image (x_0) itself.
@@ -126,15 +127,8 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
     yield samples, trajectory, info, result.images[:8].numpy()
 
 
-def used_seed(info):
-    """The seed the last run used (shown in the seed box after a randomized run)."""
-    if isinstance(info, dict) and "seed" in info:
-        return info["seed"]
-    return gr.skip()
-
-
 def steps_for_sampler(sampler: str):
-    low, high, default = fashion.STEP_RANGES.get(sampler, fashion.STEP_RANGES["DPM-Solver++"])
+    low, high, default = sampling.STEP_RANGES.get(sampler, sampling.STEP_RANGES["DPM-Solver++"])
     return gr.update(minimum=low, maximum=high, value=default, step=1)
 
 
@@ -149,11 +143,11 @@ def compare_guidance(label, sampler, num_inference_steps, seed, model=None, prog
     judge = _judge()
     for k, g in enumerate(GUIDANCE_COMPARE):
         progress((k, len(GUIDANCE_COMPARE)), desc=f"guidance {g:g}")
-        result = fashion.generate(unet, label, 8, sampler, num_inference_steps, g, seed, scheduler_config=schedule)
+        result = sampling.generate(unet, label, 8, sampler, num_inference_steps, g, seed, scheduler_config=schedule)
         rows += _gallery(result.images, [f"g={g:g}"] * 8)
         verdict = "no judge installed"
         if judge is not None:
-            preds, _ = fashion.judge_images(judge, result.images)
+            preds, _ = judge_images(judge, result.images)
             hits = int((preds == result.request.label).sum())
             verdict = f"{hits}/8"
         lines.append(f"| {g:g}{' (no guidance)' if g <= 1 else ''} | {verdict} | {result.seconds:.2f} s |")
@@ -165,25 +159,25 @@ def forward_view(source: str, example: int, generated, seed: int = 0):
     """Event handler (API ``/forward_fashion``): one image noised to t = 0, 50, ..., 999 (cheap, no model)."""
     if source == "First generated sample":
         if generated is None or len(generated) == 0:
-            raise ValueError("Generate some samples first, or pick a test image.")
+            raise UserError("Generate some samples first, or pick a test image.")
         x0 = torch.as_tensor(np.asarray(generated[0]), dtype=torch.float32) * 2 - 1
         title = "your first generated sample"
     else:
         images, labels = example_images()
         i = int(example)
         if not 0 <= i < len(images):
-            raise ValueError(f"Pick a test image between 0 and {len(images) - 1}.")
+            raise UserError(f"Pick a test image between 0 and {len(images) - 1}.")
         x0 = to_model_space(images[i:i + 1])
         title = f"test image {i} ({CLASS_NAMES[int(labels[i])]})"
-    noisy = fashion.forward_process(x0, fashion.FORWARD_TIMESTEPS, seed=seed)
-    schedule = fashion.alpha_bar_schedule()
-    captions = [f"t={t} · √ᾱ={schedule['signal'][t]:.3f}" for t in fashion.FORWARD_TIMESTEPS]
+    noisy = sampling.forward_process(x0, sampling.FORWARD_TIMESTEPS, seed=seed)
+    schedule = sampling.alpha_bar_schedule()
+    captions = [f"t={t} · √ᾱ={schedule['signal'][t]:.3f}" for t in sampling.FORWARD_TIMESTEPS]
     return _gallery(to_unit_range(noisy), captions), f"Forward process of {title}."
 
 
 def schedule_frame(every: int = 5) -> pd.DataFrame:
     """ᾱ_t, the signal level √ᾱ_t and the noise level √(1−ᾱ_t) against t, long format for gr.LinePlot."""
-    s = fashion.alpha_bar_schedule()
+    s = sampling.alpha_bar_schedule()
     t = s["t"][::every].tolist() + [int(s["t"][-1])]
     frames = []
     for key, series in (("alpha_bar", "ᾱ_t"), ("signal", "signal √ᾱ_t"), ("noise", "noise √(1−ᾱ_t)")):
@@ -204,14 +198,14 @@ def build() -> None:
         with gr.Column(scale=1, min_width=300):
             label = gr.Dropdown(list(CLASS_NAMES), value="Sandal", label="Class", allow_custom_value=True,
                                 info="A class name, or its index 0-9 (API).", elem_id="fashion-class")
-            count = gr.Slider(1, fashion.MAX_COUNT, value=16, step=1, label="Number of images", elem_id="fashion-count")
-            sampler = gr.Radio(list(fashion.SAMPLERS), value="DPM-Solver++", label="Sampler",
+            count = gr.Slider(1, sampling.MAX_COUNT, value=16, step=1, label="Number of images", elem_id="fashion-count")
+            sampler = gr.Radio(list(sampling.SAMPLERS), value="DPM-Solver++", label="Sampler",
                                info="DDPM: the book's 1000-step loop. DDIM, DPM-Solver++: fewer steps.")
             # The full range here (the API accepts any sampler's steps); choosing a sampler narrows it.
-            steps = gr.Slider(2, 1000, value=fashion.STEP_RANGES["DPM-Solver++"][2], step=1,
+            steps = gr.Slider(2, 1000, value=sampling.STEP_RANGES["DPM-Solver++"][2], step=1,
                               label="Steps (num_inference_steps)",
                               info="DDPM 10-1000, DDIM 2-500, DPM-Solver++ 2-100.")
-            guidance = gr.Slider(0, fashion.MAX_GUIDANCE, value=2.0, step=0.5, label="Guidance scale",
+            guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=2.0, step=0.5, label="Guidance scale",
                                  info="1 = no guidance (one model call per step); above 1, two calls per step.")
             with gr.Row():
                 seed = gr.Number(value=42, label="Seed", info="Any whole number; reduced modulo 2³².")
@@ -229,7 +223,7 @@ def build() -> None:
 
     inputs = [label, count, sampler, steps, guidance, seed, randomize, model]
     run.click(sample_fashion, inputs, [gallery, trajectory, info, generated], api_name="sample_fashion",
-              **COMPUTE).then(used_seed, info, seed, api_visibility="private", queue=False)
+              **COMPUTE).then(show_used_seed, info, seed, api_visibility="private", queue=False)
     sampler.change(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
     gr.Examples(
         examples=[["Sandal", 16, "DPM-Solver++", 20, 2.0, 42], ["Trouser", 16, "DDIM", 50, 2.0, 7],

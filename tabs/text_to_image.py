@@ -9,7 +9,6 @@ and colour guidance (the book's exercise 9). API: ``/generate`` and
 
 from __future__ import annotations
 
-import random
 import tempfile
 import time
 import uuid
@@ -18,11 +17,12 @@ from pathlib import Path
 import gradio as gr
 
 from engine import loader
-from engine import txt2img as engine
+from engine import txt2img
+from engine.errors import MAX_SEED, UserError
 from engine.images import open_image
 from engine.pngmeta import format_parameters, save_png
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
-from tabs.common import COMPUTE, user_errors
+from tabs.common import COMPUTE, seed_from_box, show_used_seed, upload_path, user_errors
 
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "explorer-txt2img"
 KEEP_SECONDS = 3600  # our PNG copies older than this are removed (gradio keeps its own cached copy)
@@ -83,25 +83,7 @@ GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical for SD
 
 def model_choices() -> list[str]:
     """Pipeline presets, local folders first; the first local one is the default."""
-    return [p.name for p in engine.pipeline_presets()]
-
-
-def _upload_path(image) -> str | None:
-    """The uploaded file's path. ``/generate`` runs with ``preprocess=False``, so gradio hands us its file
-    payload unopened and ``open_image`` checks size and pixel count before decoding anything."""
-    if image is None or isinstance(image, str):
-        return image or None
-    if isinstance(image, dict):
-        return image.get("path")
-    return getattr(image, "path", None)
-
-
-def _seed(seed, randomize_seed) -> int:
-    if randomize_seed:
-        return random.randint(0, engine.MAX_SEED)
-    if seed is None or seed == "":
-        return 0
-    return seed
+    return [p.name for p in txt2img.pipeline_presets()]
 
 
 def _save_pngs(result) -> list[tuple[str, str]]:
@@ -127,8 +109,8 @@ def _stream(preset, progress, **kwargs):
     """Run the engine; yield (gallery, JSON, preview) with gallery and JSON skipped until the end."""
     pipe = loader.load(preset)
     last_preview = None
-    for event in engine.text_to_image(pipe, preset, **kwargs):
-        if isinstance(event, engine.Result):
+    for event in txt2img.text_to_image(pipe, preset, **kwargs):
+        if isinstance(event, txt2img.Result):
             for warning in event.info.get("warnings", []):
                 gr.Warning(warning)
             yield _save_pngs(event), event.info, last_preview
@@ -157,20 +139,20 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
     Sizes for SDXL are "W,H" and crops "x,y" strings (or one number). ``image`` + ``strength``
     make it image to image; ``colour`` ("#rrggbb") + ``colour_scale`` > 0 turn on colour guidance.
     """
-    preset = engine.get_pipeline_preset(model)
+    preset = txt2img.get_pipeline_preset(model)
     init_image, notes = (None, [])
-    if _upload_path(image):
-        init_image, notes = open_image(_upload_path(image))
+    if upload_path(image):
+        init_image, notes = open_image(upload_path(image))
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scale=guidance_scale,
                   num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
-                  seed=_seed(seed, randomize_seed), width=width, height=height, num_images=num_images,
+                  seed=seed_from_box(seed, randomize_seed), width=width, height=height, num_images=num_images,
                   original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
                   negative_original_size=negative_original_size,
                   negative_crops_coords_top_left=negative_crops_coords_top_left,
                   negative_target_size=negative_target_size, image=init_image, strength=strength,
                   colour=colour, colour_scale=colour_scale, colour_every=colour_every,
                   preview_every=_preview_every(num_inference_steps))
-    engine.validate(preset, **kwargs)
+    txt2img.make_request(preset, **kwargs)
     for gallery, info, preview in _stream(preset, progress, **kwargs):
         if isinstance(info, dict) and notes:
             info = {**info, "image_notes": notes}
@@ -186,29 +168,29 @@ def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inferenc
     ``guidance_scales`` is a comma-separated list ("1, 2, 4, 12"). Returns the gallery, the JSON panel
     (one entry per scale under "sweep"), then the live preview.
     """
-    preset = engine.get_pipeline_preset(model)
+    preset = txt2img.get_pipeline_preset(model)
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scales=guidance_scales,
                   num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
-                  seed=_seed(seed, randomize_seed), width=width, height=height, num_images=1,
+                  seed=seed_from_box(seed, randomize_seed), width=width, height=height, num_images=1,
                   original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
                   preview_every=_preview_every(num_inference_steps))
     kwargs["guidance_scale"] = 1.0  # checked per scale by the sweep
-    engine.validate(preset, **kwargs)
+    txt2img.make_request(preset, **kwargs)
     yield from _stream(preset, progress, **kwargs)
 
 
 def model_settings(model: str):
     """When the model changes: size bounds and default, steps, guidance (off for Turbo), SDXL box, note."""
     try:
-        preset = engine.get_pipeline_preset(model)
-    except ValueError as e:
+        preset = txt2img.get_pipeline_preset(model)
+    except UserError as e:
         return (gr.skip(),) * 5 + (f"⚠️ {e}",)
-    low, high = engine.size_limits(preset)
-    size = min(max(engine.default_size(preset), low), high)
-    steps_max = engine.max_steps(preset)
-    steps = min(engine.default_steps(preset), steps_max)
-    if engine.guidance_allowed(preset):
-        guidance = gr.update(value=engine.default_guidance(preset), interactive=True, info=GUIDANCE_INFO)
+    low, high = txt2img.size_limits(preset)
+    size = txt2img.start_size(preset)
+    steps_max = txt2img.max_steps(preset)
+    steps = min(txt2img.default_steps(preset), steps_max)
+    if txt2img.guidance_allowed(preset):
+        guidance = gr.update(value=txt2img.default_guidance(preset), interactive=True, info=GUIDANCE_INFO)
     else:
         guidance = gr.update(value=0.0, interactive=False, info=f"Off: {_guidance_note(preset)}")
     return (
@@ -232,29 +214,22 @@ def model_note(preset) -> str:
     where = ("a local folder: works offline" if not preset.is_hub
              else f"the Hugging Face Hub (`{preset.repo}`): downloads several GB on first use, needs internet")
     note = f"**{preset.name}** ({'SDXL' if preset.kind == 'sdxl' else 'SD'}) loads from {where}."
-    if not engine.guidance_allowed(preset):
+    if not txt2img.guidance_allowed(preset):
         note += f"\n\n**Guidance is off for this model.** {_guidance_note(preset)}"
     return note
-
-
-def show_used_seed(info):
-    """After a run, put the seed actually used into the seed box (randomized or not)."""
-    if isinstance(info, dict) and "seed" in info:
-        return info["seed"]
-    return gr.skip()
 
 
 def build() -> None:
     gr.Markdown(INTRO)
     choices = model_choices()
     first = choices[0] if choices else None
-    preset = engine.get_pipeline_preset(first) if first else None
-    low, high = engine.size_limits(preset) if preset else (64, 1024)
-    size = min(max(engine.default_size(preset), low), high) if preset else 512
-    steps = engine.default_steps(preset) if preset else 30
-    steps_max = engine.max_steps(preset) if preset else engine.MAX_STEPS
-    guidance_on = engine.guidance_allowed(preset) if preset else True
-    guidance = engine.default_guidance(preset) if preset else 7.5
+    preset = txt2img.get_pipeline_preset(first) if first else None
+    low, high = txt2img.size_limits(preset) if preset else (64, 1024)
+    size = txt2img.start_size(preset) if preset else 512
+    steps = txt2img.default_steps(preset) if preset else 30
+    steps_max = txt2img.max_steps(preset) if preset else txt2img.MAX_STEPS
+    guidance_on = txt2img.guidance_allowed(preset) if preset else True
+    guidance = txt2img.default_guidance(preset) if preset else 7.5
     mini = bool(preset and not preset.is_hub)
 
     with gr.Row():
@@ -275,13 +250,13 @@ def build() -> None:
                                     info="default = the model's own; the others are built from its config.")
             with gr.Row():
                 seed = gr.Number(value=42, precision=0, label="Seed", elem_id="t2i-seed", minimum=0,
-                                 maximum=engine.MAX_SEED)
+                                 maximum=MAX_SEED)
                 randomize_seed = gr.Checkbox(value=False, label="Randomize seed",
                                              info="The seed used is shown here and in the JSON.")
             with gr.Row():
                 width = gr.Slider(low, high, value=size, step=8, label="Width")
                 height = gr.Slider(low, high, value=size, step=8, label="Height")
-            num_images = gr.Slider(1, engine.MAX_IMAGES, value=1, step=1, label="Number of images")
+            num_images = gr.Slider(1, txt2img.MAX_IMAGES, value=1, step=1, label="Number of images")
             with gr.Accordion("SDXL micro-conditioning", open=False,
                               visible=bool(preset and preset.kind == "sdxl")) as sdxl_box:
                 gr.Markdown(SDXL_HELP)

@@ -13,10 +13,12 @@ from pathlib import Path
 import gradio as gr
 
 from engine import loader
+from engine import figures
 from engine import vae as engine
 from engine.images import open_image
-from engine.presets import get_preset, presets_for
-from tabs.common import COMPUTE, user_errors
+from engine.errors import UserError
+from engine.presets import default_size, get_preset, presets_for
+from tabs.common import COMPUTE, seed_from_box, upload_path, user_errors
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 EXAMPLES = [[str(EXAMPLES_DIR / name)]
@@ -47,38 +49,21 @@ def vae_choices() -> list[str]:
     return [p.name for p in presets]
 
 
-def default_size(name: str | None) -> int:
+def size_for(name: str | None) -> int:
     """The size the VAE preset called ``name`` suggests; 512 for an unknown name."""
     try:
-        return engine.default_size(get_preset(name, "vae"))
-    except ValueError:
+        return default_size(get_preset(name, "vae"), allowed=engine.SIZES)
+    except UserError:
         return 512
 
 
 def size_for_vae(name: str):
     """When the VAE changes: its suggested size."""
-    return gr.update(value=default_size(name))
+    return gr.update(value=size_for(name))
 
 
 def _has_offline_vae() -> bool:
     return any(not p.is_hub and Path(p.path, p.subfolder or "").is_dir() for p in presets_for("vae"))
-
-
-def _upload_path(image) -> str | None:
-    """The uploaded file's path. The event runs with ``preprocess=False``, so gradio hands us its
-    file payload unopened and ``open_image`` does every check (size, pixel count) before decoding."""
-    if image is None or isinstance(image, str):
-        return image
-    if isinstance(image, dict):
-        return image.get("path")
-    return getattr(image, "path", None)
-
-
-def _seed(seed) -> int | float:
-    """gr.Number sends floats (4.0); an empty box means 0. The engine checks the range."""
-    if seed is None or seed == "":
-        return 0
-    return int(seed) if isinstance(seed, float) and seed.is_integer() else seed
 
 
 def summary_markdown(numbers: dict) -> str:
@@ -102,11 +87,11 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
     Returns (reconstruction, channel images, numbers, preprocessed input, difference heatmap,
     colour bar, histogram, summary, state for the noise view).
     """
-    opened, notes = open_image(_upload_path(image))
+    opened, notes = open_image(upload_path(image))
     if not vae:
-        raise ValueError("Choose a VAE first.")
+        raise UserError("Choose a VAE first.")
     model = loader.load(vae, "vae")
-    result = engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=_seed(seed))
+    result = engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=seed_from_box(seed))
     numbers = {"vae": vae, **result.numbers, "notes": notes + result.numbers["notes"]}
     state = {"vae": vae, "latent": result.latent, "image": result.image}
     return (
@@ -114,9 +99,9 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
         engine.channel_images(result.latent),
         numbers,
         result.image,
-        engine.difference_heatmap(result.image, result.reconstruction, float(gain)),
-        engine.colorbar(engine.latent_range(result.latent)),
-        engine.histogram_image(result.latent),
+        figures.difference_heatmap(result.image, result.reconstruction, float(gain)),
+        figures.colorbar(figures.latent_range(result.latent)),
+        figures.histogram_image(result.latent),
         summary_markdown(numbers),
         state,
     )
@@ -126,9 +111,9 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
 def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
     """Event handler: noise the last round trip's latent to ``timestep`` and decode it."""
     if not state:
-        raise ValueError("Run the round trip first: the noise is added to its latent.")
+        raise UserError("Run the round trip first: the noise is added to its latent.")
     model = loader.load(state["vae"], "vae")
-    return engine.unet_view(state["latent"], state["image"], model, timestep, _seed(seed))
+    return engine.unet_view(state["latent"], state["image"], model, timestep, seed_from_box(seed))
 
 
 def _output_image(label: str, height: int | None = None, elem_id: str | None = None) -> gr.Image:
@@ -150,7 +135,7 @@ def build() -> None:
         with gr.Column(scale=1):
             vae = gr.Dropdown(choices, value=choices[0] if choices else None, label="VAE",
                               info="Local models first; hub ones download on first use.")
-            size = gr.Radio(list(engine.SIZES), value=default_size(choices[0] if choices else None),
+            size = gr.Radio(list(engine.SIZES), value=size_for(choices[0] if choices else None),
                             label="Size (short side, pixels)",
                             info="Choosing a VAE picks the size it was trained at (64 for the mini VAE).")
             fit = gr.Radio([("Centre-crop to a multiple of 8", "crop"), ("Keep the aspect ratio, pad with white", "pad")],

@@ -122,7 +122,8 @@ def test_the_offline_mini_sdxl_draws_the_asked_colour_and_obeys_original_size(cl
     gives blurrier pictures (less high-frequency energy), as in the SDXL paper's figure."""
     import sys
 
-    from engine import colour_fashion as cf
+
+    from engine.mini import measure
     from tests.conftest import REPO_ROOT
 
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -133,6 +134,6 @@ def test_the_offline_mini_sdxl_draws_the_asked_colour_and_obeys_original_size(cl
     gallery, info, _ = client.predict(**request, api_name="/generate")
     sharp = _as_pictures(_paths(gallery))
     assert sharp.shape == (4, 3, 64, 64)
-    assert cf.item_colours(sharp).count("red") >= 3
+    assert measure.item_colours(sharp).count("red") >= 3
     blurry = _as_pictures(_paths(client.predict(**request, original_size="16,16", api_name="/generate")[0]))
     assert high_frequency_energy(blurry) < high_frequency_energy(sharp)

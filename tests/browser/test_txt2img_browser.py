@@ -13,7 +13,8 @@ def test_offline_default_is_mini_sd_and_draws_a_blue_sneaker(page, artifacts):
     """Issue 6: with no hub, the tab opens on the mini SD, and "a blue sneaker" gives a blue item."""
     import torch
 
-    from engine import colour_fashion as cf
+
+    from engine.mini import measure
 
     open_tab(page, "Text to image")
     assert page.locator("#t2i-model input").input_value() == "mini-SD (offline)"  # listed first, works offline
@@ -26,7 +27,7 @@ def test_offline_default_is_mini_sd_and_draws_a_blue_sneaker(page, artifacts):
     image.save(artifacts / "txt2img_blue_sneaker.png")
     assert image.size == (64, 64)  # the preset's default size
     picture = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    assert cf.item_colours(picture) == ["blue"]
+    assert measure.item_colours(picture) == ["blue"]
     assert "mini-SD (offline)" in page.locator("#t2i-info").inner_text()
 
 

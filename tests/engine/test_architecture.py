@@ -8,8 +8,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_engine_modules_import_neither_gradio_nor_torchvision():
-    modules = sorted(f"engine.{p.stem}" for p in (REPO_ROOT / "engine").glob("*.py") if p.stem != "__init__")
+    modules = sorted(".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (REPO_ROOT / "engine").rglob("*.py"))
     assert "engine.loader" in modules and "engine.tokenizer" in modules
+    assert {"engine.txt2img.pipeline", "engine.fashion.sampling", "engine.mini.models"} <= set(modules)
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
@@ -24,7 +26,32 @@ def test_engine_modules_import_neither_gradio_nor_torchvision():
 
 def test_tabs_do_no_model_maths():
     """tabs/ lays out and wires; it reaches models only through the engine."""
-    for path in (REPO_ROOT / "tabs").glob("*.py"):
+    for path in (REPO_ROOT / "tabs").rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         for banned in ("from_pretrained(", "import diffusers", "from diffusers", "import transformers"):
             assert banned not in text, f"{path.name} uses {banned!r}: move that into engine/"
+
+
+def test_the_loaders_named_in_loaders_import():
+    """Every ``module:function`` that ``engine.loader.LOADERS`` names exists (the loader imports them lazily)."""
+    import importlib
+
+    from engine.loader import LOADERS
+
+    for kind, target in LOADERS.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), (kind, target)
+
+
+def test_engine_modules_and_functions_stay_small():
+    """No engine module over 500 lines; no function in engine/ or tabs/ over about 60 lines but a tab's build()."""
+    import ast
+
+    for path in sorted((REPO_ROOT / "engine").rglob("*.py")) + sorted((REPO_ROOT / "tabs").rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if path.parts[-2] == "engine" or "engine" in path.relative_to(REPO_ROOT).parts[:1]:
+            assert len(source.splitlines()) <= 500, f"{path} has {len(source.splitlines())} lines"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "build":
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 65, f"{path.relative_to(REPO_ROOT)}:{node.name} is {length} lines"  # about 60

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import colour_fashion as cf
-from engine.fashion_data import data_dir
+from engine.mini import data as cf
+
+from engine.mini import measure
+from engine.fashion.data import data_dir
 
 needs_data = pytest.mark.skipif(not (data_dir() / "train-images-idx3-ubyte.gz").exists(),
                                 reason="Debian's dataset-fashion-mnist is not installed")
@@ -35,9 +37,12 @@ def test_pictures_shape_and_range(small_set):
     x = small_set.pictures(range(16))
     assert x.shape == (16, 3, 64, 64) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    # the 8 px margin is background
-    assert torch.allclose(x[:, :, :8, :], torch.tensor(cf.BACKGROUND).view(1, 3, 1, 1).expand(16, 3, 8, 64))
-    assert torch.equal(cf.to_model_space(x), x * 2 - 1)
+    # a classic (unplaced) picture keeps its 8 px margin of background
+    classic = small_set.places[:16] == cf.UNPLACED
+    assert 0 < classic.sum() < 16
+    background = torch.tensor(cf.BACKGROUND).view(1, 3, 1, 1).expand(int(classic.sum()), 3, 8, 64)
+    assert torch.allclose(x[torch.from_numpy(classic)][:, :, :8, :], background)
+    assert torch.equal(cf.to_vae_input(x), x * 2 - 1)
 
 
 @needs_data
@@ -81,22 +86,61 @@ def test_tint_hue_matches_the_colour_name():
     items = (rng.random((len(cf.COLOUR_NAMES), 28, 28)) * 255).astype(np.uint8)
     items[:, 6:22, 6:22] = 255  # a solid patch: the item's strongest pixels
     pictures = cf.render(items, np.arange(len(cf.COLOUR_NAMES)))
-    assert cf.item_colours(pictures) == list(cf.COLOUR_NAMES)
+    assert measure.item_colours(pictures) == list(cf.COLOUR_NAMES)
 
 
 @needs_data
 def test_item_colours_read_back_the_data(small_set):
-    found = cf.item_colours(small_set.pictures(range(500)))
+    found = measure.item_colours(small_set.pictures(range(500)))
     asked = [cf.COLOUR_NAMES[c] for c in small_set.colours[:500]]
     assert np.mean([a == b for a, b in zip(found, asked)]) > 0.97
 
 
 @needs_data
 def test_judge_grey_is_close_to_the_original_item(small_set):
-    grey = cf.to_judge_grey(small_set.pictures(range(32)))
+    rows = np.flatnonzero(small_set.places == cf.UNPLACED)[:32]
+    grey = measure.to_judge_grey(small_set.pictures(rows))
     assert grey.shape == (32, 1, 32, 32) and 0 <= float(grey.min()) and float(grey.max()) <= 1
-    original = torch.nn.functional.pad(torch.as_tensor(small_set.items[:32]).float().unsqueeze(1) / 255, (2,) * 4)
+    original = torch.nn.functional.pad(torch.as_tensor(small_set.items[rows]).float().unsqueeze(1) / 255, (2,) * 4)
     assert float((grey - original).abs().mean()) < 0.08
+
+
+@needs_data
+def test_placed_items_are_where_their_caption_says(small_set):
+    """About half the pictures are small and placed; the caption names the place, the ink sits there."""
+    placed = np.flatnonzero(small_set.places != cf.UNPLACED)
+    assert 0.4 < len(placed) / len(small_set) < 0.6
+    sides = small_set.boxes[placed, 2]
+    assert sides.min() >= cf.PLACED_SIZES[0] and sides.max() <= cf.PLACED_SIZES[1]
+    assert (small_set.boxes[placed, :2] >= 0).all() and (small_set.boxes[placed, :2] + sides[:, None] <= 64).all()
+    centroids = measure.ink_centroids(small_set.pictures(placed[:300]))
+    for i, centroid in zip(placed[:300], centroids):
+        place = cf.PLACE_NAMES[small_set.places[i]]
+        assert measure.in_place(place, centroid), (small_set.captions[i], centroid)
+        caption = small_set.captions[i]
+        assert not caption or any(caption.endswith(p) for p in cf.PLACES[place][1]), caption
+    unplaced = [c for c, p in zip(small_set.captions, small_set.places) if p == cf.UNPLACED and c]
+    phrases = [p for _, ps in cf.PLACES.values() for p in ps]
+    assert not any(c.endswith(p) for c in unplaced for p in phrases)
+
+
+@needs_data
+def test_judge_reads_placed_items_through_their_boxes(small_set):
+    """The judge's grey crop of a placed item, from its true box or from the box found in the ink, is the item."""
+    placed = np.flatnonzero(small_set.places != cf.UNPLACED)[:32]
+    pictures = small_set.pictures(placed)
+    found = measure.find_item_boxes(pictures)
+    assert np.abs(found[:, :2] + found[:, 2:] / 2 - (small_set.boxes[placed, :2] + small_set.boxes[placed, 2:] / 2)).mean() < 4
+    grey = measure.to_judge_grey(pictures, small_set.boxes[placed])
+    original = torch.nn.functional.pad(torch.as_tensor(small_set.items[placed]).float().unsqueeze(1) / 255, (2,) * 4)
+    assert float((grey - original).abs().mean()) < 0.1
+
+
+def test_place_regions():
+    assert measure.in_place("left", (40, 10)) and not measure.in_place("left", (40, 40))
+    assert measure.in_place("top right", (10, 50)) and not measure.in_place("top right", (50, 50))
+    assert measure.in_place("bottom", (50, 5)) and measure.in_place("centre", (32, 30)) and not measure.in_place("centre", (5, 30))
+    assert cf.positioned_prompt_for(7, "red", "left") == "a red sneaker on the left"
 
 
 def test_degrade_resolution_blurs_and_keeps_the_size():

@@ -10,8 +10,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
-from engine import fashion
-from engine.fashion_data import CLASS_NAMES, NULL_CLASS, read_idx, to_model_space, to_unit_range
+from engine.fashion import sampling as fashion
+from engine.fashion.judge import FashionJudge, judge_images, load_classifier
+from engine.diffusion import predict_x0
+from engine.errors import check_seed
+from engine.fashion.configs import SCHEDULER_CONFIG
+from engine.metrics import frechet_distance
+from engine.fashion.data import CLASS_NAMES, NULL_CLASS, read_idx, to_model_space, to_unit_range
 
 TINY_UNET = dict(
     sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
@@ -83,12 +88,13 @@ def test_different_classes_differ(unet):
     assert (a.images - b.images).abs().mean() > 1e-3
 
 
-def test_seed_is_reduced_modulo_2_32(unet):
-    a = run(unet, seed=2**32 + 7)
-    b = run(unet, seed=7)
-    c = run(unet, seed=-1)
-    assert a.request.seed == 7 and a.info["seed"] == 7 and torch.equal(a.images, b.images)
-    assert c.request.seed == 2**32 - 1
+def test_seed_out_of_range_is_refused_as_in_every_tab(unet):
+    """One seed rule for the whole app (engine.errors.check_seed): 0 .. 2**32 - 1, nothing wrapped."""
+    a = run(unet, seed=2**32 - 1)
+    assert a.request.seed == 2**32 - 1 and a.info["seed"] == 2**32 - 1
+    for bad in (2**32 + 7, -1):
+        with pytest.raises(ValueError, match="seed must be between 0 and 4294967295"):
+            run(unet, seed=bad)
 
 
 def test_guidance_one_skips_the_unconditional_pass(unet):
@@ -151,23 +157,23 @@ def test_predicted_x0_matches_ddpm_scheduler(unet):
     states = list(fashion.sample(unet, 0, 1, "DDIM", 4, 1.0, 0, cpu_bf16=False))
     step = states[1]
     assert step.pred_original.abs().max() > 0
-    scheduler = fashion.make_scheduler("DDPM")
+    scheduler = fashion.scheduler_for("DDPM")
     abar = scheduler.alphas_cumprod[step.timestep]
     eps = torch.randn(1, 1, 32, 32)
     x = torch.randn(1, 1, 32, 32)
-    assert torch.allclose(fashion.predict_x0(x, eps, abar), (x - (1 - abar).sqrt() * eps) / abar.sqrt())
+    assert torch.allclose(predict_x0(x, eps, abar), (x - (1 - abar).sqrt() * eps) / abar.sqrt())
 
 
 def test_schedulers_share_one_config():
-    cfg = dict(fashion.SCHEDULER_CONFIG, beta_end=0.03)
+    cfg = dict(SCHEDULER_CONFIG, beta_end=0.03)
     for name, cls in (("DDPM", DDPMScheduler), ("DDIM", DDIMScheduler), ("DPM-Solver++", DPMSolverMultistepScheduler)):
-        s = fashion.make_scheduler(name, cfg)
+        s = fashion.scheduler_for(name, cfg)
         assert isinstance(s, cls)
         assert s.config.beta_end == 0.03 and s.config.num_train_timesteps == 1000
-    dpm = fashion.make_scheduler("DPM-Solver++")
+    dpm = fashion.scheduler_for("DPM-Solver++")
     assert dpm.config.algorithm_type == "dpmsolver++"
     assert dpm.config.thresholding and dpm.config.sample_max_value == 1.0  # clips x0 like DDPM/DDIM do
-    assert not fashion.make_scheduler("DPM-Solver++", dict(cfg, clip_sample=False)).config.thresholding
+    assert not fashion.scheduler_for("DPM-Solver++", dict(cfg, clip_sample=False)).config.thresholding
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,13 +210,11 @@ def test_labels_by_name_or_index():
     assert [fashion.class_index(n) for n in CLASS_NAMES] == list(range(10))
 
 
-def test_seed_normalisation():
-    assert fashion.normalize_seed(2**40 + 3) == 3
-    assert fashion.normalize_seed(-2) == 2**32 - 2
-    assert fashion.normalize_seed(42.0) == 42
-    assert fashion.normalize_seed(" 17 ") == 17
-    with pytest.raises(ValueError):
-        fashion.normalize_seed(True)
+def test_seed_check():
+    assert check_seed(42.0) == 42 and check_seed(" 17 ") == 17 and check_seed(2**32 - 1) == 2**32 - 1
+    for bad in (True, -2, 2**40 + 3, 1.5, "x", None):
+        with pytest.raises(ValueError):
+            check_seed(bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +275,13 @@ def test_read_idx_and_model_space(tmp_path):
 
 
 def test_judge_shapes_and_frechet_distance():
-    judge = fashion.FashionJudge().eval()
-    preds, feats = fashion.judge_images(judge, torch.rand(5, 1, 32, 32))
+    judge = FashionJudge().eval()
+    preds, feats = judge_images(judge, torch.rand(5, 1, 32, 32))
     assert preds.shape == (5,) and feats.shape == (5, 128)
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 4))
-    assert fashion.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
-    shifted = fashion.frechet_distance(a, a + 2.0)
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    shifted = frechet_distance(a, a + 2.0)
     assert shifted == pytest.approx(16.0, rel=1e-6)  # only the means differ: ||2 * 1||^2 = 4 * 4
 
 
@@ -290,11 +294,11 @@ def test_loaders_round_trip(tmp_path, unet):
     assert isinstance(loaded, UNet2DModel) and not loaded.training
     assert torch.equal(run(loaded).images, run(unet).images)
 
-    judge = fashion.FashionJudge()
+    judge = FashionJudge()
     (tmp_path / "judge").mkdir()
     save_file(judge.state_dict(), str(tmp_path / "judge" / "model.safetensors"))
     (tmp_path / "judge" / "config.json").write_text(json.dumps(judge.config))
-    again = fashion.load_classifier(Preset("j", "classifier", path=str(tmp_path / "judge")), "cpu", torch.float32, True)
+    again = load_classifier(Preset("j", "classifier", path=str(tmp_path / "judge")), "cpu", torch.float32, True)
     x = torch.rand(2, 1, 32, 32)
     assert torch.equal(again(x), judge.eval()(x))
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine import fashion, loader
+from engine import loader
+from engine.fashion import sampling as fashion
+from engine.fashion.judge import judge_images
 from engine.presets import presets_for
 
 UNETS = [p for p in presets_for("class-unet") if not p.is_hub]
@@ -29,15 +31,15 @@ def models():
 def test_shipped_model_makes_the_class_asked_for(models, label):
     unet, judge, schedule = models
     result = fashion.generate(unet, label, 64, "DPM-Solver++", 20, 2.0, seed=2024, scheduler_config=schedule)
-    preds, _ = fashion.judge_images(judge, result.images)
+    preds, _ = judge_images(judge, result.images)
     share = (preds == fashion.class_index(label)).float().mean().item()
     assert share >= 0.85, f"{label}: only {share:.0%} of 64 samples judged as {label}"
 
 
 def test_judge_knows_real_test_images(models):
-    from engine.fashion_data import example_images, to_model_space, to_unit_range
+    from engine.fashion.data import example_images, to_model_space, to_unit_range
 
     _, judge, _ = models
     images, labels = example_images()
-    preds, _ = fashion.judge_images(judge, to_unit_range(to_model_space(images)))
+    preds, _ = judge_images(judge, to_unit_range(to_model_space(images)))
     assert (preds.numpy() == labels).mean() >= 0.8

@@ -44,12 +44,13 @@ def two_threads():
 
 
 def test_fashion_samples_are_unchanged():
-    from engine import fashion, loader
+    from engine import loader
+    from engine.fashion import sampling
     from engine.presets import get_preset
 
     unet = loader.load(get_preset("Fashion-MNIST UNet · CPU (2.7 M)", "class-unet"))
-    result = fashion.generate(unet, 7, count=4, sampler="DPM-Solver++", num_inference_steps=10, guidance_scale=2.0,
-                              seed=3)
+    result = sampling.generate(unet, 7, count=4, sampler="DPM-Solver++", num_inference_steps=10, guidance_scale=2.0,
+                               seed=3)
     _check("fashion", (result.images.numpy() * 255).round().astype(np.uint8))
 
 

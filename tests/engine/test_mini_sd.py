@@ -16,7 +16,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from engine import mini_sd as ms
+from engine import text_encoding
+from engine.mini import models as ms
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +57,8 @@ def test_sdxl_unet_takes_pooled_text_and_six_time_ids():
     assert cfg["addition_embed_type"] == "text_time"
     assert cfg["cross_attention_dim"] == s["text"]["hidden_size"] + s["text_2"]["hidden_size"]
     unet = ms.make_unet("smoke", sdxl=True)
-    time_ids = ms.add_time_ids(torch.tensor([[16, 16], [64, 64]]), torch.tensor([[0, 0], [16, 8]]))
+    time_ids = text_encoding.add_time_ids(torch.tensor([[16, 16], [64, 64]]), torch.tensor([[0, 0], [16, 8]]),
+                                          (64, 64))
     assert time_ids.tolist() == [[16, 16, 0, 0, 64, 64], [64, 64, 16, 8, 64, 64]]
     with torch.no_grad():
         out = unet(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]),
@@ -101,13 +103,13 @@ def test_our_encoding_is_the_pipelines_encode_prompt(saved):
     prompts = ["a red ankle boot", "sneakers in yellow"]
     sd = ms.load_pipeline(saved["sd"])
     theirs, _ = sd.encode_prompt(prompts, "cpu", 1, False)
-    ours = ms.encode_sd(sd.tokenizer, sd.text_encoder, prompts)
+    ours = text_encoding.encode_sd(sd.tokenizer, sd.text_encoder, prompts)
     assert torch.equal(ours, theirs)
 
     xl = ms.load_pipeline(saved["sdxl"])
     theirs, _, pooled, _ = xl.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
                                             do_classifier_free_guidance=False)
-    ours, ours_pooled = ms.encode_sdxl({"tokenizer": xl.tokenizer, "tokenizer_2": xl.tokenizer_2}, xl.text_encoder,
+    ours, ours_pooled = text_encoding.encode_sdxl({"tokenizer": xl.tokenizer, "tokenizer_2": xl.tokenizer_2}, xl.text_encoder,
                                        xl.text_encoder_2, prompts)
     assert torch.equal(ours, theirs) and torch.equal(ours_pooled, pooled)
 
@@ -117,8 +119,8 @@ def test_short_clip_windows_give_the_same_states_as_77_tokens():
     te = ms.make_text_encoder("smoke").eval()
     tok = ms.load_tokenizers()["tokenizer"]
     with torch.no_grad():
-        short = te(ms.tokenize(tok, ["a photo of a red ankle boot"], 16))
-        full = te(ms.tokenize(tok, ["a photo of a red ankle boot"]))
+        short = te(text_encoding.tokenize(tok, ["a photo of a red ankle boot"], 16))
+        full = te(text_encoding.tokenize(tok, ["a photo of a red ankle boot"]))
     assert torch.allclose(short.last_hidden_state, full.last_hidden_state[:, :16], atol=1e-5)
     assert torch.allclose(short.pooler_output, full.pooler_output, atol=1e-5)
 
@@ -146,7 +148,7 @@ def test_mini_clip_learns_a_fixed_batch():
     model = ms.MiniCLIP("smoke")
     tok = ms.load_tokenizers()
     captions = ["a red bag", "a blue bag", "a red sneaker", "a blue sneaker"]
-    ids, ids_2 = ms.tokenize(tok["tokenizer"], captions, 16), ms.tokenize(tok["tokenizer_2"], captions, 16)
+    ids, ids_2 = text_encoding.tokenize(tok["tokenizer"], captions, 16), text_encoding.tokenize(tok["tokenizer_2"], captions, 16)
     pictures = torch.rand(4, 3, 64, 64) * 2 - 1
     fits = torch.eye(4, dtype=torch.bool)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -258,17 +260,18 @@ def test_shipped_pipeline_is_small_and_the_engine_matches_diffusers(kind):
 def test_shipped_pipeline_draws_the_asked_class(kind):
     """Loose quality check: for 3 prompts, at least 70% of 16 images are judged as the asked class, and at least
     70% have the asked colour."""
-    from engine import colour_fashion as cf
-    from engine.fashion import judge_images
+    from engine.mini import data as cf
+    from engine.mini import measure
+    from engine.fashion.judge import judge_images
 
     judge = _judge()
     pipe = ms.load_pipeline(_shipped(kind))
     for label, colour in ((7, "blue"), (1, "red"), (8, "green")):
         images = _diffusers_images(pipe, prompt=cf.prompt_for(label, colour), guidance_scale=_default_guidance(kind),
                                    num_inference_steps=25, seed=label, num_images=16)
-        predicted, _ = judge_images(judge, cf.to_judge_grey(images))
+        predicted, _ = judge_images(judge, measure.to_judge_grey(images))
         assert float((predicted == label).float().mean()) >= 0.7, (label, colour, predicted.tolist())
-        found = cf.item_colours(images)
+        found = measure.item_colours(images)
         assert found.count(colour) >= 0.7 * len(found), (label, colour, found)
 
 

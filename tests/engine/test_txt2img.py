@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine import txt2img
+from engine import text_encoding, txt2img
+from engine.txt2img import latents as t2i_latents
+from engine.txt2img import loop, pipeline
 from engine.presets import Preset
 from engine.txt2img import run_to_end, text_to_image
 
@@ -213,13 +215,13 @@ def test_predict_x0_inverts_add_noise():
             scheduler._step_index = 3
         else:
             x = scheduler.add_noise(x0, eps, t.view(1))
-        assert torch.allclose(txt2img.predict_x0(scheduler, x, eps, t), x0, atol=1e-4)
+        assert torch.allclose(loop.pred_original_sample(scheduler, x, eps, t), x0, atol=1e-4)
 
 
 def test_guidance_sweep_reuses_embeddings(sd_pipe, monkeypatch):
     calls = []
-    encode = txt2img.encode_prompt
-    monkeypatch.setattr(txt2img, "encode_prompt", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    encode = text_encoding.encode_prompt
+    monkeypatch.setattr(pipeline, "encode_prompt", lambda *a, **k: calls.append(1) or encode(*a, **k))
     result = ours(sd_pipe, "sd", guidance_scales=[1, 2, 4, 12])
     assert len(calls) == 1
     assert result.images.shape == (4, SIZE, SIZE, 3)
@@ -237,8 +239,8 @@ def test_img2img_strength_zero_is_the_vae_round_trip(sd_pipe):
     from engine.images import pil_to_tensor
 
     generator = torch.Generator("cpu").manual_seed(5)
-    latents = txt2img.encode_image(sd_pipe, "sd", pil_to_tensor(image), generator)
-    expected, _ = txt2img.decode(sd_pipe, "sd", latents)
+    latents = t2i_latents.encode_image(sd_pipe, "sd", pil_to_tensor(image), generator)
+    expected, _ = t2i_latents.decode_latents(sd_pipe, "sd", latents)
     assert max_diff(got.images, expected) < TOL
     # ...and further from it as strength grows
     half = ours(sd_pipe, "sd", image=image, strength=0.5, guidance_scale=7.5, seed=5)
@@ -288,8 +290,8 @@ def test_safety_checker_blacks_out_flagged_images(sd_pipe):
 
     pipe = SimpleNamespace(vae=sd_pipe.vae, safety_checker=safety_checker, feature_extractor=feature_extractor)
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    images, flags = txt2img.decode(pipe, "sd", latents)
-    plain, none = txt2img.decode(SimpleNamespace(vae=sd_pipe.vae), "sd", latents)
+    images, flags = t2i_latents.decode_latents(pipe, "sd", latents)
+    plain, none = t2i_latents.decode_latents(SimpleNamespace(vae=sd_pipe.vae), "sd", latents)
     assert flags == [False, True] and none is None and seen["images"] == 2
     assert np.array_equal(images[0], plain[0])
     assert images[1].max() == 0.0 and plain[1].max() > 0.1
@@ -350,12 +352,12 @@ def test_turbo_style_preset_refuses_guidance(sd_pipe):
 
 def test_out_of_memory_frees_cache_and_says_what_to_lower(sd_pipe, monkeypatch):
     freed = []
-    monkeypatch.setattr(txt2img, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(pipeline, "free_memory", lambda: freed.append(1))
 
     def oom(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(txt2img, "decode", oom)
+    monkeypatch.setattr(pipeline, "decode_latents", oom)
     with pytest.raises(ValueError, match="lower the size or the number of images"):
         ours(sd_pipe, "sd", num_inference_steps=1)
     assert freed == [1]
@@ -430,7 +432,7 @@ class IdentityVAE(torch.nn.Module):
 
 
 def test_sdxl_fp16_vae_runs_in_fp32_and_is_restored_even_on_error():
-    from engine.txt2img import vae_upcast_if_needed
+    from engine.txt2img.latents import vae_upcast_if_needed
     from tests.tiny_models import tiny_vae
 
     vae = tiny_vae().to(torch.float16)

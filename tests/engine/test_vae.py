@@ -16,7 +16,9 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from engine import figures, metrics
 from engine import vae as engine
+from engine.presets import default_size
 from engine.images import open_image, pil_to_tensor
 from tests.tiny_models import tiny_vae
 
@@ -174,9 +176,9 @@ def test_engine_psnr_matches_numpy_on_the_round_trip(vae):
 
 def test_psnr_values():
     a = np.zeros((16, 16, 3), np.uint8)
-    assert engine.psnr(a, a) == math.inf
-    assert engine.psnr(a, a + 255) == pytest.approx(0.0)
-    assert engine.psnr(a, a + 1) == pytest.approx(20 * math.log10(255))
+    assert metrics.psnr(a, a) == math.inf
+    assert metrics.psnr(a, a + 255) == pytest.approx(0.0)
+    assert metrics.psnr(a, a + 1) == pytest.approx(20 * math.log10(255))
 
 
 def test_ssim_sanity():
@@ -184,9 +186,9 @@ def test_ssim_sanity():
     rng = np.random.default_rng(0)
     noisy = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)
     noisier = np.clip(img + rng.normal(0, 60, img.shape), 0, 255).astype(np.uint8)
-    assert engine.ssim(img, img) == pytest.approx(1.0)
-    assert 0 < engine.ssim(img, noisier) < engine.ssim(img, noisy) < 1
-    assert engine.ssim(img, noisy) == pytest.approx(engine.ssim(noisy, img))  # symmetric
+    assert metrics.ssim(img, img) == pytest.approx(1.0)
+    assert 0 < metrics.ssim(img, noisier) < metrics.ssim(img, noisy) < 1
+    assert metrics.ssim(img, noisy) == pytest.approx(metrics.ssim(noisy, img))  # symmetric
 
 
 def test_ssim_matches_a_direct_window_by_window_computation():
@@ -204,14 +206,14 @@ def test_ssim_matches_a_direct_window_by_window_computation():
             mx, my = (w * x).sum(), (w * y).sum()
             vx, vy, cov = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum(), (w * (x - mx) * (y - my)).sum()
             scores.append((2 * mx * my + c1) * (2 * cov + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
-    assert engine.ssim(a, b) == pytest.approx(np.mean(scores), rel=1e-9)
+    assert metrics.ssim(a, b) == pytest.approx(np.mean(scores), rel=1e-9)
 
 
 def test_ssim_of_a_constant_shift_is_the_luminance_term():
     """For a constant image pair the contrast/structure terms are 1: SSIM = (2ab + C1) / (a^2 + b^2 + C1)."""
     a, b = np.full((20, 20), 100, np.uint8), np.full((20, 20), 140, np.uint8)
     c1 = (0.01 * 255) ** 2
-    assert engine.ssim(a, b) == pytest.approx((2 * 100 * 140 + c1) / (100**2 + 140**2 + c1))
+    assert metrics.ssim(a, b) == pytest.approx((2 * 100 * 140 + c1) / (100**2 + 140**2 + c1))
 
 
 # ---------------------------------------------------------------------------
@@ -223,22 +225,22 @@ def test_channel_images_share_one_scale(vae):
     images = engine.channel_images(latent)
     assert len(images) == 4 and all(img.size == (256, 256) for img, _ in images)  # 8x8 latent, 32x up
     assert [caption.split(":")[0] for _, caption in images] == [f"Channel {c}" for c in range(4)]
-    m = engine.latent_range(latent)
+    m = figures.latent_range(latent)
     c, y, x = np.unravel_index(latent[0].abs().argmax().item(), latent[0].shape)
     extreme = np.asarray(images[c][0])[y * 32, x * 32]  # the largest |value| gets an end of the map
-    assert tuple(extreme) in {tuple(engine.DIVERGING[0][1]), tuple(engine.DIVERGING[-1][1])}
-    assert m > 0 and engine.colorbar(m).size == (512, 48)
-    hist = engine.histogram(latent, bins=10)
+    assert tuple(extreme) in {tuple(figures.DIVERGING[0][1]), tuple(figures.DIVERGING[-1][1])}
+    assert m > 0 and figures.colorbar(m).size == (512, 48)
+    hist = figures.histogram(latent, bins=10)
     assert hist["counts"].shape == (4, 10) and hist["counts"].sum() == latent.numel()
-    assert engine.histogram_image(latent).mode == "RGB"
+    assert figures.histogram_image(latent).mode == "RGB"
 
 
 def test_difference_heatmap():
     a = np.zeros((8, 8, 3), np.uint8)
     b = a.copy()
     b[0, 0] = 10
-    heat = np.asarray(engine.difference_heatmap(a, b, gain=4))
-    assert tuple(heat[1, 1]) == engine.SEQUENTIAL[0][1]  # identical: black
+    heat = np.asarray(figures.difference_heatmap(a, b, gain=4))
+    assert tuple(heat[1, 1]) == figures.SEQUENTIAL[0][1]  # identical: black
     assert heat[0, 0].sum() > heat[1, 1].sum()
 
 
@@ -338,6 +340,6 @@ def test_bad_uploads_get_clear_messages(data, message):
 def test_a_vae_preset_suggests_its_training_size():
     from engine.presets import Preset, get_preset
 
-    assert engine.default_size(get_preset("mini VAE (offline)", "vae")) == 64  # trained on 64 px pictures
-    assert engine.default_size(Preset(name="x", kind="vae", path="/x")) == 512
-    assert engine.default_size(Preset(name="x", kind="vae", path="/x", options={"default_size": 100})) == 512
+    assert default_size(get_preset("mini VAE (offline)", "vae"), engine.SIZES) == 64  # trained on 64 px pictures
+    assert default_size(Preset(name="x", kind="vae", path="/x"), engine.SIZES) == 512
+    assert default_size(Preset(name="x", kind="vae", path="/x", options={"default_size": 100}), engine.SIZES) == 512

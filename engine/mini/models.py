@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.schedulers import SD_NOISE_SCHEDULE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_DIRS = {
     "tokenizer": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-l-14",
@@ -69,10 +71,6 @@ SIZES: dict[str, dict] = {
     ),
 }
 
-#: Stable Diffusion's noise schedule ("scaled_linear", 0.00085 .. 0.012 over 1000 steps), used by
-#: the training DDPMScheduler and by both pipelines' samplers.
-NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                      prediction_type="epsilon")
 
 
 def _size(size: str) -> dict:
@@ -157,22 +155,15 @@ def make_unet(size: str = "full", sdxl: bool = False):
     return UNet2DConditionModel(**unet_config(size, sdxl))
 
 
-def make_scheduler(sdxl: bool = False):
+def pipeline_scheduler(sdxl: bool = False):
     """The sampler each pipeline ships with: SD 1.5's PNDM or SDXL's Euler, with their configs."""
     from diffusers import EulerDiscreteScheduler, PNDMScheduler
 
     if sdxl:
-        return EulerDiscreteScheduler(**NOISE_SCHEDULE, timestep_spacing="leading", steps_offset=1,
+        return EulerDiscreteScheduler(**SD_NOISE_SCHEDULE, timestep_spacing="leading", steps_offset=1,
                                       interpolation_type="linear", use_karras_sigmas=False)
-    return PNDMScheduler(**NOISE_SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+    return PNDMScheduler(**SD_NOISE_SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
                          timestep_spacing="leading")
-
-
-def make_noise_scheduler():
-    """The training forward process q(x_t | x_0): a ``DDPMScheduler`` with the same betas."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(**NOISE_SCHEDULE, clip_sample=False)
 
 
 def load_tokenizers() -> dict:
@@ -184,43 +175,6 @@ def load_tokenizers() -> dict:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-# ----------------------------------------------------------------------------
-# Text encoding, exactly as the pipelines do it
-
-
-def tokenize(tokenizer, captions: list[str], max_length: int | None = None) -> torch.Tensor:
-    """Ids [B, max_length] (77 by default), padded with the tokenizer's pad token and cut like diffusers."""
-    return tokenizer(list(captions), padding="max_length", max_length=max_length or tokenizer.model_max_length,
-                     truncation=True, return_tensors="pt").input_ids
-
-
-@torch.no_grad()
-def encode_sd(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
-    """SD 1.x: the last hidden state [B, 77, D], as ``StableDiffusionPipeline.encode_prompt``."""
-    ids = tokenize(tokenizer, captions).to(text_encoder.device)
-    return text_encoder(ids)[0]
-
-
-@torch.no_grad()
-def encode_sdxl(tokenizers: dict, text_encoder, text_encoder_2, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL: both encoders' penultimate hidden states concatenated [B, 77, D1 + D2], and pooled [B, P].
-
-    As ``StableDiffusionXLPipeline.encode_prompt`` (Podell et al. 2023, §2.1).
-    """
-    ids_1 = tokenize(tokenizers["tokenizer"], captions).to(text_encoder.device)
-    ids_2 = tokenize(tokenizers["tokenizer_2"], captions).to(text_encoder_2.device)
-    hidden_1 = text_encoder(ids_1, output_hidden_states=True).hidden_states[-2]
-    out_2 = text_encoder_2(ids_2, output_hidden_states=True)
-    return torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
-
-
-def add_time_ids(original_size: torch.Tensor, crops_coords_top_left: torch.Tensor,
-                 target_size=(IMAGE_SIZE, IMAGE_SIZE)) -> torch.Tensor:
-    """SDXL's six numbers per image [B, 6]: (orig h, orig w, crop top, crop left, target h, target w)."""
-    target = torch.tensor(target_size, dtype=original_size.dtype).expand(len(original_size), 2)
-    return torch.cat([original_size, crops_coords_top_left, target], dim=1).float()
 
 
 # ----------------------------------------------------------------------------
@@ -329,7 +283,7 @@ def build_sd_pipeline(unet, vae, text_encoder, tokenizers: dict | None = None):
 
     tokenizers = tokenizers or load_tokenizers()
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizers["tokenizer"], unet=unet,
-                                   scheduler=make_scheduler(sdxl=False), safety_checker=None,
+                                   scheduler=pipeline_scheduler(sdxl=False), safety_checker=None,
                                    feature_extractor=None, image_encoder=None, requires_safety_checker=False)
 
 
@@ -340,7 +294,7 @@ def build_sdxl_pipeline(unet, vae, text_encoder, text_encoder_2, tokenizers: dic
     tokenizers = tokenizers or load_tokenizers()
     return StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizers["tokenizer"], tokenizer_2=tokenizers["tokenizer_2"],
-                                     unet=unet, scheduler=make_scheduler(sdxl=True), image_encoder=None,
+                                     unet=unet, scheduler=pipeline_scheduler(sdxl=True), image_encoder=None,
                                      feature_extractor=None, force_zeros_for_empty_prompt=True)
 
 

@@ -39,7 +39,6 @@ diffusers' ``original_size`` and ``crops_coords_top_left``. No gradio here.
 
 from __future__ import annotations
 
-import colorsys
 import functools
 import re
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.fashion_data import CLASS_NAMES, load_split
+from engine.fashion.data import CLASS_NAMES, load_split
 
 IMAGE_SIZE = 64
 ITEM_SIZE = 48  # the 28 px item is upscaled to this and centred: an 8 px margin all round
@@ -304,10 +303,10 @@ def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = No
 
 
 # ----------------------------------------------------------------------------
-# Drawing, and reading a picture back
+# Drawing
 
 
-def _rgb(values) -> torch.Tensor:
+def rgb_tensor(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(-1, 3, 1, 1)
 
 
@@ -323,7 +322,7 @@ def tint(v: torch.Tensor, colour_ids) -> torch.Tensor:
     """Shading v [N, 1, H, W] -> pictures [N, 3, H, W]: ``background + v * (colour - background)``."""
     table = torch.tensor([COLOURS[c] for c in COLOUR_NAMES], dtype=torch.float32)
     colour = table[torch.as_tensor(np.asarray(colour_ids), dtype=torch.long)].view(-1, 3, 1, 1)
-    background = _rgb(BACKGROUND)
+    background = rgb_tensor(BACKGROUND)
     return background + v * (colour - background)
 
 
@@ -348,60 +347,6 @@ def render(items: np.ndarray, colour_ids, boxes: np.ndarray | None = None) -> to
     """
     v = intensity_map(items) if boxes is None else placed_intensity_map(items, boxes)
     return tint(v, colour_ids)
-
-
-def ink(pictures: torch.Tensor) -> torch.Tensor:
-    """How far each pixel is from the background, scaled so the item's strongest pixels are 1.
-
-    [N, 3, H, W] in [0, 1] -> [N, 1, H, W] in [0, 1]. For a tinted picture,
-    ``|pixel - background| = v * |colour - background|``, so this is v / max(v)
-    whatever the colour. The scale is each picture's 99th percentile.
-    """
-    distance = (pictures.float() - _rgb(BACKGROUND)).norm(dim=1, keepdim=True)
-    top = distance.flatten(1).quantile(0.99, dim=1).clamp_min(0.05).view(-1, 1, 1, 1)
-    return (distance / top).clamp(0, 1)
-
-
-def to_judge_grey(pictures: torch.Tensor) -> torch.Tensor:
-    """Pictures [N, 3, 64, 64] -> grey Fashion-MNIST-like items [N, 1, 32, 32] in [0, 1] for the judge.
-
-    The ink of the 48x48 item area, resized to 28x28 (bicubic, antialiased) and
-    padded by 2 px of 0, which is what ``engine.fashion.judge_images`` expects
-    (black background, bright item, as in Fashion-MNIST). On real colour
-    pictures the judge reads these about as well as the original greys
-    (90.0% against 91.0% on 1,000 test items).
-    """
-    margin = (IMAGE_SIZE - ITEM_SIZE) // 2
-    v = ink(pictures)[:, :, margin: margin + ITEM_SIZE, margin: margin + ITEM_SIZE]
-    v = F.interpolate(v, size=(28, 28), mode="bicubic", antialias=True, align_corners=False)
-    return F.pad(v.clamp(0, 1), (2, 2, 2, 2))
-
-
-def item_rgb(pictures: torch.Tensor, strength: float = 0.6) -> torch.Tensor:
-    """The item's colour [N, 3]: the mean of the pixels whose ink is at least ``strength``."""
-    mask = (ink(pictures) >= strength).float()
-    return (pictures.float() * mask).sum((2, 3)) / mask.sum((2, 3)).clamp_min(1)
-
-
-def nearest_colour(rgb) -> str:
-    """The colour name nearest an RGB triple in [0, 1]: "black" when grey or dark, else the nearest hue."""
-    h, s, v = colorsys.rgb_to_hsv(*[float(c) for c in rgb])
-    if s < 0.25 or v < 0.25:
-        return "black"
-    best, best_d = None, 9.0
-    for name, ref in COLOURS.items():
-        if name == "black":
-            continue
-        d = abs(h - colorsys.rgb_to_hsv(*ref)[0])
-        d = min(d, 1 - d)
-        if d < best_d:
-            best, best_d = name, d
-    return best
-
-
-def item_colours(pictures: torch.Tensor) -> list[str]:
-    """The colour name of each picture's item, by hue (``nearest_colour`` of ``item_rgb``)."""
-    return [nearest_colour(rgb) for rgb in item_rgb(pictures)]
 
 
 # ----------------------------------------------------------------------------
@@ -430,7 +375,7 @@ def crop_canvas(pictures: torch.Tensor, top: int, left: int) -> torch.Tensor:
     offset passes the 8 px margin. [N, 3, H, W] -> [N, 3, H, W].
     """
     n, c, h, w = pictures.shape
-    canvas = _rgb(BACKGROUND).expand(n, c, h + top, w + left).clone()
+    canvas = rgb_tensor(BACKGROUND).expand(n, c, h + top, w + left).clone()
     canvas[:, :, :h, :w] = pictures
     return canvas[:, :, top: top + h, left: left + w]
 
@@ -467,6 +412,6 @@ def micro_condition(pictures: torch.Tensor, rng: np.random.Generator, size_share
     return torch.cat(out), torch.from_numpy(originals), torch.from_numpy(crops)
 
 
-def to_model_space(pictures: torch.Tensor) -> torch.Tensor:
+def to_vae_input(pictures: torch.Tensor) -> torch.Tensor:
     """[0, 1] -> [-1, 1], the VAE's input range."""
     return pictures * 2 - 1

@@ -1,0 +1,58 @@
+"""User-facing errors and the checks every tab shares.
+
+``UserError`` is the one exception whose message is written for the person at
+the keyboard: the tabs show its text as it is (``tabs.common``). Any other
+exception, a library's own ``ValueError`` included, is a bug or an outage: the
+page gets a short generic message and the server log gets the traceback.
+
+The whole-number and seed checks live here once, so a seed box behaves the
+same in every tab: a whole number from 0 to 2**32 - 1 (the range of
+``torch.Generator.manual_seed`` that every seed goes through), else a message
+that says so.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+MAX_SEED = 2**32 - 1
+
+
+class UserError(ValueError):
+    """A bad input or an unavailable model, with a message that says what to change."""
+
+
+def whole_number(value, name: str) -> int:
+    """``value`` as an int: ints, integral floats ("3.0") and digit strings are fine; anything else is a
+    ``UserError`` naming ``name``. Booleans and None are refused (a checkbox is not a count)."""
+    if isinstance(value, bool) or value is None:
+        raise UserError(f"{name} must be a whole number, got {value!r}.")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, got {value!r}.") from None
+    if not math.isfinite(number) or number != int(number):
+        raise UserError(f"{name} must be a whole number, got {value!r}.")
+    return int(number)
+
+
+def number_in_range(value, name: str, low: float, high: float, hint: str = "") -> float:
+    """``value`` as a finite float in [low, high]; a ``UserError`` naming ``name`` otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}.") from None
+    if not (math.isfinite(number) and low <= number <= high):
+        raise UserError(f"{name} must be between {low:g} and {high:g}{hint}, got {value!r}.")
+    return number
+
+
+def check_seed(seed) -> int:
+    """A seed as an int in 0 .. 2**32 - 1; a ``UserError`` for anything else (no silent wrapping)."""
+    value = whole_number(seed, "seed")
+    if not 0 <= value <= MAX_SEED:
+        raise UserError(f"seed must be between 0 and {MAX_SEED}, got {value}.")
+    return value

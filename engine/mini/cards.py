@@ -1,0 +1,179 @@
+"""The mini models' model cards and sample grids, written from ``training.json`` (and by the eval script).
+
+``scripts/train_mini_sd.py`` writes a card each time a stage ships, and
+``scripts/eval_mini_sd.py --write-cards`` adds the measured-quality section
+between ``<!-- eval:start -->`` and ``<!-- eval:end -->``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.mini import data as cf
+from engine.mini import models as ms
+
+#: The training stages, in order.
+STAGES = ("clip", "vae", "unet-sd", "unet-sdxl")
+GRID_COLOURS = cf.COLOUR_NAMES
+#: The mini models' default guidance scale (their presets' ``default_guidance``). eval_mini_sd.py's sweep
+#: picked it: at 4-5 the colours burn out (classifier-free guidance extrapolates the latents off the VAE's
+#: manifold, as high guidance oversaturates SD), at 1 the classes blur.
+DEFAULT_GUIDANCE = 2.0
+
+
+@torch.no_grad()
+def sample_grid(pipe, sdxl: bool, path: Path, steps: int = 20, guidance_scale: float = DEFAULT_GUIDANCE) -> None:
+    """One row per class, one column per colour ("a {colour} {class}"); SDXL adds rows for size and crop."""
+    prompts = [cf.prompt_for(label, colour) for label in range(10) for colour in GRID_COLOURS]
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance_scale, output_type="pt", height=64, width=64)
+    images = [pipe(prompts, generator=torch.Generator("cpu").manual_seed(0), **kwargs).images.cpu()]
+    rows = 10
+    if sdxl:
+        extra = [cf.prompt_for(7, c) for c in GRID_COLOURS]
+        for cond in (dict(original_size=(16, 16)), dict(crops_coords_top_left=(16, 16))):
+            images.append(pipe(extra, generator=torch.Generator("cpu").manual_seed(0), **kwargs, **cond).images.cpu())
+            rows += 1
+    save_grid(torch.cat(images), rows, path)
+
+
+def save_grid(pictures: torch.Tensor, rows: int, path: Path) -> None:
+    """Pictures [rows * cols, 3, H, W] in [0, 1] -> one PNG grid, row-major."""
+    from PIL import Image
+
+    n, _, h, w = pictures.shape
+    cols = n // rows
+    grid = pictures[: rows * cols].clamp(0, 1).view(rows, cols, 3, h, w).permute(0, 3, 1, 4, 2)
+    array = (grid.reshape(rows * h, cols * w, 3).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)
+
+
+def model_card(folder: str, record: dict, path: Path) -> str:
+    """The model card from ``training.json``'s facts: data, parts, training, size; eval adds measured quality.
+
+    Parts whose stage has not run yet are listed as "not trained yet".
+    """
+    sdxl = folder == "mini-sdxl"
+    unet = record.get("unet-sdxl" if sdxl else "unet-sd")
+    pipeline = "StableDiffusionXLPipeline" if sdxl else "StableDiffusionPipeline"
+    lines = [f"# {folder}: a miniature {'SDXL' if sdxl else 'Stable Diffusion'} trained on Fashion-MNIST in colour", ""]
+    if record.get("size") == "smoke":
+        lines += ["**Smoke test**: toy sizes and a few steps (`--smoke`); this model has learnt nothing.", ""]
+    if unet is None:
+        lines += [f"**Unfinished**: the stages done so far are {', '.join(k for k in record if k in STAGES)}. "
+                  f"This folder becomes a pipeline (`model_index.json`) when `python scripts/train_mini_sd.py all` "
+                  "has trained its UNet.", ""]
+    lines += [
+        f"A complete latent text-to-image model at toy scale, built from the same classes as "
+        f"{'SDXL base' if sdxl else 'Stable Diffusion 1.5'} and saved in the diffusers layout:",
+        "",
+        "```python",
+        f"from diffusers import {pipeline}",
+        f"pipe = {pipeline}.from_pretrained(\"assets/{folder}\")",
+        f"image = pipe(\"a blue sneaker\", height=64, width=64, num_inference_steps=25, "
+        f"guidance_scale={DEFAULT_GUIDANCE:g}).images[0]",
+        "```",
+        "",
+        "## Data",
+        "",
+        f"\"Fashion-MNIST in colour\" (`engine/mini/data.py`, seed {record.get('seed', 0)}): Fashion-MNIST "
+        "training items (Xiao et al. 2017, Debian's `dataset-fashion-mnist`), upscaled to 48 px, centred on a "
+        f"64x64 light background and tinted with one of {len(cf.COLOUR_NAMES)} colours "
+        f"({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions come from {len(cf.TEMPLATES)} "
+        "templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", \"sneakers in yellow\"); "
+        "about 10% are empty, for classifier-free guidance, and about 10% leave the colour out (\"a photo of a "
+        "sneaker\"). About half the pictures are *positioned*: the item is smaller "
+        f"({cf.PLACED_SIZES[0]}-{cf.PLACED_SIZES[1]} px) and sits at a named place ({', '.join(cf.PLACE_NAMES)}), "
+        "jittered, and the caption says where (\"a red sneaker on the left\", \"a small blue bag in the top right "
+        "corner\"). A caption without a place word means the classic centred 48 px item."
+        + (f" {unet['train_items']} items, {unet['distinct_captions']} distinct captions." if unet else ""),
+    ]
+    if sdxl:
+        lines += ["", "Micro-conditioning (Podell et al. 2023, §2.2): each UNet training picture is, with probability "
+                  f"1/2, downscaled to an `original_size` in {list(cf.SIZE_CHOICES)} and upscaled back (blurry), "
+                  "and, independently with probability 1/2, cut from a larger canvas at a `crops_coords_top_left` "
+                  f"uniform in 0..{cf.MAX_CROP} (the item moves up and left by that much). The UNet is told both."]
+    lines += components_section(sdxl, record, path)
+    lines += training_section(sdxl, record)
+    return "\n".join(lines)
+
+
+def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
+    """The model card's table of parts: class, size and how each was trained (from ``training.json``)."""
+    clip, vae, unet = record.get("clip"), record.get("vae"), record.get("unet-sdxl" if sdxl else "unet-sd")
+    todo = "not trained yet"
+    size = ms.SIZES[record.get("size", "full")]
+    t1, t2 = size["text"], size["text_2"]
+    encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers); the UNet reads "
+                f"its last hidden state (77 x {t1['hidden_size']})")
+    if sdxl:
+        encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers) + "
+                    f"`CLIPTextModelWithProjection` (width {t2['hidden_size']}, {t2['num_hidden_layers']} layers, "
+                    f"projection {t2['projection_dim']}); the UNet reads both penultimate hidden states "
+                    f"concatenated (77 x {t1['hidden_size'] + t2['hidden_size']}) and the pooled projection")
+    if clip:
+        params = f"{clip['params_text_encoder']:,}" + (f" + {clip['params_text_encoder_2']:,}" if sdxl else "")
+        clip_cell = (f"as a mini CLIP (InfoNCE against a {clip['params_image_tower']:,}-parameter CNN image tower), "
+                     f"{clip['steps']} steps of {clip['batch']}; caption retrieval on test pictures "
+                     f"{100 * clip['retrieval_accuracy_text_encoder']:.0f}%"
+                     + (f" / {100 * clip['retrieval_accuracy_text_encoder_2']:.0f}%" if sdxl else "")
+                     + " (the top caption among 512 fits the picture); then frozen")
+    else:
+        params, clip_cell = "-", todo
+    vae_cell = todo if not vae else (
+        f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
+        f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
+    text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
+    unet_cell = todo if not unet else (
+        f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
+        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)")
+    return [
+        "",
+        "## Components",
+        "",
+        "| part | class | parameters | training |",
+        "|---|---|---|---|",
+        "| tokenizer" + ("s" if sdxl else "") + " | `CLIPTokenizer`: the project's CLIP ViT-L/14"
+        + (" and ViT-bigG/14 (pad `!`)" if sdxl else "") + " files | - | none (the real ids) |",
+        f"| text encoder{'s' if sdxl else ''} | {encoders} | {params} | {clip_cell} |",
+        "| VAE | `AutoencoderKL`, 4 latent channels, 3 downsamples: 64x64x3 -> 8x8x4 (48x fewer values) | "
+        f"{format(vae['params'], ',') if vae else '-'} | {vae_cell} |",
+        f"| UNet | `UNet2DConditionModel`{text_time}, cross-attention at 8x8 and 4x4 | "
+        f"{format(unet['params'], ',') if unet else '-'} | {unet_cell} |",
+        f"| scheduler | `{'EulerDiscreteScheduler' if sdxl else 'PNDMScheduler'}`, "
+        f"{'SDXL' if sdxl else 'SD 1.5'}'s config (scaled_linear 0.00085-0.012, 1000 steps) | - | - |",
+        "",
+        f"Weights: {ms.weights_megabytes(path):.1f} MB of fp16 safetensors (the VAE and the first text encoder are "
+        "copies of the ones in the other mini pipeline). The text encoders' configs say `dtype: float32`, so a "
+        f"plain `from_pretrained` runs everything in fp32. Only the ~{len(cf.caption_vocabulary())} words of the "
+        "captions were ever trained: other words reach the UNet as untrained embeddings.",
+        "",
+    ]
+
+
+def training_section(sdxl: bool, record: dict) -> list[str]:
+    """The model card's training and measured-quality sections (eval fills the latter in)."""
+    unet = record.get("unet-sdxl" if sdxl else "unet-sd")
+    return [
+        "## Training",
+        "",
+        "`python scripts/train_mini_sd.py all` ("
+        + "; ".join(f"{stage} on {record[stage].get('device', '?')}" for stage in STAGES if stage in record)
+        + "). Checkpoints and sample grids stay in "
+        "`runs/mini_sd/` (not shipped); `training.json` holds the figures above."
+        + (" `samples.png`: one row per class, one column per colour"
+           + (", then \"a {colour} sneaker\" with original_size (16, 16) and with crop (16, 16)" if sdxl else "")
+           + f"; {record.get('grid_steps', 20)} steps, guidance {record.get('grid_guidance', 5):g}." if unet else ""),
+        "",
+        "A GPU run would improve it: wider and deeper UNets trained for 10-50x more steps, a VAE with a "
+        "perceptual (LPIPS) and adversarial loss as SD's, and a mini CLIP trained longer with more caption variety.",
+        "",
+        "## Measured quality",
+        "",
+        "<!-- eval:start -->",
+        "Not measured yet: run `python scripts/eval_mini_sd.py --write-cards`.",
+        "<!-- eval:end -->",
+        "",
+    ]

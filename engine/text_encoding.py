@@ -1,0 +1,162 @@
+"""Text encoding, exactly as the diffusers pipelines do it: the one path for the app and for training.
+
+The app's text-to-image loop (``engine.txt2img``) and the mini models'
+training (``scripts/train_mini_sd.py``) both encode prompts here, so the mini
+UNets are trained on the very embeddings the app later feeds them. A test
+(``tests/engine/test_text_encoding.py``) checks this module against diffusers'
+``StableDiffusionPipeline.encode_prompt``, ``StableDiffusionXLPipeline.encode_prompt``
+and ``_get_add_time_ids``.
+
+* SD 1.x/2.x: the text encoder's last hidden state, [B, 77, D] (D = 768 for
+  SD 1.x, 1024 for SD 2.x), Rombach et al. 2022, §3.3.
+* SDXL: both encoders' penultimate hidden states concatenated, [B, 77, 768 + 1280],
+  and the second encoder's pooled, projected output [B, 1280] (Podell et al.
+  2023, §2.1), plus six micro-conditioning numbers per image (§2.2).
+
+Ids are CLIP's: start token 49406, the text, end token 49407, then padding
+(49407 for ViT-L/14, "!" = 0 for OpenCLIP bigG), cut at 77 like diffusers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> torch.Tensor:
+    """Ids [B, max_length] (77 by default), padded with the tokenizer's pad token and cut like diffusers."""
+    return tokenizer(list(texts), padding="max_length", max_length=max_length or tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def encode_sd(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
+    """SD 1.x/2.x: the last hidden state [B, 77, D], as ``StableDiffusionPipeline.encode_prompt``."""
+    ids = tokenize(tokenizer, texts).to(text_encoder.device)
+    return text_encoder(ids)[0]
+
+
+@torch.no_grad()
+def encode_sdxl(tokenizers: dict, text_encoder, text_encoder_2, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: both encoders' penultimate hidden states concatenated [B, 77, D1 + D2], and pooled [B, P].
+
+    ``tokenizers`` is {"tokenizer": ..., "tokenizer_2": ...}. As
+    ``StableDiffusionXLPipeline.encode_prompt`` (Podell et al. 2023, §2.1).
+    """
+    ids_1 = tokenize(tokenizers["tokenizer"], texts).to(text_encoder.device)
+    ids_2 = tokenize(tokenizers["tokenizer_2"], texts).to(text_encoder_2.device)
+    hidden_1 = text_encoder(ids_1, output_hidden_states=True).hidden_states[-2]
+    out_2 = text_encoder_2(ids_2, output_hidden_states=True)
+    return torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
+
+
+def add_time_ids(original_size, crops_coords_top_left, target_size) -> torch.Tensor:
+    """SDXL's six numbers per image [B, 6] float32: (orig h, orig w, crop top, crop left, target h, target w).
+
+    Each argument is one (a, b) pair for all images, or a tensor [B, 2] of pairs.
+    """
+    pairs = [torch.as_tensor(v).reshape(-1, 2) for v in (original_size, crops_coords_top_left, target_size)]
+    batch = max(len(p) for p in pairs)
+    return torch.cat([p.expand(batch, 2) for p in pairs], dim=1).float()
+
+
+def get_add_time_ids(unet, original_size, crops_coords_top_left, target_size, dtype,
+                     text_encoder_projection_dim: int) -> torch.Tensor:
+    """SDXL's micro-conditioning vector for one image, [1, 6] in ``dtype``, checked against the UNet.
+
+    SDXL was trained on images of every size, upscaled and randomly cropped,
+    with the original size and the crop given to the UNet as extra conditions
+    (Podell et al. 2023, §2.2). Each number gets a sinusoidal embedding, and the
+    six go into the timestep embedding together with the pooled text
+    embedding. An original size of (1024, 1024) and a (0, 0) crop ask for a
+    sharp, centred picture; a small original size asks for the look of an
+    upscaled one, a large crop for a cut-off subject. As diffusers'
+    ``StableDiffusionXLPipeline._get_add_time_ids``.
+    """
+    time_ids = add_time_ids(original_size, crops_coords_top_left, target_size)
+    passed = unet.config.addition_time_embed_dim * time_ids.shape[1] + text_encoder_projection_dim
+    expected = unet.add_embedding.linear_1.in_features
+    if passed != expected:
+        raise ValueError(f"This SDXL UNet expects an added embedding of {expected} numbers, but the time ids and "
+                         f"pooled text make {passed}: the model's configs do not match.")
+    return time_ids.to(dtype)
+
+
+def truncation_warning(tokenizer, text: str, label: str = "prompt") -> str | None:
+    """If ``text`` has more than 77 tokens (with start/end), say which words CLIP will not see.
+
+    The cut part is what diffusers logs: the tokens between position 76 and the end token.
+    """
+    limit = tokenizer.model_max_length
+    ids = tokenizer(text, truncation=False).input_ids
+    if len(ids) <= limit:
+        return None
+    cut = tokenizer.decode(ids[limit - 1:-1])
+    return (f"The {label} has {len(ids)} tokens; CLIP reads at most {limit}, so this part is ignored: "
+            f"\"{cut}\"")
+
+
+@dataclass
+class PromptEmbeds:
+    """Output of ``encode_prompt``.
+
+    prompt_embeds: [B, 77, D] text encoder hidden states (D = 768 for SD 1.x,
+        1024 for SD 2.x, 2048 for SDXL: 768 + 1280 concatenated).
+    negative_prompt_embeds: same shape, or None when guidance is off.
+    pooled_prompt_embeds / negative_pooled_prompt_embeds: SDXL only, [B, 1280],
+        the second encoder's projected pooled output.
+    warnings: user-facing notes (a prompt cut at 77 tokens).
+    """
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    pooled_prompt_embeds: torch.Tensor | None = None
+    negative_pooled_prompt_embeds: torch.Tensor | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _pipe_tokenizers(pipe) -> dict:
+    return {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2}
+
+
+def encode_prompt(pipe, kind: str, prompt: str, negative_prompt: str = "", do_classifier_free_guidance: bool = True,
+                  num_images_per_prompt: int = 1) -> PromptEmbeds:
+    """The prompt and the negative prompt through a pipeline's text encoder(s), as its ``encode_prompt``.
+
+    An empty negative prompt is the unconditional input: the embedding of ""
+    for SD; for SDXL presets with ``force_zeros_for_empty_prompt`` (SDXL base)
+    a tensor of zeros, as diffusers does. Returns embeddings repeated
+    ``num_images_per_prompt`` times along the batch.
+    """
+    # SDXL's two tokenizers split text the same way (only their padding differs): one check is enough.
+    warnings = [note for note in (truncation_warning(pipe.tokenizer, prompt, "prompt"),
+                                  truncation_warning(pipe.tokenizer, negative_prompt or "", "negative prompt"))
+                if note]
+    n = num_images_per_prompt
+    if kind != "sdxl":
+        dtype = pipe.text_encoder.dtype
+        prompt_embeds = encode_sd(pipe.tokenizer, pipe.text_encoder, [prompt]).to(dtype).repeat(n, 1, 1)
+        negative_embeds = None
+        if do_classifier_free_guidance:
+            negative_embeds = encode_sd(pipe.tokenizer, pipe.text_encoder, [negative_prompt or ""])
+            negative_embeds = negative_embeds.to(dtype).repeat(n, 1, 1)
+        return PromptEmbeds(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, warnings=warnings)
+
+    dtype = pipe.text_encoder_2.dtype
+    encoders = (_pipe_tokenizers(pipe), pipe.text_encoder, pipe.text_encoder_2)
+    prompt_embeds, pooled = encode_sdxl(*encoders, [prompt])
+    negative_embeds = negative_pooled = None
+    if do_classifier_free_guidance:
+        if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:
+            negative_embeds, negative_pooled = torch.zeros_like(prompt_embeds), torch.zeros_like(pooled)
+        else:
+            negative_embeds, negative_pooled = encode_sdxl(*encoders, [negative_prompt or ""])
+    return PromptEmbeds(
+        prompt_embeds=prompt_embeds.to(dtype).repeat(n, 1, 1),
+        negative_prompt_embeds=None if negative_embeds is None else negative_embeds.to(dtype).repeat(n, 1, 1),
+        pooled_prompt_embeds=pooled.repeat(n, 1),
+        negative_pooled_prompt_embeds=None if negative_pooled is None else negative_pooled.repeat(n, 1),
+        warnings=warnings,
+    )

@@ -1,0 +1,33 @@
+"""Our own sampling loop for Stable Diffusion 1.x/2.x and SDXL, step by step.
+
+This is the loop the book's chapter on Stable Diffusion annotates, written in
+the style of diffusers' ``StableDiffusionPipeline.__call__`` and
+``StableDiffusionXLPipeline.__call__``, one idea per module:
+
+* ``request``: the inputs, checked once into a frozen ``Request`` (``make_request``).
+* ``engine.text_encoding`` (shared with the mini models' training): ``encode_prompt``, ``get_add_time_ids``.
+* ``loop``: ``prepare_latents``, the conditioning batch, and ``denoise``, with classifier-free guidance.
+* ``latents``: img2img's starting latents, the live preview, ``decode_latents``.
+* ``info``: the run's JSON and the PNG settings.
+* ``pipeline``: ``text_to_image``, the numbered steps in order.
+
+Shapes: B is the number of images, h = height / 8, w = width / 8. Latents are
+[B, 4, h, w] in the scaled space the UNet works in (VAE latents times
+``vae.config.scaling_factor``). Images are [B, 3, H, W], in [-1, 1] out of the
+VAE and in [0, 1] after post-processing.
+"""
+
+# The two pipeline classes are imported here, once, in the thread that imports the app: the loader
+# imports them again inside a request, and transformers' lazy imports (CLIPImageProcessor's
+# torchvision fallback) can fail when two request threads resolve them for the first time at once.
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
+
+from engine.txt2img.info import Result
+from engine.txt2img.pipeline import gpu_seconds, run_to_end, text_to_image
+from engine.txt2img.request import (MAX_IMAGES, MAX_STEPS, SWEEP_DEFAULT, Request, default_guidance, default_steps,
+                                    get_pipeline_preset, guidance_allowed, make_request, max_steps, pipeline_presets,
+                                    size_limits, start_size)
+
+__all__ = ["MAX_IMAGES", "MAX_STEPS", "SWEEP_DEFAULT", "Request", "Result", "default_guidance", "default_steps",
+           "get_pipeline_preset", "gpu_seconds", "guidance_allowed", "make_request", "max_steps",
+           "pipeline_presets", "run_to_end", "size_limits", "start_size", "text_to_image"]

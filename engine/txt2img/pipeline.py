@@ -1,0 +1,208 @@
+"""Text (or image) to image, step by step: diffusers' ``StableDiffusionPipeline.__call__`` as our own loop.
+
+We take the components of a pipeline loaded by ``engine.loader`` (the
+tokenizer(s), text encoder(s), UNet, VAE, scheduler, safety checker) and never
+call ``pipe(...)``. ``run`` reads like the pipeline's ``__call__``:
+
+1. Check inputs (``make_request``, before anything loads).
+2. Encode input prompt (``engine.text_encoding.encode_prompt``), once even for a sweep.
+3. SDXL micro-conditioning (``get_add_time_ids``).
+4. Prepare timesteps, 5. prepare latent variables (seeded noise, or the noised image for img2img).
+6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight.
+7. Decode (``decode_latents``): VAE decoder, safety checker, post-processing.
+
+References: Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
+Diffusion Models" (CVPR), §3; Podell et al. 2023, "SDXL", §2.1-2.2; the book's
+chapter on Stable Diffusion and its exercises 8 (micro-conditioning) and 9
+(colour guidance).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+from engine.loader import free_memory
+from engine.schedulers import make_scheduler
+from engine.text_encoding import encode_prompt, get_add_time_ids
+from engine.txt2img.info import Result, RunInfo, png_parameters, run_info
+from engine.txt2img.latents import (decode_latents, encode_image, get_img2img_timesteps, image_to_tensor, numpy_to_pil,
+                                    prepare_img2img_latents, preview)
+from engine.txt2img.loop import denoise, prepare_conditioning, prepare_extra_step_kwargs, prepare_latents
+from engine.txt2img.request import Request, make_request
+
+try:  # ZeroGPU on Hugging Face Spaces; off a ZeroGPU Space spaces.GPU returns the function unchanged
+    import spaces
+except ImportError:  # pragma: no cover - spaces is optional locally
+    spaces = None
+
+PREVIEW_MAX_SIDE = 512
+
+
+def gpu(duration):
+    """``@spaces.GPU(duration=duration)`` when the ``spaces`` package is there (a no-op off ZeroGPU)."""
+    if spaces is None:
+        return lambda fn: fn
+    return spaces.GPU(duration=duration)
+
+
+def gpu_seconds(pipe=None, preset=None, *, num_inference_steps=30, width=512, height=512, num_images=1,
+                guidance_scales=None, colour=None, **_) -> int:
+    """ZeroGPU time to reserve for one ``text_to_image`` call (``spaces.GPU`` calls it with the same arguments).
+
+    A generous 0.3 s per step and megapixel-image (SDXL at 1024x1024 with
+    guidance runs about 8 steps/s on an H100), plus 20 s for loading and
+    decoding, capped at 300 s; colour guidance decodes and backpropagates
+    through the VAE, so it counts double.
+    """
+    try:
+        megapixels = max(0.25, float(width) * float(height) / 1024**2)
+        runs = len(guidance_scales) if guidance_scales else 1
+        work = float(num_inference_steps) * megapixels * float(num_images) * runs * (2 if colour else 1)
+    except (TypeError, ValueError):
+        return 60  # bad input: make_request will say why, quickly
+    return int(min(300, 20 + 0.3 * work))
+
+
+def _oom_message(request: Request) -> str:
+    return (f"Out of GPU memory at {request.width}x{request.height} with {request.num_images} image(s). "
+            "Cached memory was freed: lower the size or the number of images (or the sweep length) and try again.")
+
+
+@gpu(duration=gpu_seconds)
+def text_to_image(pipe, preset, **inputs) -> Iterator[dict | Result]:
+    """Text (or image) to image, as a generator: progress dicts, then one ``Result``.
+
+    ``inputs`` are ``make_request``'s (diffusers' names: prompt, negative_prompt,
+    guidance_scale, num_inference_steps, seed, width, height, ...). Progress
+    dicts: {"step", "num_steps", "preview" (PIL, every ``preview_every`` steps,
+    else None), "run", "runs"}. With ``guidance_scales`` (the guidance sweep)
+    the loop runs once per scale, same seed, reusing the prompt embeddings.
+    """
+    request = make_request(preset, **inputs)
+    try:
+        yield from run(pipe, preset, request)
+    except torch.cuda.OutOfMemoryError:
+        free_memory()
+        raise UserError(_oom_message(request)) from None
+
+
+def prepare_add_time_ids(pipe, request: Request, dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """SDXL's (add_time_ids, negative_add_time_ids), [1, 6] each; (None, None) for SD.
+
+    The negative ones are None unless a negative condition was given; each
+    negative condition left empty is then the same as its positive one.
+    """
+    micro = request.micro_conditioning
+    if micro is None:
+        return None, None
+    projection_dim = pipe.text_encoder_2.config.projection_dim
+    names = ("original_size", "crops_coords_top_left", "target_size")
+    add_time_ids = get_add_time_ids(pipe.unet, *(micro[n] for n in names), dtype, projection_dim)
+    if all(micro[f"negative_{n}"] is None for n in names):
+        return add_time_ids, None
+    negatives = [micro[f"negative_{n}"] or micro[n] for n in names]
+    return add_time_ids, get_add_time_ids(pipe.unet, *negatives, dtype, projection_dim)
+
+
+def prepare_timesteps_and_latents(pipe, kind: str, request: Request, scheduler, generator, dtype, image_tensor):
+    """Steps 4 and 5: the timesteps to run and x_T [B, 4, h, w]; for img2img the tail of the schedule
+    and the encoded image noised to its first timestep."""
+    unet, vae = pipe.unet, pipe.vae
+    scheduler.set_timesteps(request.num_inference_steps, device=unet.device)
+    if image_tensor is None:
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+        vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        latents = prepare_latents(request.num_images, unet.config.in_channels, request.height, request.width,
+                                  vae_scale_factor, dtype, unet.device, generator, scheduler.init_noise_sigma)
+        return scheduler.timesteps, latents
+    image_latents = encode_image(pipe, kind, image_tensor, generator)
+    timesteps = get_img2img_timesteps(scheduler, request.num_inference_steps, request.strength)
+    return timesteps, prepare_img2img_latents(scheduler, image_latents, timesteps, request.num_images, generator)
+
+
+def preview_size(request: Request) -> tuple[int, int]:
+    """(W, H) of the live preview: the image size, shrunk so the longer side is at most 512."""
+    shrink = min(1.0, PREVIEW_MAX_SIDE / max(request.width, request.height))
+    return round(request.width * shrink), round(request.height * shrink)
+
+
+def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int):
+    """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``."""
+    unet = pipe.unet
+    g = request.guidance_scales[run_index]
+    do_cfg = g > 1 and unet.config.time_cond_proj_dim is None
+    cond = prepare_conditioning(embeds, do_cfg, unet.device, *time_ids)
+    scheduler = make_scheduler(pipe.scheduler, request.scheduler)
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+
+    # 4. Prepare timesteps, 5. prepare latent variables
+    timesteps, latents = prepare_timesteps_and_latents(pipe, preset.kind, request, scheduler, generator,
+                                                       embeds.prompt_embeds.dtype, image_tensor)
+    extra_step_kwargs = prepare_extra_step_kwargs(scheduler, generator)
+
+    # 6. Denoising loop
+    start, calls, losses, every = time.perf_counter(), 0, [], request.preview_every
+    for state in denoise(unet, scheduler, latents, timesteps, cond, g, extra_step_kwargs, request.colour, pipe.vae):
+        latents, calls = state.latents, state.unet_calls
+        if state.colour_loss is not None:
+            losses.append(round(state.colour_loss, 5))
+        show = every and (state.index % every == 0 or state.index == state.num_steps - 1)
+        yield {"step": state.index + 1, "num_steps": state.num_steps, "run": run_index + 1,
+               "runs": len(request.guidance_scales),
+               "preview": preview(pipe, preset, state.pred_original, preview_size(request)) if show else None}
+    loop_seconds = time.perf_counter() - start
+
+    # 7. Decode
+    images, has_nsfw = decode_latents(pipe, preset.kind, latents)
+    info = {"guidance_scale": g, "classifier_free_guidance": do_cfg, "timesteps": len(timesteps),
+            "unet_calls": calls, "unet_batch": (2 if do_cfg else 1) * request.num_images,
+            "loop_seconds": round(loop_seconds, 3)}
+    if has_nsfw is not None:
+        info["nsfw_filtered"] = has_nsfw
+    if losses:
+        info["colour_loss"] = losses
+    return RunInfo(images=images, info=info, scheduler=scheduler)
+
+
+def run(pipe, preset, request: Request) -> Iterator[dict | Result]:
+    """The whole request, in the pipeline's numbered steps; yields progress dicts, then a ``Result``."""
+    start = time.perf_counter()
+
+    # 2. Encode input prompt (once, even for a sweep)
+    any_guidance = any(g > 1 for g in request.guidance_scales)
+    with torch.no_grad():
+        embeds = encode_prompt(pipe, preset.kind, request.prompt, request.negative_prompt, any_guidance,
+                               request.num_images)
+
+    # 3. SDXL micro-conditioning (once, like the embeddings)
+    time_ids = prepare_add_time_ids(pipe, request, embeds.prompt_embeds.dtype)
+    image_tensor = None
+    if request.image is not None:
+        image_tensor = image_to_tensor(request.image, request.width, request.height)
+
+    # 4-7, once per guidance scale
+    runs = []
+    for run_index in range(len(request.guidance_scales)):
+        runs.append((yield from denoise_one_run(pipe, preset, request, embeds, time_ids, image_tensor, run_index)))
+
+    images = np.concatenate([r.images for r in runs])
+    info = run_info(preset, request, runs, pipe.unet, time.perf_counter() - start, embeds.warnings, *time_ids)
+    yield Result(images=images, pil_images=numpy_to_pil(images), info=info,
+                 parameters=png_parameters(preset, request, runs))
+
+
+def run_to_end(events: Iterator) -> Result:
+    """Consume a ``text_to_image`` generator and return its ``Result`` (scripts and tests)."""
+    result = None
+    for event in events:
+        if isinstance(event, Result):
+            result = event
+    if result is None:
+        raise RuntimeError("text_to_image ended without a result")
+    return result

@@ -1,0 +1,314 @@
+"""One text-to-image request: every user input checked once, into one frozen ``Request``.
+
+``make_request(preset, **inputs)`` is the only place the inputs are checked
+and their defaults typed. The tab calls it before it loads a model (so a bad
+input fails fast, and outside a ZeroGPU worker), and ``text_to_image`` calls it
+again on the same plain values. It mirrors the checks of diffusers'
+``StableDiffusionPipeline.check_inputs``, with messages written for the user
+(``UserError``): each names the bad value and what to do.
+
+Sizes are in pixels, (width, height) in the UI; SDXL's micro-conditioning
+pairs are kept as diffusers takes them: (height, width) and (top, left).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from engine.errors import UserError, check_seed, number_in_range, whole_number
+from engine.presets import default_size, presets_for
+from engine.schedulers import DEFAULT, SCHEDULER_NAMES
+
+MAX_STEPS = 150
+MAX_IMAGES = 4
+MAX_GUIDANCE = 50.0
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_STEPS = 30
+DEFAULT_SIZE_LIMITS = {"sd": (64, 1024), "sdxl": (64, 2048)}
+SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
+MAX_SWEEP = 8
+MICRO_CONDITIONS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
+                    "negative_crops_coords_top_left", "negative_target_size")
+
+
+@dataclass(frozen=True)
+class ColourGuidance:
+    """Colour guidance (the book's exercise 9): pull the decoded x0 towards ``target_rgb`` [3] in [0, 1],
+    with loss weight ``scale``, every ``every`` steps."""
+
+    target_rgb: torch.Tensor
+    scale: float
+    every: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request. ``guidance_scales`` holds one scale per run of the loop: ``(guidance_scale,)``,
+    or the guidance sweep. ``micro_conditioning`` (SDXL only) maps each name of ``MICRO_CONDITIONS`` to a
+    pair in diffusers' order or None; ``image`` and ``strength`` make it img2img."""
+
+    prompt: str
+    negative_prompt: str
+    guidance_scale: float
+    num_inference_steps: int
+    width: int
+    height: int
+    num_images: int
+    seed: int
+    scheduler: str = DEFAULT
+    guidance_scales: tuple[float, ...] = ()
+    micro_conditioning: dict | None = None
+    image: object | None = None
+    strength: float | None = None
+    colour: ColourGuidance | None = None
+    preview_every: int = 1
+
+
+# ----------------------------------------------------------------------------
+# What a preset allows, and its defaults
+
+
+def size_limits(preset) -> tuple[int, int]:
+    """(min, max) side in pixels: the preset's ``min_size``/``max_size``, else 64 and 1024 (2048 for SDXL)."""
+    low, high = DEFAULT_SIZE_LIMITS.get(preset.kind, (64, 1024))
+    return int(preset.options.get("min_size", low)), int(preset.options.get("max_size", high))
+
+
+def max_steps(preset) -> int:
+    return int(preset.options.get("max_steps", MAX_STEPS))
+
+
+def guidance_allowed(preset) -> bool:
+    """False for presets distilled to sample without guidance (SDXL Turbo)."""
+    return preset.options.get("guidance", True) is not False
+
+
+def default_steps(preset) -> int:
+    return int(preset.options.get("default_steps", DEFAULT_STEPS))
+
+
+def default_guidance(preset) -> float:
+    """The preset's ``default_guidance`` (the scale its quality figures were measured at), else 7.5; 0 without guidance."""
+    if not guidance_allowed(preset):
+        return 0.0
+    return float(preset.options.get("default_guidance", DEFAULT_GUIDANCE))
+
+
+def start_size(preset) -> int:
+    """The side the tab starts with: the preset's ``default_size`` within its ``size_limits``."""
+    low, high = size_limits(preset)
+    return min(max(default_size(preset), low), high)
+
+
+def pipeline_presets() -> list:
+    """The SD and SDXL presets, local folders first (they work offline), then hub ones, in file order."""
+    presets = presets_for("sd") + presets_for("sdxl")
+    return [p for p in presets if not p.is_hub] + [p for p in presets if p.is_hub]
+
+
+def get_pipeline_preset(name: str):
+    """The SD or SDXL preset called ``name``; ``UserError`` listing the choices otherwise."""
+    presets = pipeline_presets()
+    for p in presets:
+        if p.name == name:
+            return p
+    choices = ", ".join(repr(p.name) for p in presets) or "none"
+    raise UserError(f"Unknown model {name!r}. Choose one of: {choices}.")
+
+
+# ----------------------------------------------------------------------------
+# The checks
+
+
+def check_guidance(preset, guidance_scale) -> float:
+    """A guidance scale as a float: finite, from 0 to 50, and at most 1 for presets without guidance."""
+    try:
+        guidance = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise UserError(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
+    if not math.isfinite(guidance) or guidance < 0:
+        raise UserError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance_scale!r}.")
+    if guidance > MAX_GUIDANCE:
+        raise UserError(f"guidance_scale {guidance:g} is above {MAX_GUIDANCE:g}; images burn out far below that "
+                        "(7.5 is typical).")
+    if guidance > 1 and not guidance_allowed(preset):
+        note = preset.options.get("guidance_note", "this model samples without guidance")
+        raise UserError(f"'{preset.name}' takes no guidance: {note} Set guidance_scale to 0.")
+    return guidance
+
+
+def check_side(preset, value, name: str) -> int:
+    """A width or height: a whole multiple of 8 within the preset's ``size_limits``."""
+    low, high = size_limits(preset)
+    value = whole_number(value, name)
+    if value % 8:
+        raise UserError(f"{name} must be a multiple of 8 (the VAE downsamples by 8), got {value}; "
+                        f"try {max(8, value // 8 * 8)} or {value // 8 * 8 + 8}.")
+    if not low <= value <= high:
+        raise UserError(f"{name} {value} is outside {low}-{high} pixels, the range of '{preset.name}'.")
+    return value
+
+
+def check_text(value, name: str) -> str:
+    if value is not None and not isinstance(value, str):
+        raise UserError(f"{name} must be text, got {type(value).__name__}.")
+    return value or ""
+
+
+def check_steps(preset, num_inference_steps) -> int:
+    steps = whole_number(num_inference_steps, "num_inference_steps")
+    top = max_steps(preset)
+    if not 1 <= steps <= top:
+        raise UserError(f"num_inference_steps must be between 1 and {top} for '{preset.name}', got {steps}.")
+    return steps
+
+
+def check_num_images(num_images) -> int:
+    images = whole_number(num_images, "num_images")
+    if not 1 <= images <= MAX_IMAGES:
+        raise UserError(f"num_images must be between 1 and {MAX_IMAGES}, got {images}.")
+    return images
+
+
+def check_strength(strength) -> float:
+    return number_in_range(strength, "strength", 0, 1, hint=" (0 keeps the image, 1 ignores it)")
+
+
+def check_sweep(preset, guidance_scales) -> tuple[float, ...]:
+    """The guidance sweep's list: 1 to 8 valid guidance scales ("1, 2, 4" or a list)."""
+    if isinstance(guidance_scales, str):
+        guidance_scales = [p for p in guidance_scales.replace(";", ",").split(",") if p.strip()]
+    values = []
+    for g in guidance_scales:
+        try:
+            values.append(float(g))
+        except (TypeError, ValueError):
+            raise UserError(f"The guidance list must be numbers separated by commas, like 1, 2, 4, 12; "
+                            f"got {g!r}.") from None
+    if not 1 <= len(values) <= MAX_SWEEP:
+        raise UserError(f"Give between 1 and {MAX_SWEEP} guidance scales, got {len(values)}.")
+    return tuple(check_guidance(preset, g) for g in values)
+
+
+def check_scheduler(name) -> str:
+    if name not in SCHEDULER_NAMES:
+        raise UserError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
+    return name
+
+
+def parse_pair(value, name: str, default: tuple[int, int] | None, *, lowest: int = 1) -> tuple[int, int] | None:
+    """A pair given as "W,H" / "x,y", "WxH", [a, b] or one number n (= n, n); empty -> ``default``.
+
+    Returned in the order written (first, second). SDXL's diffusers arguments
+    are (height, width) and (top, left): ``check_micro_conditioning`` swaps them.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        parts = [value, value]
+    elif isinstance(value, str):
+        parts = [p for p in value.replace("x", ",").replace("X", ",").replace(";", ",").split(",")]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise UserError(f"{name} must be two numbers like \"1024,1024\", got {value!r}.")
+    if len(parts) != 2:
+        raise UserError(f"{name} must be two numbers like \"1024,1024\", got {value!r}.")
+    try:
+        pair = tuple(whole_number(str(p).strip(), name) for p in parts)
+    except UserError:
+        raise UserError(f"{name} must be two whole numbers like \"1024,1024\", got {value!r}.") from None
+    if min(pair) < lowest or max(pair) > 16384:
+        raise UserError(f"{name} values must be between {lowest} and 16384, got {value!r}.")
+    return pair
+
+
+def check_micro_conditioning(width: int, height: int, inputs: dict) -> dict:
+    """SDXL's size and crop conditions from "W,H" / "x,y" inputs, in diffusers' order.
+
+    diffusers takes ``original_size`` and ``target_size`` as (height, width) and
+    ``crops_coords_top_left`` as (top, left), i.e. (y, x): we swap here so the
+    UI can speak in the usual W,H and x,y. Defaults are diffusers': both sizes
+    (height, width) of the image being made, crop (0, 0). Negative ones default
+    to None: the same as the positive ones. (diffusers uses the negative ones
+    only when both negative sizes are given, with a (0, 0) negative crop by
+    default; we fill each empty one from its positive one instead.)
+    """
+    defaults = {"original_size": (width, height), "crops_coords_top_left": (0, 0), "target_size": (width, height)}
+    out = {}
+    for name in MICRO_CONDITIONS:
+        lowest = 0 if name.endswith("crops_coords_top_left") else 1
+        pair = parse_pair(inputs.get(name), name, defaults.get(name), lowest=lowest)
+        out[name] = None if pair is None else (pair[1], pair[0])
+    return out
+
+
+def parse_colour(value) -> torch.Tensor:
+    """"#RRGGBB", "#RGB", "rgb(r, g, b)" or an (r, g, b) tuple of 0-255 numbers -> tensor [3] in [0, 1]."""
+    message = f"Colour must look like #ff8800, got {value!r}."
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return torch.tensor([float(v) / 255 for v in value], dtype=torch.float32)
+    if not isinstance(value, str):
+        raise UserError(message)
+    text = value.strip()
+    if text.startswith("rgb"):
+        parts = text[text.index("(") + 1:text.rindex(")")].split(",")[:3]
+        return torch.tensor([float(p) / 255 for p in parts], dtype=torch.float32)
+    text = text.lstrip("#")
+    if len(text) == 3:
+        text = "".join(c * 2 for c in text)
+    if len(text) != 6:
+        raise UserError(message)
+    try:
+        return torch.tensor([int(text[k:k + 2], 16) / 255 for k in (0, 2, 4)], dtype=torch.float32)
+    except ValueError:
+        raise UserError(message) from None
+
+
+def check_colour(colour, colour_scale, colour_every) -> ColourGuidance | None:
+    """Colour guidance settings, or None when off (no colour, or scale 0)."""
+    try:
+        scale = float(colour_scale or 0.0)
+    except (TypeError, ValueError):
+        raise UserError(f"colour_scale must be a number, got {colour_scale!r}.") from None
+    if not colour or scale == 0:
+        return None
+    if not (math.isfinite(scale) and 0 < scale <= 10000):
+        raise UserError(f"colour_scale must be between 0 and 10000, got {colour_scale!r}.")
+    every = whole_number(colour_every, "colour_every")
+    if every < 1:
+        raise UserError(f"colour_every must be 1 or more, got {every}.")
+    return ColourGuidance(target_rgb=parse_colour(colour), scale=scale, every=every)
+
+
+def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_GUIDANCE,
+                 num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT, seed=0, width=512, height=512, num_images=1,
+                 image=None, strength=None, colour=None, colour_scale=0.0, colour_every=5, preview_every=1,
+                 guidance_scales=None, **micro_conditioning) -> Request:
+    """Check every input of a text-to-image (or img2img, or sweep) request and return it as a ``Request``.
+
+    Raises ``UserError`` naming the first bad value. ``micro_conditioning``
+    takes the names in ``MICRO_CONDITIONS`` (SDXL only; "W,H" and "x,y" text).
+    A prompt over 77 tokens is not an error: ``encode_prompt`` cuts it and warns.
+    """
+    unknown = set(micro_conditioning) - set(MICRO_CONDITIONS)
+    if unknown:
+        raise TypeError(f"make_request() got unexpected arguments {sorted(unknown)}")
+    if not isinstance(prompt, str):
+        raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
+    negative_prompt = check_text(negative_prompt, "negative_prompt")
+    width, height = check_side(preset, width, "width"), check_side(preset, height, "height")
+    steps = check_steps(preset, num_inference_steps)
+    guidance = check_guidance(preset, guidance_scale)
+    images, seed = check_num_images(num_images), check_seed(seed)
+    strength = check_strength(strength) if image is not None else None
+    scheduler = check_scheduler(scheduler)
+    scales = (guidance,) if guidance_scales is None else check_sweep(preset, guidance_scales)
+    micro = check_micro_conditioning(width, height, micro_conditioning) if preset.kind == "sdxl" else None
+    return Request(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance, num_inference_steps=steps,
+                   width=width, height=height, num_images=images, seed=seed, scheduler=scheduler,
+                   guidance_scales=scales, micro_conditioning=micro, image=image, strength=strength,
+                   colour=check_colour(colour, colour_scale, colour_every), preview_every=int(preview_every or 0))
