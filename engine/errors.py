@@ -50,9 +50,14 @@ def number_in_range(value, name: str, low: float, high: float, hint: str = "") -
     return number
 
 
+def whole_number_in_range(value, name: str, low: int, high: int, where: str = "") -> int:
+    """``whole_number`` within [low, high]; the message names ``name`` (and ``where``, e.g. " for 'SD 1.5'")."""
+    number = whole_number(value, name)
+    if not low <= number <= high:
+        raise UserError(f"{name} must be between {low} and {high}{where}, got {number}.")
+    return number
+
+
 def check_seed(seed) -> int:
     """A seed as an int in 0 .. 2**32 - 1; a ``UserError`` for anything else (no silent wrapping)."""
-    value = whole_number(seed, "seed")
-    if not 0 <= value <= MAX_SEED:
-        raise UserError(f"seed must be between 0 and {MAX_SEED}, got {value}.")
-    return value
+    return whole_number_in_range(seed, "seed", 0, MAX_SEED)

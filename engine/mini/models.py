@@ -50,25 +50,27 @@ LATENT_CHANNELS = 4
 BOS, EOS = 49406, 49407
 VOCAB_SIZE = 49408
 
+def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) -> dict:
+    """One size's configs from compact tuples: text (width, mlp, layers, heads), text_2 (the same +
+    projection), vae (block channels, norm groups), unet (block channels, head dim, norm groups, time-id
+    embedding width), tower (image tower width, embedding width)."""
+    def clip(width, mlp, layers, heads):
+        return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
+
+    return dict(
+        text=clip(*text), text_2=dict(clip(*text_2[:4]), projection_dim=text_2[4]),
+        vae=dict(block_out_channels=vae[0], layers_per_block=1, norm_num_groups=vae[1]),
+        unet=dict(block_out_channels=unet[0], layers_per_block=1, attention_head_dim=unet[1],
+                  norm_num_groups=unet[2], addition_time_embed_dim=unet[3]),
+        image_tower=dict(width=tower[0], embed_dim=tower[1]),
+    )
+
+
 SIZES: dict[str, dict] = {
-    "full": dict(
-        text=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
-        text_2=dict(hidden_size=96, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                    projection_dim=96),
-        vae=dict(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=16),
-        unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=4,
-                  norm_num_groups=32, addition_time_embed_dim=32),
-        image_tower=dict(width=32, embed_dim=64),
-    ),
-    "smoke": dict(
-        text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
-        text_2=dict(hidden_size=24, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
-                    projection_dim=24),
-        vae=dict(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4),
-        unet=dict(block_out_channels=(16, 32, 32), layers_per_block=1, attention_head_dim=2,
-                  norm_num_groups=8, addition_time_embed_dim=8),
-        image_tower=dict(width=8, embed_dim=16),
-    ),
+    "full": _sizes(text=(64, 256, 4, 4), text_2=(96, 384, 4, 4, 96), vae=((16, 32, 64, 64), 16),
+                   unet=((64, 128, 128), 4, 32, 32), tower=(32, 64)),
+    "smoke": _sizes(text=(16, 32, 1, 2), text_2=(24, 48, 1, 2, 24), vae=((8, 8, 16, 16), 4),
+                    unet=((16, 32, 32), 2, 8, 8), tower=(8, 16)),
 }
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.errors import UserError, check_seed, number_in_range, whole_number
+from engine.errors import UserError, check_seed, number_in_range, whole_number, whole_number_in_range
 from engine.presets import default_size, presets_for
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
 
@@ -159,18 +159,12 @@ def check_text(value, name: str) -> str:
 
 
 def check_steps(preset, num_inference_steps) -> int:
-    steps = whole_number(num_inference_steps, "num_inference_steps")
-    top = max_steps(preset)
-    if not 1 <= steps <= top:
-        raise UserError(f"num_inference_steps must be between 1 and {top} for '{preset.name}', got {steps}.")
-    return steps
+    return whole_number_in_range(num_inference_steps, "num_inference_steps", 1, max_steps(preset),
+                                 f" for '{preset.name}'")
 
 
 def check_num_images(num_images) -> int:
-    images = whole_number(num_images, "num_images")
-    if not 1 <= images <= MAX_IMAGES:
-        raise UserError(f"num_images must be between 1 and {MAX_IMAGES}, got {images}.")
-    return images
+    return whole_number_in_range(num_images, "num_images", 1, MAX_IMAGES)
 
 
 def check_strength(strength) -> float:
