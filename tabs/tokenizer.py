@@ -6,7 +6,7 @@ import html
 
 import gradio as gr
 
-from engine import tokenizer as engine
+from engine import tokenizer as tokenizer_engine
 from tabs.common import user_errors
 
 EXAMPLES = [
@@ -94,7 +94,7 @@ def shapes_markdown(view: dict) -> str:
 @user_errors
 def tokenize(prompt: str, tokenizer: str):
     """Event handler: returns the chips, the summary, the shapes, the round trip and the JSON."""
-    view = engine.tokenize(prompt, tokenizer)
+    view = tokenizer_engine.tokenize(prompt, tokenizer)
     return chips_html(view), summary_markdown(view), shapes_markdown(view), view["decoded"], view
 
 
@@ -106,7 +106,7 @@ def build() -> None:
         "each with an id in a 49,408-entry vocabulary, between `<|startoftext|>` (49406) and "
         "`<|endoftext|>` (49407), and pads or cuts it to a 77-token window."
     )
-    names = engine.tokenizer_names()
+    names = tokenizer_engine.tokenizer_names()
     with gr.Row():
         prompt = gr.Textbox(label="Prompt", value="A photograph of a puppy", lines=2, scale=3,
                             placeholder="Type a prompt…")

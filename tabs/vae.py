@@ -14,7 +14,7 @@ import gradio as gr
 
 from engine import loader
 from engine import figures
-from engine import vae as engine
+from engine import vae as vae_engine
 from engine.images import open_image
 from engine.errors import UserError
 from engine.presets import default_size, get_preset, presets_for
@@ -52,7 +52,7 @@ def vae_choices() -> list[str]:
 def size_for(name: str | None) -> int:
     """The size the VAE preset called ``name`` suggests; 512 for an unknown name."""
     try:
-        return default_size(get_preset(name, "vae"), allowed=engine.SIZES)
+        return default_size(get_preset(name, "vae"), allowed=vae_engine.SIZES)
     except UserError:
         return 512
 
@@ -91,12 +91,12 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
     if not vae:
         raise UserError("Choose a VAE first.")
     model = loader.load(vae, "vae")
-    result = engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=seed_from_box(seed))
+    result = vae_engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=seed_from_box(seed))
     numbers = {"vae": vae, **result.numbers, "notes": notes + result.numbers["notes"]}
     state = {"vae": vae, "latent": result.latent, "image": result.image}
     return (
         result.reconstruction,
-        engine.channel_images(result.latent),
+        vae_engine.channel_images(result.latent),
         numbers,
         result.image,
         figures.difference_heatmap(result.image, result.reconstruction, float(gain)),
@@ -113,7 +113,7 @@ def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
     if not state:
         raise UserError("Run the round trip first: the noise is added to its latent.")
     model = loader.load(state["vae"], "vae")
-    return engine.unet_view(state["latent"], state["image"], model, timestep, seed_from_box(seed))
+    return vae_engine.unet_view(state["latent"], state["image"], model, timestep, seed_from_box(seed))
 
 
 def _output_image(label: str, height: int | None = None, elem_id: str | None = None) -> gr.Image:
@@ -135,7 +135,7 @@ def build() -> None:
         with gr.Column(scale=1):
             vae = gr.Dropdown(choices, value=choices[0] if choices else None, label="VAE",
                               info="Local models first; hub ones download on first use.")
-            size = gr.Radio(list(engine.SIZES), value=size_for(choices[0] if choices else None),
+            size = gr.Radio(list(vae_engine.SIZES), value=size_for(choices[0] if choices else None),
                             label="Size (short side, pixels)",
                             info="Choosing a VAE picks the size it was trained at (64 for the mini VAE).")
             fit = gr.Radio([("Centre-crop to a multiple of 8", "crop"), ("Keep the aspect ratio, pad with white", "pad")],
@@ -160,7 +160,7 @@ def build() -> None:
     numbers = gr.JSON(label="Numbers (the /vae_roundtrip API returns this)", height=360, elem_id="vae-numbers")
 
     gr.Markdown(UNET_INTRO)
-    timestep = gr.Slider(0, engine.NUM_TRAIN_TIMESTEPS - 1, value=250, step=1, label="Timestep t")
+    timestep = gr.Slider(0, vae_engine.NUM_TRAIN_TIMESTEPS - 1, value=250, step=1, label="Timestep t")
     with gr.Row():
         noisy_latent = _output_image("Noisy latent, decoded", elem_id="vae-noisy-latent")
         noisy_pixels = _output_image("Same noise level in pixel space", elem_id="vae-noisy-pixels")
