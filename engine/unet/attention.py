@@ -42,6 +42,10 @@ recorded.
 
 The shared UNet is modified for the duration of the ``with`` block: the app's
 compute queue runs one job at a time, so no other request sees the recorder.
+At the recorded steps an ``attn2`` layer runs plain attention: a processor
+with more to it (IP-Adapter's extra image keys) would not be reproduced. On a
+ZeroGPU Space the recording and ``summarize`` must run in the same GPU worker
+as the loop, i.e. ``attention_maps`` itself needs the ``spaces.GPU`` wrapper.
 
 Shapes: h, w = the latent's height and width (image / 8); T = 77 token
 positions; maps are non-negative float tensors.
@@ -102,8 +106,8 @@ def select_steps(steps, num_steps: int | None) -> range:
         if num_steps is None:
             raise ValueError(f"steps={steps!r} needs the number of steps (num_steps).")
         a, b = STEP_RANGES[key]
-        start = int(round(a * num_steps))
-        return range(start, max(start + 1, int(round(b * num_steps))))
+        start = round(a * num_steps)
+        return range(start, max(start + 1, round(b * num_steps)))
     if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
         steps = (int(steps), int(steps) + 1)
     if (not isinstance(steps, (tuple, list)) or len(steps) != 2
@@ -234,7 +238,7 @@ class RecordingAttnProcessor:
     """The processor of one ``attn2`` layer while recording: the explicit attention (and a map for the
     recorder) at the selected steps, else the layer's ``original`` processor, unchanged."""
 
-    def __init__(self, recorder: "CrossAttentionRecorder", name: str, original):
+    def __init__(self, recorder: CrossAttentionRecorder, name: str, original):
         self.recorder, self.name, self.original = recorder, name, original
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,

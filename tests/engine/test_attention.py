@@ -70,7 +70,7 @@ def processor_types(unet) -> dict:
 
 
 def test_attention_with_probs_matches_default_processor_and_rows_sum_to_one(kind_pipe):
-    kind, pipe = kind_pipe
+    _, pipe = kind_pipe
     name = A.cross_attention_layers(pipe.unet)[0]
     attn = pipe.unet.get_submodule(name)
     g = torch.Generator().manual_seed(1)
@@ -206,7 +206,7 @@ def test_bad_selections_are_refused_before_running(kind_pipe):
 
 def test_select_steps_and_snapshots():
     assert A.select_steps("all", 26) == range(26)
-    assert A.select_steps("first third", 26) == range(0, 9)
+    assert A.select_steps("first third", 26) == range(9)
     assert A.select_steps("last third", 26) == range(17, 26)
     assert A.select_steps(5, 26) == range(5, 6)
     assert A.snapshot_steps(range(26)) == [0, 5, 10, 15, 20, 25]
@@ -223,11 +223,11 @@ def test_processors_restored_after_an_error(kind_pipe):
     kind, pipe = kind_pipe
     originals = pipe.unet.attn_processors
     args, kwargs = unet_inputs(pipe, kind)
-    with pytest.raises(RuntimeError, match="boom"):
-        with torch.no_grad(), A.record_cross_attention(pipe.unet) as recorder:
-            inside = processor_types(pipe.unet)
-            pipe.unet(*args, **kwargs)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), torch.no_grad(), \
+            A.record_cross_attention(pipe.unet) as recorder:
+        inside = processor_types(pipe.unet)
+        pipe.unet(*args, **kwargs)
+        raise RuntimeError("boom")
     assert recorder.calls == 1
     assert all(inside[k] == "RecordingAttnProcessor" for k in inside if "attn2" in k)
     assert all(inside[k] == type(originals[k]).__name__ for k in inside if "attn1" in k)
@@ -239,9 +239,9 @@ def test_processors_restored_after_an_error(kind_pipe):
 def test_batch_that_fits_no_guidance_layout_is_refused(kind_pipe):
     kind, pipe = kind_pipe
     args, kwargs = unet_inputs(pipe, kind, batch=3)
-    with pytest.raises(ValueError, match="batch of 3"):
-        with torch.no_grad(), A.record_cross_attention(pipe.unet, num_images=1):
-            pipe.unet(*args, **kwargs)
+    with pytest.raises(ValueError, match="batch of 3"), torch.no_grad(), \
+            A.record_cross_attention(pipe.unet, num_images=1):
+        pipe.unet(*args, **kwargs)
     assert "Recording" not in str(processor_types(pipe.unet))
 
 
