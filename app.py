@@ -12,13 +12,13 @@ import os
 import gradio as gr
 
 from engine.device import setup_cpu
-from tabs import class_conditional, status, text_to_image, tokenizer, vae
+from tabs import class_conditional, status, text_to_image, tokenizer, unet, vae
 
 TITLE = "Stable Diffusion Explorer"
 INTRO = """# Stable Diffusion Explorer
 See how Stable Diffusion works, one component at a time: a class-conditional diffusion model,
 the full text-to-image loop with classifier-free guidance, the VAE that compresses images into latents,
-and the CLIP tokenizer that turns prompts into token ids."""
+the CLIP tokenizer that turns prompts into token ids, and the UNet inside the loop."""
 
 setup_cpu()
 
@@ -33,6 +33,8 @@ with gr.Blocks(title=TITLE) as demo:
             vae.build()
         with gr.Tab("Tokenizer", id="tokenizer"):
             tokenizer.build()
+        with gr.Tab("Inside the UNet", id="unet"):
+            unet.build()
     status.build()
 
 demo.queue(max_size=int(os.environ.get("EXPLORER_QUEUE_SIZE", "32")))
