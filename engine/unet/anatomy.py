@@ -47,6 +47,8 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
+from engine.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "assets" / "configs"
 CONFIG_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
@@ -81,12 +83,12 @@ def shipped_config(folder: str, part: str) -> dict:
     """A published config from ``assets/configs/<folder>/<part>.json`` (folder "sd15" or "sdxl-base")."""
     folders = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
     if folder not in folders:
-        raise ValueError(f"No shipped configs called {folder!r}. Choose one of: {', '.join(folders)}.")
+        raise UserError(f"No shipped configs called {folder!r}. Choose one of: {', '.join(folders)}.")
     if part not in CONFIG_PARTS:
-        raise ValueError(f"Unknown model part {part!r}. Choose one of: {', '.join(CONFIG_PARTS)}.")
+        raise UserError(f"Unknown model part {part!r}. Choose one of: {', '.join(CONFIG_PARTS)}.")
     path = CONFIG_DIR / folder / f"{part}.json"
     if not path.is_file():
-        raise ValueError(f"The shipped {folder} configs have no {part} (no {path.name}).")
+        raise UserError(f"The shipped {folder} configs have no {part} (no {path.name}).")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -99,7 +101,7 @@ def _pipeline_preset(preset_name: str):
         if preset.name == preset_name:
             return preset
     choices = ", ".join(repr(p.name) for p in presets) or "none"
-    raise ValueError(f"Unknown model {preset_name!r}. Choose one of: {choices}.")
+    raise UserError(f"Unknown model {preset_name!r}. Choose one of: {choices}.")
 
 
 def preset_config(preset_name: str, part: str = "unet") -> dict:
@@ -114,12 +116,12 @@ def preset_config(preset_name: str, part: str = "unet") -> dict:
         folder = HUB_CONFIGS.get(preset.repo)
         if folder is None:
             known = ", ".join(sorted(HUB_CONFIGS))
-            raise ValueError(f"No shipped config for '{preset.name}' (hub repo '{preset.repo}'); "
+            raise UserError(f"No shipped config for '{preset.name}' (hub repo '{preset.repo}'); "
                              f"configs are shipped for: {known}.")
         return shipped_config(folder, part)
     path = Path(preset.path) / part / "config.json"
     if not path.is_file():
-        raise ValueError(f"'{preset.name}' has no {part}/config.json in its folder.")
+        raise UserError(f"'{preset.name}' has no {part}/config.json in its folder.")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -140,32 +142,32 @@ def vae_scale_factor_for(preset_name: str) -> int:
 def check_image_size(width, height, vae_scale_factor: int = 8) -> tuple[int, int]:
     """Width and height as ints: multiples of 8 (and of the VAE factor), from 64 to 2048 pixels."""
     if isinstance(vae_scale_factor, bool) or not isinstance(vae_scale_factor, int) or vae_scale_factor < 1:
-        raise ValueError(f"vae_scale_factor must be a positive whole number, got {vae_scale_factor!r}.")
+        raise UserError(f"vae_scale_factor must be a positive whole number, got {vae_scale_factor!r}.")
     sides = []
     for name, value in (("width", width), ("height", height)):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be a whole number of pixels, got {value!r}.")
+            raise UserError(f"{name} must be a whole number of pixels, got {value!r}.")
         if value % 8 or value % vae_scale_factor:
             step = max(8, vae_scale_factor)
-            raise ValueError(f"{name} must be a multiple of {step} (the VAE downsamples by {vae_scale_factor}), "
+            raise UserError(f"{name} must be a multiple of {step} (the VAE downsamples by {vae_scale_factor}), "
                              f"got {value}.")
         if not MIN_SIDE <= value <= MAX_SIDE:
-            raise ValueError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {value}.")
+            raise UserError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {value}.")
         sides.append(value)
     return sides[0], sides[1]
 
 
 def _check_unet_config(config: dict) -> None:
     if not isinstance(config, dict):
-        raise ValueError(f"A UNet config must be a dict, got {type(config).__name__}.")
+        raise UserError(f"A UNet config must be a dict, got {type(config).__name__}.")
     name = config.get("_class_name", "UNet2DConditionModel")
     if name != "UNet2DConditionModel":
-        raise ValueError(f"Expected a UNet2DConditionModel config, got {name!r}.")
+        raise UserError(f"Expected a UNet2DConditionModel config, got {name!r}.")
     if config.get("addition_embed_type") not in (None, "text_time"):
-        raise ValueError(f"addition_embed_type {config['addition_embed_type']!r} is not supported "
+        raise UserError(f"addition_embed_type {config['addition_embed_type']!r} is not supported "
                          "(SD's None or SDXL's 'text_time').")
     if not isinstance(config.get("cross_attention_dim", 1280), int):
-        raise ValueError("Only configs with one cross_attention_dim for all blocks are supported.")
+        raise UserError("Only configs with one cross_attention_dim for all blocks are supported.")
 
 
 def build_unet_on_meta(config: dict) -> UNet2DConditionModel:
