@@ -163,15 +163,6 @@ def high_frequency_energy(pictures: torch.Tensor) -> float:
     return float(F.conv2d(grey, laplacian).pow(2).mean())
 
 
-def centroids(pictures: torch.Tensor) -> torch.Tensor:
-    """The ink-weighted centre (row, column) [N, 2] of each picture's item, in pixels."""
-    w = measure.ink(pictures)[:, 0]
-    rows = torch.arange(w.shape[1], dtype=torch.float32).view(1, -1, 1)
-    cols = torch.arange(w.shape[2], dtype=torch.float32).view(1, 1, -1)
-    total = w.sum((1, 2)).clamp_min(1e-6)
-    return torch.stack([(w * rows).sum((1, 2)) / total, (w * cols).sum((1, 2)) / total], dim=1)
-
-
 def grid_prompts() -> list[tuple[int, str, str]]:
     """(class, colour, prompt) for every class and colour: "a red ankle boot", "blue trousers"..."""
     return [(label, colour, cf.prompt_for(label, colour)) for label in range(10) for colour in cf.COLOUR_NAMES]
@@ -199,6 +190,40 @@ def class_and_colour(gen: Generator, judge, args, guidance_scale: float, desc: s
     return out
 
 
+def positioned_prompts(per_place: int = 8) -> list[tuple[int, str, str, str]]:
+    """(class, colour, place, prompt) for every place, ``per_place`` class/colour pairs each, cycling through
+    the classes and colours: "a red sneaker on the left", "blue trousers in the top right corner"..."""
+    out = []
+    for p, place in enumerate(cf.PLACE_NAMES):
+        for k in range(per_place):
+            label, colour = (p + 3 * k) % 10, cf.COLOUR_NAMES[(p + k) % len(cf.COLOUR_NAMES)]
+            out.append((label, colour, place, cf.positioned_prompt_for(label, colour, place)))
+    return out
+
+
+def positioned(gen: Generator, judge, args, per_place: int = 8, per_prompt: int = 2) -> dict:
+    """Position accuracy (the item's ink centroid in the named region: a half, a quadrant, or the middle),
+    and class fidelity and colour accuracy on the same images, the judge reading a crop around the item."""
+    asked, images = [], []
+    for i, (label, colour, place, prompt) in enumerate(tqdm(positioned_prompts(per_place), desc=f"{gen.kind} placed",
+                                                             mininterval=10, file=sys.stdout)):
+        images.append(gen(prompt, seed=args.seed + i, n=per_prompt, guidance_scale=args.guidance, steps=args.steps))
+        asked += [(label, colour, place)] * per_prompt
+    images = torch.cat(images)
+    hits = [measure.in_place(place, c) for (_, _, place), c in zip(asked, measure.ink_centroids(images))]
+    per_place_hits = {place: float(np.mean([h for h, a in zip(hits, asked) if a[2] == place]))
+                      for place in cf.PLACE_NAMES}
+    out = {"images": len(images), "position_accuracy": float(np.mean(hits)), "position_accuracy_per_place":
+           {k: round(v, 3) for k, v in per_place_hits.items()},
+           "colour_accuracy": float(np.mean([a[1] == b for a, b in zip(asked, measure.item_colours(images))]))}
+    if judge is not None:
+        from engine.fashion.judge import judge_images
+
+        found, _ = judge_images(judge, measure.to_judge_grey(images, measure.find_item_boxes(images)))
+        out["class_fidelity_on_crop"] = float((found == torch.tensor([a[0] for a in asked])).float().mean())
+    return out
+
+
 def negative_prompt_effect(gen: Generator, args, n_seeds: int = 8) -> dict:
     """Share of red items for "a sneaker", without and with the negative prompt "red" (same seeds)."""
     shares = {}
@@ -223,8 +248,8 @@ def micro_conditioning_effect(gen: Generator, args, n_prompts: int = 16) -> dict
     small = batch(original_size=(16, 16))
     cropped = batch(crops_coords_top_left=(16, 16))
     energy_64, energy_16 = high_frequency_energy(base), high_frequency_energy(small)
-    shift = (centroids(cropped) - centroids(base)).norm(dim=1)
-    mean_shift = (centroids(cropped) - centroids(base)).mean(0)
+    move = measure.ink_centroids(cropped, 0.0) - measure.ink_centroids(base, 0.0)
+    shift, mean_shift = move.norm(dim=1), move.mean(0)
     return {"high_frequency_energy_64": energy_64, "high_frequency_energy_16": energy_16,
             "high_frequency_cut": 1 - energy_16 / energy_64, "centroid_shift_px": float(shift.mean()),
             "mean_centroid_move_rows_cols_px": [round(float(v), 2) for v in mean_shift], "images_each": len(base)}
@@ -270,6 +295,7 @@ def evaluate(kind: str, path: Path, judge, args) -> dict:
                                              args.per_prompt)
     result["sweep"] = {f"{g:g}": class_and_colour(gen, judge, args, g, f"{kind} g={g:g}", args.sweep_per_prompt)
                        for g in sweep_scales(args)}
+    result["positioned"] = positioned(gen, judge, args)
     result["negative_prompt_red"] = negative_prompt_effect(gen, args)
     if kind == "sdxl":
         result["micro_conditioning"] = micro_conditioning_effect(gen, args)

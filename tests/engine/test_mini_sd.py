@@ -275,10 +275,27 @@ def test_shipped_pipeline_draws_the_asked_class(kind):
         assert found.count(colour) >= 0.7 * len(found), (label, colour, found)
 
 
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_shipped_pipeline_puts_the_item_where_the_prompt_says(kind):
+    """Position words: for two positioned prompts, most of 8 images have their item in the named half."""
+    from engine.mini import data as cf
+    from engine.mini import measure
+
+    pipe = ms.load_pipeline(_shipped(kind))
+    for label, colour, place in ((7, "red", "left"), (8, "blue", "right")):
+        images = _diffusers_images(pipe, prompt=cf.positioned_prompt_for(label, colour, place),
+                                   guidance_scale=_default_guidance(kind), num_inference_steps=25, seed=label,
+                                   num_images=8)
+        hits = [measure.in_place(place, c) for c in measure.ink_centroids(images)]
+        assert sum(hits) >= 5, (place, measure.ink_centroids(images).tolist())
+
+
 def test_shipped_sdxl_micro_conditioning_has_the_right_sign():
     """original_size (16, 16) blurs (less high-frequency energy); crop (16, 16) moves the item up and left."""
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
-    from eval_mini_sd import centroids, high_frequency_energy
+    from eval_mini_sd import high_frequency_energy
+
+    from engine.mini.measure import ink_centroids
 
     pipe = ms.load_pipeline(_shipped("sdxl"))
     request = dict(prompt="a purple dress", guidance_scale=_default_guidance("sdxl"), num_inference_steps=25, seed=0,
@@ -287,7 +304,7 @@ def test_shipped_sdxl_micro_conditioning_has_the_right_sign():
     blurry = _diffusers_images(pipe, **request, original_size=(16, 16))
     cropped = _diffusers_images(pipe, **request, crops_coords_top_left=(16, 16))
     assert high_frequency_energy(blurry) < high_frequency_energy(base)
-    move = (centroids(cropped) - centroids(base)).mean(0)
+    move = (ink_centroids(cropped, 0.0) - ink_centroids(base, 0.0)).mean(0)
     assert float(move[0]) < 0 and float(move[1]) < 0  # rows and columns: up and left
 
 
