@@ -11,6 +11,7 @@ import os
 
 import gradio as gr
 
+from engine import loader
 from engine.device import setup_cpu
 from tabs import class_conditional, status, text_to_image, tokenizer, unet, vae
 
@@ -21,6 +22,10 @@ the full text-to-image loop with classifier-free guidance, the VAE that compress
 the CLIP tokenizer that turns prompts into token ids, and the UNet inside the loop."""
 
 setup_cpu()
+# EXPLORER_PRELOAD="SD 1.5,SDXL base 1.0": load those presets now, in the main thread, onto the best device
+# (ZeroGPU's pattern: weights at module level, never inside a spaces.GPU call). Unknown names are logged.
+for note in loader.preload(os.environ.get("EXPLORER_PRELOAD")):
+    print(note, flush=True)
 
 with gr.Blocks(title=TITLE) as demo:
     gr.Markdown(INTRO)

@@ -282,3 +282,32 @@ def clear() -> None:
         _models.clear()
         _key_locks.clear()
         load_count.clear()
+
+
+def preload(names: str | None) -> list[str]:
+    """Load the presets named in ``names`` (comma-separated, as ``EXPLORER_PRELOAD``) now, onto the best device.
+
+    Spaces (ZeroGPU included) want weights loaded at start-up, at module level in
+    the main thread, not inside a ``spaces.GPU`` call. Returns one line per name
+    for the log: loaded in how long, or why not (an unknown name, or a model that
+    cannot load). Nothing raises, so the app serves either way.
+    """
+    from engine.presets import all_presets
+
+    notes = []
+    by_name = {p.name: p for p in all_presets()}
+    for name in (n.strip() for n in (names or "").split(",")):
+        if not name:
+            continue
+        preset = by_name.get(name)
+        if preset is None:
+            notes.append(f"EXPLORER_PRELOAD: unknown preset {name!r}, skipped. Known: {', '.join(sorted(by_name))}.")
+            continue
+        start = time.perf_counter()
+        try:
+            load(preset)
+        except ModelUnavailable as e:
+            notes.append(f"EXPLORER_PRELOAD: {e}")
+            continue
+        notes.append(f"EXPLORER_PRELOAD: loaded '{name}' on {best_device()} in {time.perf_counter() - start:.1f} s.")
+    return notes

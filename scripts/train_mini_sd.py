@@ -95,6 +95,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip-lr", type=float, default=1e-3)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--unet-init", default=None,
+                   help="start the UNets from the ones in this assets folder (DIR/mini-sd/unet, DIR/mini-sdxl/unet) "
+                        "instead of from scratch: a fine-tune, for when the data changed but the VAE did not")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off (plain MSE)")
@@ -518,6 +521,13 @@ def build_pipeline(args, unet, sdxl: bool, device: str):
     return pipe
 
 
+def load_unet_weights(folder: Path) -> dict:
+    """The fp32 state dict of a shipped mini UNet (``--unet-init``): a fine-tune starts from it."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(folder, dtype=torch.float32).state_dict()
+
+
 def train_unet(args, sdxl: bool) -> dict:
     stage = "unet-sdxl" if sdxl else "unet-sd"
     folder = stage_dir(args, stage)
@@ -532,6 +542,8 @@ def train_unet(args, sdxl: bool) -> dict:
 
     torch.manual_seed(args.seed)
     unet = ms.make_unet(args.size, sdxl).to(device)
+    if args.unet_init:
+        unet.load_state_dict(load_unet_weights(Path(args.unet_init) / ("mini-sdxl" if sdxl else "mini-sd") / "unet"))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
     key = frozen_parts_key(args)
@@ -564,6 +576,7 @@ def train_unet(args, sdxl: bool) -> dict:
                                    every={args.checkpoint_every: checkpoint, args.sample_every: grid})
 
     info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
+                initialised_from="the previous shipped UNet (centred items only)" if args.unet_init else "scratch",
                 loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
                 distinct_captions=int(len(table["hidden"])), wall_seconds_last_run=round(time.time() - started))
     ship(args, ema, sdxl)

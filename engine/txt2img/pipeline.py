@@ -50,22 +50,35 @@ def gpu(duration):
     return spaces.GPU(duration=duration)
 
 
+#: Seconds of one UNet step per megapixel of image, with guidance (a batch of 2), on an H100 in fp16:
+#: SD 1.5 at 512x512 (0.26 MP) runs 54.5 it/s and SDXL at 1024x1024 (1.05 MP) 14.9 it/s with stock
+#: diffusers (stable-fast's README, torch 2.1), i.e. 0.070 and 0.064 s per megapixel-step. This project has
+#: not measured a GPU yet (scripts/bench_gpu.py will: replace these with its figures); until then the
+#: published rates stand, with ``GPU_MARGIN`` on top for a slower or shared card and attention's growth.
+SECONDS_PER_MEGAPIXEL_STEP = {"sd": 0.070, "sdxl": 0.064}
+GPU_MARGIN = 3.0
+GPU_FIXED_SECONDS = 15  # moving inputs, the VAE decode, the safety checker, PNG encoding
+GPU_MAX_SECONDS = 300
+
+
 def gpu_seconds(pipe=None, preset=None, *, num_inference_steps=30, width=512, height=512, num_images=1,
                 guidance_scales=None, colour=None, **_) -> int:
     """ZeroGPU time to reserve for one ``text_to_image`` call (``spaces.GPU`` calls it with the same arguments).
 
-    A generous 0.3 s per step and megapixel-image (SDXL at 1024x1024 with
-    guidance runs about 8 steps/s on an H100), plus 20 s for loading and
-    decoding, capped at 300 s; colour guidance decodes and backpropagates
-    through the VAE, so it counts double.
+    ``GPU_FIXED_SECONDS`` + ``GPU_MARGIN`` x the measured rate
+    (``SECONDS_PER_MEGAPIXEL_STEP``) x megapixels x steps x images x runs,
+    capped at ``GPU_MAX_SECONDS``; colour guidance decodes and backpropagates
+    through the VAE at every guided step, so it counts double. Monotone in
+    steps and pixels.
     """
     try:
-        megapixels = max(0.25, float(width) * float(height) / 1024**2)
+        megapixels = max(0.25, float(width) * float(height) / 1e6)
         runs = len(guidance_scales) if guidance_scales else 1
         work = float(num_inference_steps) * megapixels * float(num_images) * runs * (2 if colour else 1)
     except (TypeError, ValueError):
         return 60  # bad input: make_request will say why, quickly
-    return int(min(300, 20 + 0.3 * work))
+    rate = SECONDS_PER_MEGAPIXEL_STEP.get(getattr(preset, "kind", "sdxl"), max(SECONDS_PER_MEGAPIXEL_STEP.values()))
+    return int(min(GPU_MAX_SECONDS, GPU_FIXED_SECONDS + GPU_MARGIN * rate * work))
 
 
 def _oom_message(request: Request) -> str:
