@@ -208,11 +208,13 @@ def build() -> None:
             guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=2.0, step=0.5, label="Guidance scale",
                                  info="1 = no guidance (one model call per step); above 1, two calls per step.")
             with gr.Row():
-                seed = gr.Number(value=42, label="Seed", info="Any whole number; reduced modulo 2³².")
+                seed = gr.Number(value=42, label="Seed", info="A whole number from 0 to 4294967295.")
                 randomize = gr.Checkbox(value=False, label="Randomize seed")
             model = gr.Dropdown(choices, value=default_unet(), label="Model",
                                 info="Defaults to the model that suits this device.")
-            run = gr.Button("Generate", variant="primary", elem_id="fashion-generate")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="fashion-generate", scale=3)
+                stop = gr.Button("Stop", variant="stop", elem_id="fashion-stop", scale=1)
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain", format="png",
                                  elem_id="fashion-samples")
@@ -222,8 +224,10 @@ def build() -> None:
             info = gr.JSON(label="Run", elem_id="fashion-info")
 
     inputs = [label, count, sampler, steps, guidance, seed, randomize, model]
-    run.click(sample_fashion, inputs, [gallery, trajectory, info, generated], api_name="sample_fashion",
-              **COMPUTE).then(show_used_seed, info, seed, api_visibility="private", queue=False)
+    event = run.click(sample_fashion, inputs, [gallery, trajectory, info, generated], api_name="sample_fashion",
+                      **COMPUTE)
+    event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
+    stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
     sampler.change(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
     gr.Examples(
         examples=[["Sandal", 16, "DPM-Solver++", 20, 2.0, 42], ["Trouser", 16, "DDIM", 50, 2.0, 7],

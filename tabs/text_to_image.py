@@ -280,7 +280,9 @@ def build() -> None:
                     colour = gr.ColorPicker(value="#1f4fd1", label="Target colour")
                     colour_scale = gr.Slider(0, 1000, value=0, step=10, label="Colour loss scale (0 = off)")
                     colour_every = gr.Slider(1, 10, value=5, step=1, label="Every k steps")
-            run = gr.Button("Generate", variant="primary", elem_id="t2i-generate")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", elem_id="t2i-generate", scale=3)
+                stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop", scale=1)
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images (PNG with the generation parameters inside)", format="png",
                                  columns=2, height="auto", interactive=False, elem_id="t2i-gallery")
@@ -312,9 +314,14 @@ def build() -> None:
     event = run.click(generate, inputs, [gallery, info, preview], api_name="generate", preprocess=False,
                       **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
+    # Enter in the prompt box runs the same job; Stop cancels it at the next step and frees the queue.
+    enter = prompt.submit(generate, inputs, [gallery, info, preview], api_visibility="private", preprocess=False,
+                          **COMPUTE)
+    enter.success(show_used_seed, info, seed, api_visibility="private", queue=False)
 
     sweep_inputs = [prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
                     randomize_seed, width, height, original_size, crops_coords_top_left, target_size]
     sweep_event = sweep.click(guidance_sweep, sweep_inputs, [sweep_gallery, sweep_info, sweep_preview],
                               api_name="guidance_sweep", **COMPUTE)
     sweep_event.success(show_used_seed, sweep_info, seed, api_visibility="private", queue=False)
+    stop.click(None, None, None, cancels=[event, enter, sweep_event], api_visibility="private", queue=False)
