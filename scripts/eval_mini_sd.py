@@ -59,7 +59,7 @@ from engine.mini import models as ms  # noqa: E402
 from engine.mini import cards  # noqa: E402
 
 FOLDERS = {"sd": "mini-sd", "sdxl": "mini-sdxl"}
-TARGETS = {"class_fidelity": 0.8, "colour_accuracy": 0.8, "high_frequency_cut": 0.3, "centroid_shift_px": 4.0,
+TARGETS = {"class_fidelity": 0.88, "colour_accuracy": 0.95, "high_frequency_cut": 0.3, "centroid_shift_px": 4.0,
            "seconds_4_images_25_steps": 2.0}
 
 
@@ -78,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--judge", default=None, help="classifier preset name (default: the first 'classifier' preset)")
     p.add_argument("--write-cards", action="store_true", help="write README.md sections and eval.json")
+    p.add_argument("--compare-assets", default=None,
+                   help="an assets folder with the previous mini-sd/ and mini-sdxl/: time them in the same run")
     return p.parse_args(argv)
 
 
@@ -224,6 +226,29 @@ def positioned(gen: Generator, judge, args, per_place: int = 8, per_prompt: int 
     return out
 
 
+def attention_lift(gen: Generator, args, per_place: int = 6) -> dict:
+    """The item word's cross-attention lift (``engine.mini.measure.item_lifts``, the UNet tab's measure):
+    mean over 9 places x ``per_place`` placed prompts (54 at the default) and over 48 centred
+    prompts "a {colour} {item}"; the engine loop runs once per prompt, one image."""
+    from engine.presets import Preset
+
+    preset = Preset(name=f"{FOLDERS[gen.kind]} (eval)", kind=gen.kind, path="/unused",
+                    options={"min_size": 64, "max_size": 256, "default_size": 64})
+    run = dict(guidance_scale=args.guidance, num_inference_steps=args.steps, width=64, height=64)
+    placed = [(label, colour, prompt) for label, colour, _, prompt in positioned_prompts(per_place)]
+    centred = grid_prompts()[:: max(1, len(grid_prompts()) // 48)][:48]
+    out = {}
+    for name, prompts in (("positioned", placed), ("centred", centred)):
+        rows = [measure.item_lifts(gen.pipe, preset, label, colour, prompt, seed=args.seed + i, **run)
+                for i, (label, colour, prompt) in enumerate(tqdm(prompts, desc=f"{gen.kind} lift {name}",
+                                                                 mininterval=10, file=sys.stdout))]
+        rows = [r for r in rows if r is not None]
+        out[name] = {key: round(float(np.mean([r[key] for r in rows])), 3) for key in ("item", "noun", "colour",
+                                                                                       "start", "area")}
+        out[name]["prompts"] = len(rows)
+    return out
+
+
 def negative_prompt_effect(gen: Generator, args, n_seeds: int = 8) -> dict:
     """Share of red items for "a sneaker", without and with the negative prompt "red" (same seeds)."""
     shares = {}
@@ -296,12 +321,17 @@ def evaluate(kind: str, path: Path, judge, args) -> dict:
     result["sweep"] = {f"{g:g}": class_and_colour(gen, judge, args, g, f"{kind} g={g:g}", args.sweep_per_prompt)
                        for g in sweep_scales(args)}
     result["positioned"] = positioned(gen, judge, args)
+    result["attention_lift"] = attention_lift(gen, args)
     result["negative_prompt_red"] = negative_prompt_effect(gen, args)
     if kind == "sdxl":
         result["micro_conditioning"] = micro_conditioning_effect(gen, args)
     result["seconds_4_images_25_steps"] = {backend: round(speed(gen, args), 3)}
     if backend == "engine":
         result["seconds_4_images_25_steps"]["diffusers"] = round(speed(Generator(path, kind, "diffusers"), args), 3)
+    if args.compare_assets:  # the previous models, timed in the same run on the same machine
+        previous = Path(args.compare_assets) / FOLDERS[kind]
+        result["seconds_4_images_25_steps"]["previous models"] = round(speed(Generator(previous, kind, backend),
+                                                                             args), 3)
     return result
 
 
@@ -326,9 +356,9 @@ def markdown(result: dict, refs: dict) -> str:
     rows = [
         "| measure | value | target | met |",
         "|---|---|---|---|",
-        f"| class fidelity, guidance {result['guidance']:g} ({g['images']} images) | {pct(fid)} | >= 80% | "
+        f"| class fidelity, guidance {result['guidance']:g} ({g['images']} images) | {pct(fid)} | >= 88% | "
         f"{verdict(None if fid is None else fid >= TARGETS['class_fidelity'])} |",
-        f"| colour accuracy (item hue), guidance {result['guidance']:g} | {pct(g['colour_accuracy'])} | >= 80% | "
+        f"| colour accuracy (item hue), guidance {result['guidance']:g} | {pct(g['colour_accuracy'])} | >= 95% | "
         f"{verdict(g['colour_accuracy'] >= TARGETS['colour_accuracy'])} |",
         f"| class fidelity at guidance 1 -> 5 (sweep below) | {pct(fid1)} -> {pct(fid5)} | guidance 1 below 5 | "
         f"{verdict(None if fid5 is None or fid1 is None else fid1 < fid5)} |",
@@ -336,6 +366,22 @@ def markdown(result: dict, refs: dict) -> str:
         f"{pct(neg['without'])} -> {pct(neg['with_negative_red'])} | drops | "
         f"{verdict(neg['with_negative_red'] < neg['without'])} |",
     ]
+    placed, lifts = result.get("positioned"), result.get("attention_lift")
+    if placed:
+        crop = placed.get("class_fidelity_on_crop")
+        rows += [
+            f"| position accuracy, positioned prompts ({placed['images']} images; centroid in the named half, "
+            f"quadrant or middle) | {pct(placed['position_accuracy'])} | >= 90% | "
+            f"{verdict(placed['position_accuracy'] >= 0.9)} |",
+            f"| class fidelity on positioned prompts (judge on a crop around the item) | {pct(crop)} | >= 80% | "
+            f"{verdict(None if crop is None else crop >= 0.8)} |",
+            f"| colour accuracy on positioned prompts | {pct(placed['colour_accuracy'])} | - | - |",
+        ]
+    if lifts:
+        rows += [f"| cross-attention lift of the item word, positioned prompts ({lifts['positioned']['prompts']}) "
+                 f"| {lifts['positioned']['item']:.2f} | >= 2.0 | {verdict(lifts['positioned']['item'] >= 2.0)} |",
+                 f"| the same lift, centred prompts ({lifts['centred']['prompts']}) | {lifts['centred']['item']:.2f} "
+                 "| report | - |"]
     if "micro_conditioning" in result:
         m = result["micro_conditioning"]
         rows += [

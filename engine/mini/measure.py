@@ -114,3 +114,35 @@ def nearest_colour(rgb) -> str:
 def item_colours(pictures: torch.Tensor) -> list[str]:
     """The colour name of each picture's item, by hue (``nearest_colour`` of ``item_rgb``)."""
     return [nearest_colour(rgb) for rgb in item_rgb(pictures)]
+
+
+ITEM_INK = 0.3  # a pixel belongs to the item when its ink is at least this
+
+
+def item_mask(image) -> torch.Tensor:
+    """The item's pixels of a generated picture (PIL RGB): ``ink`` >= ``ITEM_INK``, as a [H, W] float 0/1."""
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    return (ink(pixels)[0, 0] >= ITEM_INK).float()
+
+
+def item_lifts(pipe, preset, label: int, colour: str, prompt: str, **run) -> dict | None:
+    """Cross-attention lift (``engine.unet.attention.lift``) of a prompt's item word on the item it drew.
+
+    Runs ``attention_maps`` once (``run``: its seed, guidance, steps, size). The
+    item's map is its tokens' maps averaged ("ankle boot" is two tokens); also
+    its head noun, the colour word and the start token. None when the picture
+    shows no item. "area" is the item's share of the picture.
+    """
+    from engine.mini.data import CLASS_NOUNS
+    from engine.unet.attention import attention_maps, find_token_positions, lift
+
+    out = attention_maps(pipe, preset, prompt=prompt, **run)
+    mask = item_mask(out["image"])
+    if mask.sum() == 0:
+        return None
+    maps = np.asarray(out["json"]["maps"])
+    singular, plural = CLASS_NOUNS[label][0]
+    item = find_token_positions(pipe.tokenizer, prompt, singular or plural)
+    colour_at = find_token_positions(pipe.tokenizer, prompt, colour)
+    return {"item": lift(maps[item].mean(0), mask), "noun": lift(maps[item[-1]], mask),
+            "colour": lift(maps[colour_at].mean(0), mask), "start": lift(maps[0], mask), "area": float(mask.mean())}
