@@ -128,7 +128,9 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
     text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
     unet_cell = todo if not unet else (
         f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
-        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)")
+        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)"
+        + (f"; initialised from {unet['initialised_from']}" if unet.get("initialised_from", "scratch") != "scratch"
+           else ""))
     return [
         "",
         "## Components",
