@@ -150,11 +150,12 @@ def load_judge(name: str | None):
     return loader.load(name or names[0], "classifier", device="cpu")
 
 
-def judged_classes(judge, pictures: torch.Tensor) -> torch.Tensor:
-    """The judge's class [N] for each picture [N, 3, 64, 64] in [0, 1], from its grey version."""
+def judged_classes(judge, pictures: torch.Tensor, boxes=None) -> torch.Tensor:
+    """The judge's class [N] for each picture [N, 3, 64, 64] in [0, 1], from its grey version (cut from
+    ``boxes`` [N, 3], else the classic centred box)."""
     from engine.fashion.judge import judge_images
 
-    predictions, _ = judge_images(judge, measure.to_judge_grey(pictures))
+    predictions, _ = judge_images(judge, measure.to_judge_grey(pictures, boxes))
     return predictions
 
 
@@ -219,9 +220,7 @@ def positioned(gen: Generator, judge, args, per_place: int = 8, per_prompt: int 
            {k: round(v, 3) for k, v in per_place_hits.items()},
            "colour_accuracy": float(np.mean([a[1] == b for a, b in zip(asked, measure.item_colours(images))]))}
     if judge is not None:
-        from engine.fashion.judge import judge_images
-
-        found, _ = judge_images(judge, measure.to_judge_grey(images, measure.find_item_boxes(images)))
+        found = judged_classes(judge, images, measure.find_item_boxes(images))
         out["class_fidelity_on_crop"] = float((found == torch.tensor([a[0] for a in asked])).float().mean())
     return out
 
@@ -298,7 +297,7 @@ def references(judge) -> dict:
     out = {"colour_accuracy_real": float(np.mean([a == cf.COLOUR_NAMES[b] for a, b in
                                                   zip(measure.item_colours(pictures), data.colours)]))}
     if judge is not None:
-        out["judge_accuracy_real"] = float((judged_classes(judge, pictures) == torch.as_tensor(data.labels)).float()
+        out["judge_accuracy_real"] = float((judged_classes(judge, pictures, data.boxes) == torch.as_tensor(data.labels)).float()
                                            .mean())
     return out
 
