@@ -6,11 +6,11 @@ For each pipeline folder (``ASSETS/mini-sd``, ``ASSETS/mini-sdxl``):
 * **class fidelity**: the share of "a {colour} {class}" images (8 colours x 10
   classes x ``--per-prompt``) that the Fashion-MNIST judge (issue 3's
   classifier preset, ``engine.fashion``) assigns to the asked class. It reads
-  the grey version of each image: the item's ink (``engine.colour_fashion.to_judge_grey``).
+  the grey version of each image: the item's ink (``engine.mini.measure.to_judge_grey``).
   Target >= 80%, at guidance ``--guidance`` (the default, 2); and in a sweep over
   guidance 1, 3 and 5 (``--sweep``), where guidance 1 must score below guidance 5.
 * **colour accuracy**: the share of the same images whose item hue is nearest
-  the asked colour (``engine.colour_fashion.item_colours``). Target >= 80%.
+  the asked colour (``engine.mini.measure.item_colours``). Target >= 80%.
 * **negative prompt**: the share of red items for "a sneaker", with and without
   the negative prompt "red"; it must drop.
 * **micro-conditioning** (SDXL): the high-frequency energy (mean squared
@@ -404,7 +404,7 @@ def markdown(result: dict, refs: dict) -> str:
         "",
         f"Measured by `scripts/eval_mini_sd.py` ({result['backend']} loop, {result['steps']} steps, the pipeline's "
         "own scheduler, seeds from 0). Class fidelity is the Fashion-MNIST judge's verdict on the grey version "
-        "of each image (the item's ink, `engine.colour_fashion.to_judge_grey`); colour is the hue of the item's "
+        "of each image (the item's ink, `engine.mini.measure.to_judge_grey`); colour is the hue of the item's "
         "strongest pixels (`item_colours`).",
     ]
     if refs:
