@@ -29,6 +29,9 @@ KEEP_SECONDS = 3600  # our PNG copies older than this are removed (gradio keeps 
 
 MINI_EXAMPLES = [
     ["a blue sneaker", ""],
+    ["a red sneaker on the left", ""],
+    ["a small yellow dress at the bottom", ""],
+    ["a green bag in the top right corner", ""],
     ["a photo of red trousers", ""],
     ["sneakers in yellow", ""],
     ["a sneaker", "red"],
@@ -54,7 +57,12 @@ gives the same image as the diffusers pipeline.
 **The mini models work offline.** *mini-SD* and *mini-SDXL* are Stable Diffusion and SDXL at toy scale: the same
 diffusers and transformers classes, trained by us on a 2-core CPU on "Fashion-MNIST in colour" (64 × 64 pictures
 of 10 kinds of clothing in 8 colours). They only know prompts like *a blue sneaker* or *a photo of red
-trousers*; each image takes a fraction of a second."""
+trousers*; each image takes a fraction of a second. The words they know: the colours *red, orange, yellow, green,
+blue, purple, pink, black*; the items *t-shirt (tee, top), trousers (pants), pullover (sweater, jumper), dress,
+coat (jacket), sandal, shirt (blouse), sneaker (trainer, running shoe), bag (handbag, purse), ankle boot (boot)*;
+and where to put the item: *on the left, on the right, at the top, at the bottom, in the top left (top right,
+bottom left, bottom right) corner, in the centre*, optionally *small*. Without a place word the item is centred
+and large."""
 
 SDXL_HELP = """SDXL was trained on images of every size and crop, and was *told* each image's original size and crop
 (Podell et al. 2023, §2.2; the book's exercise 8). At sampling time you choose what to tell it:
