@@ -20,7 +20,8 @@
    makes). The SD rows check that meta and CPU agree. The formula's terms
    are printed next to them.
 3. Lift: for prompts "a {colour} {item}" (``engine.mini.data``), the mean
-   ``lift`` of the item word's map on the item's pixels (``ink`` >= 0.3), which
+   ``lift`` of the item word's map on the item's pixels
+   (``engine.mini.measure.ink`` >= 0.3), which
    ``lift`` measures on the 8x8 latent grid (the mask area-averaged onto it); an
    item of several tokens ("ankle boot", "t-shirt" = t, -, shirt) averages its
    tokens' maps (the head noun alone, its last token, is a column too).
@@ -53,10 +54,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.unet.attention import (attention_maps, find_token_positions, lift,  # noqa: E402
                                    record_cross_attention)
 
-try:  # "Fashion-MNIST in colour": engine.mini.data since the engine reshaping, engine.colour_fashion before it
-    from engine.mini import data as colour_fashion  # noqa: E402
-except ImportError:
-    from engine import colour_fashion  # noqa: E402
+from engine.mini import data as mini_data  # noqa: E402
+from engine.mini.measure import ink  # noqa: E402
 
 MINI_PRESETS = ("mini-SD (offline)", "mini-SDXL (offline)")
 INK_THRESHOLD = 0.3
@@ -291,17 +290,17 @@ def memory_rows(quick: bool) -> list[dict]:
 
 def lift_prompts(quick: bool) -> list[tuple[int, str, str]]:
     """(label, colour, prompt) for every Fashion-MNIST class and named colour (80), or 16 spread over them."""
-    pairs = [(label, colour) for label in range(len(colour_fashion.CLASS_NOUNS))
-             for colour in colour_fashion.COLOUR_NAMES]
+    pairs = [(label, colour) for label in range(len(mini_data.CLASS_NOUNS))
+             for colour in mini_data.COLOUR_NAMES]
     if quick:
         pairs = pairs[::5]
-    return [(label, colour, colour_fashion.prompt_for(label, colour)) for label, colour in pairs]
+    return [(label, colour, mini_data.prompt_for(label, colour)) for label, colour in pairs]
 
 
 def item_mask(image) -> torch.Tensor:
     """The item's pixels of a generated picture (PIL, 64x64): ``ink`` >= INK_THRESHOLD, as a [H, W] float 0/1."""
     pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    return (colour_fashion.ink(pixels)[0, 0] >= INK_THRESHOLD).float()
+    return (ink(pixels)[0, 0] >= INK_THRESHOLD).float()
 
 
 def prompt_lifts(pipe, preset, label: int, colour: str, prompt: str, seed: int) -> dict | None:
@@ -312,7 +311,7 @@ def prompt_lifts(pipe, preset, label: int, colour: str, prompt: str, seed: int) 
     if mask.sum() == 0:
         return None
     maps = np.asarray(out["json"]["maps"])
-    singular, plural = colour_fashion.CLASS_NOUNS[label][0]
+    singular, plural = mini_data.CLASS_NOUNS[label][0]
     item = find_token_positions(pipe.tokenizer, prompt, singular or plural)
     colour_at = find_token_positions(pipe.tokenizer, prompt, colour)
     return {"item": lift(maps[item].mean(0), mask), "noun": lift(maps[item[-1]], mask),

@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from engine.errors import UserError
+from engine.figures import SEQUENTIAL, colormap
 from engine.schedulers import DEFAULT, make_scheduler
 from engine.txt2img import run_to_end, text_to_image
 
@@ -91,7 +93,7 @@ def select_steps(steps, num_steps: int | None) -> range:
     third"...: needs ``num_steps``); one index i; or (start, stop), Python-style
     (stop excluded). ``num_steps``: the number of UNet calls the loop will make
     (PNDM makes one more than ``num_inference_steps``), or None if unknown.
-    Raises ValueError naming the bad value.
+    Raises ``UserError`` (a ValueError) naming the bad value.
     """
     top = num_steps if num_steps is not None else 2**62
     if steps is None:
@@ -99,12 +101,12 @@ def select_steps(steps, num_steps: int | None) -> range:
     if isinstance(steps, str):
         key = steps.strip().lower()
         if key not in STEP_RANGES:
-            raise ValueError(f"Unknown steps {steps!r}: use one of {', '.join(map(repr, STEP_RANGES))}, "
+            raise UserError(f"Unknown steps {steps!r}: use one of {', '.join(map(repr, STEP_RANGES))}, "
                              "a step index, or (start, stop).")
         if key == "all":
             return range(top)
         if num_steps is None:
-            raise ValueError(f"steps={steps!r} needs the number of steps (num_steps).")
+            raise UserError(f"steps={steps!r} needs the number of steps (num_steps).")
         a, b = STEP_RANGES[key]
         start = round(a * num_steps)
         return range(start, max(start + 1, round(b * num_steps)))
@@ -112,10 +114,10 @@ def select_steps(steps, num_steps: int | None) -> range:
         steps = (int(steps), int(steps) + 1)
     if (not isinstance(steps, (tuple, list)) or len(steps) != 2
             or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in steps)):
-        raise ValueError(f"steps must be 'all', a named range, an index or (start, stop), got {steps!r}.")
+        raise UserError(f"steps must be 'all', a named range, an index or (start, stop), got {steps!r}.")
     start, stop = int(steps[0]), int(steps[1])
     if not 0 <= start < stop <= top:
-        raise ValueError(f"steps {steps!r}: need 0 <= start < stop <= {top} (the number of steps).")
+        raise UserError(f"steps {steps!r}: need 0 <= start < stop <= {top} (the number of steps).")
     return range(start, stop)
 
 
@@ -164,7 +166,7 @@ def select_layers(layers, available: list[str]) -> LayerChoice:
         elif isinstance(item, str) and item.removesuffix(".processor") in available:
             names.add(item.removesuffix(".processor"))
         else:
-            raise ValueError(f"Unknown layers {item!r}: use 'all', 'down', 'mid', 'up', a side in latent "
+            raise UserError(f"Unknown layers {item!r}: use 'all', 'down', 'mid', 'up', a side in latent "
                              f"pixels (8, 16, 32, 64), or one of the layer names: {', '.join(available)}.")
     if not names:
         names.update(available)
@@ -331,10 +333,10 @@ class CrossAttentionRecorder:
         self.snapshot_counts[self.step] = self.snapshot_counts.get(self.step, 0) + self.num_images
 
     def mean_maps(self) -> torch.Tensor:
-        """The mean map of every token position, float32 [T, h, w] on the CPU; ValueError if none recorded."""
+        """The mean map of every token position, float32 [T, h, w] on the CPU; UserError if none recorded."""
         if self.total is None:
             sides = sorted({min(g) for g in self.layer_sizes.values()}, reverse=True)
-            raise ValueError(f"No cross-attention was recorded: the layers {self.layers_asked()} matched no "
+            raise UserError(f"No cross-attention was recorded: the layers {self.layers_asked()} matched no "
                              f"layer at the selected steps. This UNet's layers here are "
                              f"{', '.join(map(str, sides)) or 'none'} latent pixels a side.")
         return (self.total / self.count).cpu()
@@ -359,7 +361,7 @@ def record_cross_attention(unet, *, steps="all", layers="all", num_steps: int | 
     """
     available = cross_attention_layers(unet)
     if not available:
-        raise ValueError("This UNet has no cross-attention (attn2) layers to record.")
+        raise UserError("This UNet has no cross-attention (attn2) layers to record.")
     recorder = CrossAttentionRecorder(select_steps(steps, num_steps), select_layers(layers, available),
                                       num_images, num_steps)
     originals = unet.attn_processors
@@ -387,7 +389,7 @@ def prompt_tokens(tokenizer, prompt: str) -> list[dict]:
     SDXL's second tokenizer has the same BPE, so the same positions.
     """
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be text, got {type(prompt).__name__}.")
+        raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
     ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
     special = set(tokenizer.all_special_ids)
     out = []
@@ -489,7 +491,7 @@ def count_unet_calls(pipe, num_inference_steps: int) -> int:
     own scheduler: its timesteps (PNDM, SD 1.5's default, runs one more than asked)."""
     if (isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer))
             or num_inference_steps < 1):
-        raise ValueError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}.")
+        raise UserError(f"num_inference_steps must be a whole number of at least 1, got {num_inference_steps!r}.")
     scheduler = make_scheduler(pipe.scheduler, DEFAULT)
     scheduler.set_timesteps(num_inference_steps)
     return len(scheduler.timesteps)
@@ -504,7 +506,7 @@ def attention_maps(pipe, preset, *, prompt: str, negative_prompt: str = "", guid
     ``select_layers``). Returns {"image": PIL, "heatmaps": [PIL per shown
     token: its map over the image], "tokens": [str as the tokenizer shows
     them], "special": [bool: start/end tokens, for the UI to grey], "json": the
-    ``summarize`` dict plus the run's "info" and "notes"}. ValueError for a bad
+    ``summarize`` dict plus the run's "info" and "notes"}. UserError for a bad
     input, before any step runs (``text_to_image`` checks the rest of its
     inputs before its first UNet call, and the processors are put back).
     """
@@ -529,31 +531,21 @@ def attention_maps(pipe, preset, *, prompt: str, negative_prompt: str = "", guid
 
 
 # ----------------------------------------------------------------------------
-# Drawing: a colormap heatmap over the image (to move to engine.figures)
+# Drawing: a token's heatmap over the image (a figure helper: to move to engine.figures)
 
-#: matplotlib's "inferno" (van der Walt & Smith, perceptually uniform), sampled at 8 even points, RGB 0-255.
-_INFERNO = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
-                     [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
 MIN_HEATMAP_SIDE = 256
-
-
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Values [...] in [0, 1] -> uint8 RGB [..., 3] on the inferno scale (linear between its samples)."""
-    x = np.clip(np.asarray(values, dtype=np.float64), 0, 1) * (len(_INFERNO) - 1)
-    low = np.minimum(x.astype(int), len(_INFERNO) - 2)
-    frac = (x - low)[..., None]
-    return np.round(_INFERNO[low] * (1 - frac) + _INFERNO[low + 1] * frac).astype(np.uint8)
 
 
 def heatmap_overlay(image: Image.Image, token_map, *, alpha: float = 0.6,
                     min_side: int = MIN_HEATMAP_SIDE) -> Image.Image:
     """One token's map [h, w] (any scale) over ``image``: scaled to its own maximum, upsampled bilinearly
-    to the image (enlarged to at least ``min_side`` px a side), coloured, blended with weight ``alpha``."""
+    to the image (enlarged to at least ``min_side`` px a side), coloured with ``engine.figures``' sequential
+    map (black, purple, orange, pale yellow: inferno-like), blended with weight ``alpha``."""
     scale = max(1.0, min_side / min(image.size))
     size = (round(image.width * scale), round(image.height * scale))
     m = torch.as_tensor(np.asarray(token_map, dtype=np.float32))
     m = m / m.max().clamp_min(1e-12)
     m = F.interpolate(m[None, None], size=(size[1], size[0]), mode="bilinear", align_corners=False)[0, 0]
-    heat = Image.fromarray(colormap(m.numpy()))
+    heat = Image.fromarray(colormap(m.numpy(), SEQUENTIAL))
     base = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
     return Image.blend(base, heat, alpha)

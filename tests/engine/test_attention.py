@@ -269,6 +269,12 @@ def test_find_token_positions(kind_pipe):
         A.find_token_positions(pipe.tokenizer, "a red bag", "boot")
 
 
-def test_colormap_ends():
-    rgb = A.colormap(np.array([0.0, 1.0]))
-    assert rgb.dtype == np.uint8 and rgb.tolist() == [[0, 0, 4], [252, 255, 164]]
+def test_heatmap_overlay_is_brightest_where_the_map_peaks():
+    from PIL import Image
+
+    token_map = torch.zeros(8, 8)
+    token_map[2, 5] = 1.0
+    heat = np.asarray(A.heatmap_overlay(Image.new("RGB", (64, 64), (128, 128, 128)), token_map), dtype=float)
+    assert heat.shape == (256, 256, 3)
+    peak, far = heat[2 * 32 + 16, 5 * 32 + 16], heat[6 * 32 + 16, 1 * 32 + 16]
+    assert peak.sum() > far.sum() + 200  # pale yellow over the peak, near black far from it
