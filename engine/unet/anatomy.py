@@ -449,8 +449,8 @@ def _shape(shape) -> str:
 
 
 def _block_table(blocks: list[dict]) -> list[str]:
-    lines = ["| block | type | parameters | FLOPs | resolution in → out | channels | resnets | transformer layers "
-             "| cross-attention | context width | self-attention tokens × heads |",
+    lines = [("| block | type | parameters | FLOPs | resolution in → out | channels | resnets | transformer layers "
+             "| cross-attention | context width | self-attention tokens × heads |"),
              "|---|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
     for b in blocks:
         res = "-" if b["resolution"] is None else f"{_shape(b['resolution'])} → {_shape(b['out_resolution'])}"
@@ -464,29 +464,29 @@ def _block_table(blocks: list[dict]) -> list[str]:
 def anatomy_table(anatomy: dict) -> str:
     """``unet_anatomy``'s dict as markdown: a summary line, the block table, latent vs pixel space."""
     a, p, r = anatomy, anatomy["pixel_space"], anatomy["pixel_over_latent"]
-    lines = [f"UNet at {a['width']}×{a['height']} px, latent {_shape(a['input_shape'])}: "
+    lines = [(f"UNet at {a['width']}×{a['height']} px, latent {_shape(a['input_shape'])}: "
              f"{a['total_parameters']:,} parameters, {_flops(a['flops_per_call'])} per call "
-             "(batch 1; a guided step runs batch 2, twice that).", ""]
+             "(batch 1; a guided step runs batch 2, twice that)."), ""]
     lines += _block_table(a["blocks"]) + [""]
     lines += ["| | latent space | pixel space | pixel / latent |", "|---|---:|---:|---:|",
               f"| UNet input | {_shape(a['input_shape'])} | {_shape(p['input_shape'])} | |",
               f"| parameters | {a['total_parameters']:,} | {p['total_parameters']:,} | |",
-              f"| FLOPs per call | {_flops(a['flops_per_call'])} | {_flops(p['flops_per_call'])} "
-              f"| {_times(r['flops_per_call'])} |",
-              f"| self-attention Q·Kᵀ and P·V FLOPs | {_flops(a['self_attention_score_flops'])} "
-              f"| {_flops(p['self_attention_score_flops'])} | {_times(r['self_attention_score_flops'])} |",
-              f"| tokens at the highest-resolution self-attention | {a['attention_tokens']:,} "
-              f"| {p['attention_tokens']:,} | {_times(r['attention_tokens'])} |",
+              (f"| FLOPs per call | {_flops(a['flops_per_call'])} | {_flops(p['flops_per_call'])} "
+              f"| {_times(r['flops_per_call'])} |"),
+              (f"| self-attention Q·Kᵀ and P·V FLOPs | {_flops(a['self_attention_score_flops'])} "
+              f"| {_flops(p['self_attention_score_flops'])} | {_times(r['self_attention_score_flops'])} |"),
+              (f"| tokens at the highest-resolution self-attention | {a['attention_tokens']:,} "
+              f"| {p['attention_tokens']:,} | {_times(r['attention_tokens'])} |"),
               f"| heads there | {a['attention_heads']} | {p['attention_heads']} | |",
-              f"| one attention matrix ({a['attention_dtype']}, batch 1) | {_bytes(a['attention_matrix_bytes'])} "
-              f"| {_bytes(p['attention_matrix_bytes'])} | {_times(r['attention_matrix_bytes'])} |"]
+              (f"| one attention matrix ({a['attention_dtype']}, batch 1) | {_bytes(a['attention_matrix_bytes'])} "
+              f"| {_bytes(p['attention_matrix_bytes'])} | {_times(r['attention_matrix_bytes'])} |")]
     return "\n".join(lines)
 
 
 def scaling_table(rows: list[dict]) -> str:
     """``attention_scaling``'s rows as markdown: each size next to its ratio to the previous row."""
-    lines = [f"| image side | latent side | self-attention tokens | × | attention matrix ({ATTENTION_DTYPE}) | × "
-             "| self-attention FLOPs | × | UNet FLOPs per call | × |",
+    lines = [(f"| image side | latent side | self-attention tokens | × | attention matrix ({ATTENTION_DTYPE}) | × "
+             "| self-attention FLOPs | × | UNet FLOPs per call | × |"),
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         o = row.get("over_previous", {})
