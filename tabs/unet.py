@@ -180,8 +180,8 @@ def _attention_section() -> None:
                 layer_choice = gr.Dropdown(LAYER_CHOICES, value="all", label="Layers to average")
             run = gr.Button("Show where each word lands", variant="primary", elem_id="unet-attention-run")
         with gr.Column(scale=3):
-            image = gr.Image(label="Image", type="pil", height=256)
-            gallery = gr.Gallery(label="Per-token attention (share of attention in the caption)", columns=4,
+            image = gr.Image(label="Image", type="pil", format="png", height=256)
+            gallery = gr.Gallery(label="Per-token attention (share of attention in the caption)", columns=4, format="png",
                                  height="auto", elem_id="unet-heatmaps")
             step_slider = gr.Slider(0, 5, value=0, step=1, label="Recorded step (maps kept at a few steps)",
                                     interactive=False)
