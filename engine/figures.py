@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from engine.metrics import to_uint8
@@ -120,3 +121,21 @@ def difference_heatmap(reference: Image.Image, test: Image.Image, gain: float = 
         raise ValueError(f"The two images differ in size: {a.shape} and {b.shape}.")
     diff = np.abs(a - b).mean(axis=-1) if a.ndim == 3 else np.abs(a - b)
     return Image.fromarray(colormap(np.minimum(diff * gain, 255) / 255, SEQUENTIAL))
+
+
+MIN_HEATMAP_SIDE = 256
+
+
+def heatmap_overlay(image: Image.Image, token_map, *, alpha: float = 0.6,
+                    min_side: int = MIN_HEATMAP_SIDE) -> Image.Image:
+    """One token's map [h, w] (any scale) over ``image``: scaled to its own maximum, upsampled bilinearly
+    to the image (enlarged to at least ``min_side`` px a side), coloured with the sequential
+    map (black, purple, orange, pale yellow: inferno-like), blended with weight ``alpha``."""
+    scale = max(1.0, min_side / min(image.size))
+    size = (round(image.width * scale), round(image.height * scale))
+    m = torch.as_tensor(np.asarray(token_map, dtype=np.float32))
+    m = m / m.max().clamp_min(1e-12)
+    m = F.interpolate(m[None, None], size=(size[1], size[0]), mode="bilinear", align_corners=False)[0, 0]
+    heat = Image.fromarray(colormap(m.numpy(), SEQUENTIAL))
+    base = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    return Image.blend(base, heat, alpha)

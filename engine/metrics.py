@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 SSIM_METHOD = "mean of the R, G, B channels' SSIM; Gaussian window 11, sigma 1.5, K1=0.01, K2=0.03, L=255 (Wang et al. 2004)"
@@ -90,3 +92,24 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     middle = sqrt_a @ cov_b @ sqrt_a
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_sqrt)
+
+
+def lift(token_map, mask) -> float:
+    """How much more of a token's attention lands on an item than its area: (share of the map's mass on
+    the item) / (item's share of the image). 1 = no preference, > 1 = looks at the item, 0 = never.
+
+    token_map: [h, w] >= 0 at any scale (e.g. a ``maps`` entry). mask: [H, W]
+    in {0, 1} (or coverage in [0, 1]) at the map's resolution or the image's:
+    it is area-averaged onto the map's grid, so each cell counts with the
+    fraction of it the item covers. Tensors, arrays or nested lists.
+    """
+    m = torch.as_tensor(np.asarray(token_map, dtype=np.float64))
+    cover = torch.as_tensor(np.asarray(mask, dtype=np.float64))
+    if m.ndim != 2 or cover.ndim != 2:
+        raise ValueError(f"lift takes a 2-D map and a 2-D mask, got shapes {tuple(m.shape)} and "
+                         f"{tuple(cover.shape)}.")
+    if cover.shape != m.shape:
+        cover = F.interpolate(cover[None, None], size=m.shape, mode="area")[0, 0]
+    if float(m.sum()) <= 0 or float(cover.mean()) <= 0:
+        raise ValueError("lift needs a map with some mass and a mask with some item pixels.")
+    return float((m * cover).sum() / m.sum() / cover.mean())

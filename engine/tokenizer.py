@@ -119,3 +119,35 @@ def tokenize(prompt: str | None, tokenizer: str) -> dict:
         "shapes": ENCODER_SHAPES,
         "notes": notes,
     }
+
+
+def prompt_tokens(tokenizer, prompt: str) -> list[dict]:
+    """The prompt's real token positions, as the text encoder sees them: start, words..., end (no padding).
+
+    Each: {"position": 0-76, "id", "token": as ``convert_ids_to_tokens`` shows
+    it ("red</w>": "</w>" ends a word), "text": the decoded piece ("red"),
+    "special": True for the start and end tokens}. Cut at 77 like the encoder.
+    SDXL's second tokenizer has the same BPE, so the same positions.
+    """
+    if not isinstance(prompt, str):
+        raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for position, (token_id, token) in enumerate(zip(ids, tokenizer.convert_ids_to_tokens(ids))):
+        text = tokenizer.decode([token_id]).strip()
+        out.append({"position": position, "id": int(token_id), "token": token, "text": text,
+                    "special": token_id in special})
+    return out
+
+
+def find_token_positions(tokenizer, prompt: str, phrase: str) -> list[int]:
+    """The positions of ``phrase``'s tokens in ``prompt`` (its last occurrence): "ankle boot" in
+    "a red ankle boot" -> [3, 4]. CLIP's BPE splits each word on its own, so the phrase's ids appear as a
+    run. ValueError when the phrase is not there."""
+    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    want = tokenizer(phrase, add_special_tokens=False).input_ids
+    for start in range(len(ids) - len(want), -1, -1):
+        if want and ids[start:start + len(want)] == want:
+            return list(range(start, start + len(want)))
+    raise UserError(f"{phrase!r} is not among the tokens of {prompt!r}.")

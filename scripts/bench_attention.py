@@ -43,7 +43,6 @@ import time
 import weakref
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -51,14 +50,13 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.unet.attention import (attention_maps, find_token_positions, lift,  # noqa: E402
-                                   record_cross_attention)
+from engine.unet.attention import attention_maps, record_cross_attention  # noqa: E402
 
 from engine.mini import data as mini_data  # noqa: E402
-from engine.mini.measure import ink  # noqa: E402
+from engine.mini import measure  # noqa: E402
 
 MINI_PRESETS = ("mini-SD (offline)", "mini-SDXL (offline)")
-INK_THRESHOLD = 0.3
+INK_THRESHOLD = measure.ITEM_INK
 # The published UNet configs (their non-default values), random weights: the sizes matter here, not the values.
 SD15_UNET = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
                  block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
@@ -297,26 +295,11 @@ def lift_prompts(quick: bool) -> list[tuple[int, str, str]]:
     return [(label, colour, mini_data.prompt_for(label, colour)) for label, colour in pairs]
 
 
-def item_mask(image) -> torch.Tensor:
-    """The item's pixels of a generated picture (PIL, 64x64): ``ink`` >= INK_THRESHOLD, as a [H, W] float 0/1."""
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
-    return (ink(pixels)[0, 0] >= INK_THRESHOLD).float()
-
-
 def prompt_lifts(pipe, preset, label: int, colour: str, prompt: str, seed: int) -> dict | None:
-    """One prompt's lifts: the item phrase (its tokens' maps averaged), its head noun, the colour word,
-    and the start and end tokens; None when the picture has no item pixels."""
-    out = attention_maps(pipe, preset, **mini_run_kwargs(preset, prompt, seed))
-    mask = item_mask(out["image"])
-    if mask.sum() == 0:
-        return None
-    maps = np.asarray(out["json"]["maps"])
-    singular, plural = mini_data.CLASS_NOUNS[label][0]
-    item = find_token_positions(pipe.tokenizer, prompt, singular or plural)
-    colour_at = find_token_positions(pipe.tokenizer, prompt, colour)
-    return {"item": lift(maps[item].mean(0), mask), "noun": lift(maps[item[-1]], mask),
-            "colour": lift(maps[colour_at].mean(0), mask), "start": lift(maps[0], mask),
-            "end": lift(maps[-1], mask), "area": float(mask.mean())}
+    """One prompt's lifts (``engine.mini.measure.item_lifts``): item phrase, head noun, colour word, start token."""
+    run = mini_run_kwargs(preset, prompt, seed)
+    run.pop("prompt")
+    return measure.item_lifts(pipe, preset, label, colour, prompt, **run)
 
 
 def lift_table(name: str, quick: bool) -> dict:
@@ -325,7 +308,7 @@ def lift_table(name: str, quick: bool) -> dict:
             for seed, (label, colour, prompt) in enumerate(lift_prompts(quick))]
     rows = [r for r in rows if r is not None]
     summary = {"model": name, "prompts": len(rows)}
-    for key in ("item", "noun", "colour", "start", "end", "area"):
+    for key in ("item", "noun", "colour", "start", "area"):
         values = [r[key] for r in rows]
         summary[key] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
     return summary

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import ImageOps
 
 from engine import loader
-from engine import txt2img
+from engine import figures, txt2img
 from engine.errors import UserError
 from engine.fashion.data import CLASS_NAMES, example_images, to_unit_range
 from engine.fashion.sampling import to_pil
@@ -102,7 +102,7 @@ def maps_at_step(state, index):
     i = min(max(int(index), 0), len(steps) - 1)
     items = []
     for token_map, token, special in zip(state["per_step"]["maps"][i], state["tokens"], state["special"]):
-        heat = attention.heatmap_overlay(state["image"], token_map)
+        heat = figures.heatmap_overlay(state["image"], token_map)
         items.append((ImageOps.grayscale(heat).convert("RGB") if special else heat, token))
     return items, f"The maps of step {steps[i] + 1} alone."
 

@@ -126,7 +126,7 @@ def item_mask(image) -> torch.Tensor:
 
 
 def item_lifts(pipe, preset, label: int, colour: str, prompt: str, **run) -> dict | None:
-    """Cross-attention lift (``engine.unet.attention.lift``) of a prompt's item word on the item it drew.
+    """Cross-attention lift (``engine.metrics.lift``) of a prompt's item word on the item it drew.
 
     Runs ``attention_maps`` once (``run``: its seed, guidance, steps, size). The
     item's map is its tokens' maps averaged ("ankle boot" is two tokens); also
@@ -134,7 +134,9 @@ def item_lifts(pipe, preset, label: int, colour: str, prompt: str, **run) -> dic
     shows no item. "area" is the item's share of the picture.
     """
     from engine.mini.data import CLASS_NOUNS
-    from engine.unet.attention import attention_maps, find_token_positions, lift
+    from engine.metrics import lift
+    from engine.tokenizer import find_token_positions
+    from engine.unet.attention import attention_maps
 
     out = attention_maps(pipe, preset, prompt=prompt, **run)
     mask = item_mask(out["image"])

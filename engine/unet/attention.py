@@ -60,10 +60,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from engine.errors import UserError
-from engine.figures import SEQUENTIAL, colormap
+from engine import figures
+from engine.tokenizer import prompt_tokens
 from engine.schedulers import DEFAULT, make_scheduler
 from engine.txt2img import run_to_end, text_to_image
 
@@ -380,38 +380,6 @@ def record_cross_attention(unet, *, steps="all", layers="all", num_steps: int | 
 # From the accumulator to per-token outputs
 
 
-def prompt_tokens(tokenizer, prompt: str) -> list[dict]:
-    """The prompt's real token positions, as the text encoder sees them: start, words..., end (no padding).
-
-    Each: {"position": 0-76, "id", "token": as ``convert_ids_to_tokens`` shows
-    it ("red</w>": "</w>" ends a word), "text": the decoded piece ("red"),
-    "special": True for the start and end tokens}. Cut at 77 like the encoder.
-    SDXL's second tokenizer has the same BPE, so the same positions.
-    """
-    if not isinstance(prompt, str):
-        raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    special = set(tokenizer.all_special_ids)
-    out = []
-    for position, (token_id, token) in enumerate(zip(ids, tokenizer.convert_ids_to_tokens(ids))):
-        text = tokenizer.decode([token_id]).strip()
-        out.append({"position": position, "id": int(token_id), "token": token, "text": text,
-                    "special": token_id in special})
-    return out
-
-
-def find_token_positions(tokenizer, prompt: str, phrase: str) -> list[int]:
-    """The positions of ``phrase``'s tokens in ``prompt`` (its last occurrence): "ankle boot" in
-    "a red ankle boot" -> [3, 4]. CLIP's BPE splits each word on its own, so the phrase's ids appear as a
-    run. ValueError when the phrase is not there."""
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
-    want = tokenizer(phrase, add_special_tokens=False).input_ids
-    for start in range(len(ids) - len(want), -1, -1):
-        if want and ids[start:start + len(want)] == want:
-            return list(range(start, start + len(want)))
-    raise ValueError(f"{phrase!r} is not among the tokens of {prompt!r}.")
-
-
 def token_maps(mean_maps: torch.Tensor, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Per shown token (positions 0 to ``num_tokens`` - 1) from the mean maps [T, h, w]:
 
@@ -461,27 +429,6 @@ def summarize(recorder: CrossAttentionRecorder, tokens: list[dict]) -> dict:
     }
 
 
-def lift(token_map, mask) -> float:
-    """How much more of a token's attention lands on an item than its area: (share of the map's mass on
-    the item) / (item's share of the image). 1 = no preference, > 1 = looks at the item, 0 = never.
-
-    token_map: [h, w] >= 0 at any scale (e.g. a ``maps`` entry). mask: [H, W]
-    in {0, 1} (or coverage in [0, 1]) at the map's resolution or the image's:
-    it is area-averaged onto the map's grid, so each cell counts with the
-    fraction of it the item covers. Tensors, arrays or nested lists.
-    """
-    m = torch.as_tensor(np.asarray(token_map, dtype=np.float64))
-    cover = torch.as_tensor(np.asarray(mask, dtype=np.float64))
-    if m.ndim != 2 or cover.ndim != 2:
-        raise ValueError(f"lift takes a 2-D map and a 2-D mask, got shapes {tuple(m.shape)} and "
-                         f"{tuple(cover.shape)}.")
-    if cover.shape != m.shape:
-        cover = F.interpolate(cover[None, None], size=m.shape, mode="area")[0, 0]
-    if float(m.sum()) <= 0 or float(cover.mean()) <= 0:
-        raise ValueError("lift needs a map with some mass and a mask with some item pixels.")
-    return float((m * cover).sum() / m.sum() / cover.mean())
-
-
 # ----------------------------------------------------------------------------
 # The engine entry: a text-to-image run, recorded
 
@@ -526,26 +473,5 @@ def attention_maps(pipe, preset, *, prompt: str, negative_prompt: str = "", guid
     summary["info"], summary["notes"] = result.info, notes
     image = result.pil_images[0]
     maps = torch.tensor(summary["maps"])
-    return {"image": image, "heatmaps": [heatmap_overlay(image, m) for m in maps],
+    return {"image": image, "heatmaps": [figures.heatmap_overlay(image, m) for m in maps],
             "tokens": [t["token"] for t in tokens], "special": [t["special"] for t in tokens], "json": summary}
-
-
-# ----------------------------------------------------------------------------
-# Drawing: a token's heatmap over the image (a figure helper: to move to engine.figures)
-
-MIN_HEATMAP_SIDE = 256
-
-
-def heatmap_overlay(image: Image.Image, token_map, *, alpha: float = 0.6,
-                    min_side: int = MIN_HEATMAP_SIDE) -> Image.Image:
-    """One token's map [h, w] (any scale) over ``image``: scaled to its own maximum, upsampled bilinearly
-    to the image (enlarged to at least ``min_side`` px a side), coloured with ``engine.figures``' sequential
-    map (black, purple, orange, pale yellow: inferno-like), blended with weight ``alpha``."""
-    scale = max(1.0, min_side / min(image.size))
-    size = (round(image.width * scale), round(image.height * scale))
-    m = torch.as_tensor(np.asarray(token_map, dtype=np.float32))
-    m = m / m.max().clamp_min(1e-12)
-    m = F.interpolate(m[None, None], size=(size[1], size[0]), mode="bilinear", align_corners=False)[0, 0]
-    heat = Image.fromarray(colormap(m.numpy(), SEQUENTIAL))
-    base = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    return Image.blend(base, heat, alpha)

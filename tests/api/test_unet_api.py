@@ -36,8 +36,9 @@ def test_attention_maps_per_token_sum_to_one_and_leave_the_unet_as_it_was(client
     assert abs(sum(info["mass"]) - 1) < 1e-3
     assert info["steps"] and info["layers"] and all("attn2" in name for name in info["layers"])
     assert "sneaker</w>" in " ".join(item["caption"] for item in gallery)
-    # the image is the one /generate makes, and /generate still makes it afterwards (processors restored)
-    assert np.array_equal(_image(image), before)
+    # the image is the one /generate makes (the recording processor agrees with SDPA to ~1e-6: at most a
+    # rounding edge of one 8-bit level), and /generate still makes exactly it afterwards (processors restored)
+    assert np.abs(_image(image).astype(int) - before.astype(int)).max() <= 1
     after = _image(_gallery_path(client.predict(**GENERATE, api_name="/generate")[0][0]))
     assert np.array_equal(after, before)
 
