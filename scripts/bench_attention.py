@@ -21,12 +21,22 @@
    are printed next to them.
 3. Lift: for prompts "a {colour} {item}" (``engine.mini.data``), the mean
    ``lift`` of the item word's map on the item's pixels
-   (``engine.mini.measure.ink`` >= 0.3), which
-   ``lift`` measures on the 8x8 latent grid (the mask area-averaged onto it); an
-   item of several tokens ("ankle boot", "t-shirt" = t, -, shirt) averages its
+   (``engine.mini.measure.ink`` >= 0.3, area-averaged onto the 8x8 latent
+   grid, where ``lift`` measures); an item of several tokens ("ankle boot", "t-shirt" = t, -, shirt) averages its
    tokens' maps (the head noun alone, its last token, is a column too).
 
-    python scripts/bench_attention.py            # all three (about 10 minutes on 2 busy cores)
+Measured on 2026-11-25 (AMD EPYC, AVX2, no AVX-512; torch 2.13 CPU, 1 thread, fp32), sharing 2 cores with
+training jobs (load 6-10), so the mini timings moved between runs:
+
+* time, recording vs not: mini-SD +0.5%, +8.6%, +20.6% and mini-SDXL -4.2%, +8.7%, +6.6% in three runs
+  (about 1.1 s a run); with the JSON summary and heatmaps +8% to +24%; SD-sized UNet at 512 px, batch 2:
+  32.6 s vs 31.0 s a call (-5%, 2 calls each): within the noise, well under the 25% target.
+* memory: peak live tensors +1.2 MiB (SD 512 px, CPU and meta agree to the byte) and +4.8 MiB (SDXL
+  1024 px, meta): the accumulator only, because the largest attn2 transient (38.5 / 48.1 MiB) comes while
+  fewer activations are alive than at the call's peak (260 / 630 MiB).
+* lift of the item word, 80 prompts: mini-SD 1.06 ± 0.05, mini-SDXL 1.21 ± 0.09 (item area 25%).
+
+    python scripts/bench_attention.py            # all three (about 15 CPU minutes; hours on a crowded machine)
     python scripts/bench_attention.py --quick    # fewer runs and prompts, SD-sized timing with 2 calls
     python scripts/bench_attention.py --skip time-sd
 """
