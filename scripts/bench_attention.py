@@ -22,8 +22,9 @@
 3. Lift: for prompts "a {colour} {item}" (``engine.mini.data``), the mean
    ``lift`` of the item word's map on the item's pixels
    (``engine.mini.measure.ink`` >= 0.3, area-averaged onto the 8x8 latent
-   grid, where ``lift`` measures); an item of several tokens ("ankle boot", "t-shirt" = t, -, shirt) averages its
-   tokens' maps (the head noun alone, its last token, is a column too).
+   grid, where ``lift`` measures); an item of several tokens ("ankle boot",
+   "t-shirt" = t, -, shirt) averages its tokens' maps (the head noun alone,
+   its last token, is a column too).
 
 Measured on 2026-11-25 (AMD EPYC, AVX2, no AVX-512; torch 2.13 CPU, 1 thread, fp32), sharing 2 cores with
 training jobs (load 6-10), so the mini timings moved between runs:
@@ -350,12 +351,12 @@ def print_memory(rows: list[dict]) -> None:
 
 
 def print_lift(rows: list[dict]) -> None:
-    print(f"\n### Lift on the item's pixels (ink >= {INK_THRESHOLD}), mean ± sd over prompts \"a {{colour}} {{item}}\"\n")
-    print("| model | prompts | item word | head noun | colour word | start token | end token | item area |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\n### Lift on the item's pixels (ink >= {INK_THRESHOLD}), "
+          "mean ± sd over prompts \"a {colour} {item}\"\n")
+    print("| model | prompts | item word | head noun | colour word | start token | item area |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        cells = " | ".join(f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in ("item", "noun", "colour", "start", "end",
-                                                                    "area"))
+        cells = " | ".join(f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in ("item", "noun", "colour", "start", "area"))
         print(f"| {r['model']} | {r['prompts']} | {cells} |")
 
 
