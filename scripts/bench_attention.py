@@ -29,13 +29,16 @@
 Measured on 2026-11-25 (AMD EPYC, AVX2, no AVX-512; torch 2.13 CPU, 1 thread, fp32), sharing 2 cores with
 training jobs (load 6-10), so the mini timings moved between runs:
 
-* time, recording vs not: mini-SD +0.5%, +8.6%, +20.6% and mini-SDXL -4.2%, +8.7%, +6.6% in three runs
-  (about 1.1 s a run); with the JSON summary and heatmaps +8% to +24%; SD-sized UNet at 512 px, batch 2:
-  32.6 s vs 31.0 s a call (-5%, 2 calls each): within the noise, well under the 25% target.
+* time, recording vs not: mini-SD +0.5%, +8.6%, +18.5%, +20.6% and mini-SDXL -4.2%, +6.6%, +8.0%, +8.7%
+  in four runs (about 1.1 s a run); with the JSON summary and heatmaps +8% to +24%. By parts, recording
+  adds about 0.3 ms per attn2 layer and step (explicit attention +0.15-0.19 ms, accumulating 0.12 ms) to
+  a 33-45 ms mini UNet call with 7 such layers: 5-8%. SD-sized UNet at 512 px, batch 2: 32.6 s vs
+  31.0 s a call (-5%, 2 calls each): within the noise, well under the 25% target.
 * memory: peak live tensors +1.2 MiB (SD 512 px, CPU and meta agree to the byte) and +4.8 MiB (SDXL
   1024 px, meta): the accumulator only, because the largest attn2 transient (38.5 / 48.1 MiB) comes while
   fewer activations are alive than at the call's peak (260 / 630 MiB).
-* lift of the item word, 80 prompts: mini-SD 1.06 ± 0.05, mini-SDXL 1.21 ± 0.09 (item area 25%).
+* lift of the item word, 80 prompts: mini-SD 1.06 ± 0.05 (first weights, 6def331) and 1.05 ± 0.07
+  (retrained with positions, b6fec35), mini-SDXL 1.21 ± 0.09 (item area 25%).
 
     python scripts/bench_attention.py            # all three (about 15 CPU minutes; hours on a crowded machine)
     python scripts/bench_attention.py --quick    # fewer runs and prompts, SD-sized timing with 2 calls
