@@ -23,17 +23,12 @@ text and size/crop conditioning).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
+from engine.presets import TOKENIZER_DIRS
 from engine.unet.anatomy import shipped_config
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZERS = {
-    "tokenizer": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-l-14",
-    "tokenizer_2": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-bigg-14",
-}
 MODELS = {
     "sd15": ("StableDiffusionPipeline", ("unet", "vae", "text_encoder", "scheduler")),
     "sdxl-base": ("StableDiffusionXLPipeline", ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")),
@@ -140,9 +135,9 @@ def build_random_pipeline(name: str, device: str | torch.device = "cpu", dtype: 
         raise ValueError("A pipeline cannot run on the meta device; use build_components(name, device='meta').")
     pipeline_class = getattr(diffusers, MODELS[check_model_name(name)][0])
     components = build_components(name, device, dtype, tiny, seed)
-    components["tokenizer"] = CLIPTokenizer.from_pretrained(TOKENIZERS["tokenizer"])
+    components["tokenizer"] = CLIPTokenizer.from_pretrained(TOKENIZER_DIRS["tokenizer"])
     if name == "sdxl-base":
-        components["tokenizer_2"] = CLIPTokenizer.from_pretrained(TOKENIZERS["tokenizer_2"])
+        components["tokenizer_2"] = CLIPTokenizer.from_pretrained(TOKENIZER_DIRS["tokenizer_2"])
         pipe = pipeline_class(**components)
     else:
         pipe = pipeline_class(**components, safety_checker=None, feature_extractor=None,

@@ -34,6 +34,12 @@ from engine.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_PRESETS = REPO_ROOT / "assets" / "presets.json"
+# The project's CLIP tokenizers, built by scripts/build_clip_tokenizer.py: SD's and SDXL's first
+# tokenizer (ViT-L/14) and SDXL's second (OpenCLIP bigG/14), used by the mini and full-size models.
+TOKENIZER_DIRS = {
+    "tokenizer": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-l-14",
+    "tokenizer_2": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-bigg-14",
+}
 ENV_VAR = "EXPLORER_MODELS"
 
 KINDS = ("sd", "sdxl", "vae", "tokenizer", "class-unet", "classifier")

@@ -393,7 +393,7 @@ def markdown(result: dict, refs: dict) -> str:
     for backend, seconds in result["seconds_4_images_25_steps"].items():
         rows.append(f"| 4 images, 25 steps, guidance on, {result['threads']} CPU threads ({backend}) | {seconds:.2f} s "
                     f"| <= 2 s | {verdict(seconds <= TARGETS['seconds_4_images_25_steps'])} |")
-    table = [f"| guidance | class fidelity | colour accuracy | images |", "|---|---|---|---|"]
+    table = ["| guidance | class fidelity | colour accuracy | images |", "|---|---|---|---|"]
     every = {**sweep, f"{result['guidance']:g}": g}
     for key in sorted(every, key=float):
         row = every[key]

@@ -37,13 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.presets import TOKENIZER_DIRS
 from engine.schedulers import SD_NOISE_SCHEDULE
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_DIRS = {
-    "tokenizer": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-l-14",
-    "tokenizer_2": REPO_ROOT / "assets" / "tokenizers" / "clip-vit-bigg-14",
-}
 IMAGE_SIZE = 64
 LATENT_SIZE = 8  # 64 / 2**3
 LATENT_CHANNELS = 4

@@ -48,8 +48,8 @@ from diffusers.models.attention_processor import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.errors import UserError
+from engine.presets import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "assets" / "configs"
 CONFIG_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
 # Hub repo id -> folder of assets/configs holding its published configs.
