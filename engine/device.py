@@ -65,3 +65,23 @@ def setup_cpu() -> None:
     flushing them to zero changes no visible output.
     """
     torch.set_flush_denormal(True)
+
+
+def describe_machine() -> str:
+    """One line for benchmark tables: CPU model, the vector flags that matter for fp32/bf16 matmuls,
+    torch's version, intra-op threads and CPU kernels. Figures from different machines are not comparable."""
+    import contextlib
+    import platform
+    from pathlib import Path
+
+    model, flags = platform.processor() or "unknown CPU", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    have = ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
+    return (f"{model} ({os.cpu_count()} logical CPUs), flags: {have}; torch {torch.__version__} on "
+            f"{torch.get_num_threads()} intra-op thread(s), {torch.backends.cpu.get_cpu_capability()} kernels")

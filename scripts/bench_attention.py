@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import sys
 import time
@@ -64,6 +63,7 @@ from torch.utils._pytree import tree_leaves
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine.device import describe_machine  # noqa: E402
 from engine.unet.attention import attention_maps, record_cross_attention  # noqa: E402
 
 from engine.mini import data as mini_data  # noqa: E402
@@ -85,18 +85,7 @@ SDXL_UNET = dict(sample_size=128, cross_attention_dim=2048, attention_head_dim=(
 
 
 def machine() -> str:
-    """CPU model, the vector flags that matter for fp32/bf16 matmuls, torch threads and version."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-    have = ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
-    return (f"{model}, flags: {have}; torch {torch.__version__} on {torch.get_num_threads()} thread(s), "
-            f"{torch.backends.cpu.get_cpu_capability()} kernels; dtype float32")
+    return f"{describe_machine()}; dtype float32"
 
 
 # ----------------------------------------------------------------------------

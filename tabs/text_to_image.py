@@ -25,6 +25,9 @@ from engine.schedulers import DEFAULT, SCHEDULER_NAMES
 from tabs.common import COMPUTE, seed_from_box, show_used_seed, upload_path, user_errors
 
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "explorer-txt2img"
+# Live previews at most this often (wall clock): each one is a decode, a PNG and a file the page downloads,
+# and on a fast loop one per step cost more than the steps (issue 11).
+PREVIEW_SECONDS = 0.3
 KEEP_SECONDS = 3600  # our PNG copies older than this are removed (gradio keeps its own cached copy)
 
 MINI_EXAMPLES = [
@@ -130,13 +133,6 @@ def _stream(preset, progress, **kwargs):
             yield gr.skip(), gr.skip(), last_preview
 
 
-def _preview_every(steps) -> int:
-    try:
-        return max(1, int(steps) // 25)
-    except (TypeError, ValueError):
-        return 1
-
-
 @user_errors
 def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
              width, height, num_images, original_size, crops_coords_top_left, target_size,
@@ -159,7 +155,7 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
                   negative_crops_coords_top_left=negative_crops_coords_top_left,
                   negative_target_size=negative_target_size, image=init_image, strength=strength,
                   colour=colour, colour_scale=colour_scale, colour_every=colour_every,
-                  preview_every=_preview_every(num_inference_steps))
+                  preview_seconds=PREVIEW_SECONDS)
     txt2img.make_request(preset, **kwargs)
     for gallery, info, preview in _stream(preset, progress, **kwargs):
         if isinstance(info, dict) and notes:
@@ -181,7 +177,7 @@ def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inferenc
                   num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
                   seed=seed_from_box(seed, randomize_seed), width=width, height=height, num_images=1,
                   original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
-                  preview_every=_preview_every(num_inference_steps))
+                  preview_seconds=PREVIEW_SECONDS)
     kwargs["guidance_scale"] = 1.0  # checked per scale by the sweep
     txt2img.make_request(preset, **kwargs)
     yield from _stream(preset, progress, **kwargs)

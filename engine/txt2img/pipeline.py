@@ -19,6 +19,7 @@ chapter on Stable Diffusion and its exercises 8 (micro-conditioning) and 9
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterator
 
@@ -145,6 +146,18 @@ def preview_size(request: Request) -> tuple[int, int]:
     return round(request.width * shrink), round(request.height * shrink)
 
 
+def show_preview(request: Request, index: int, num_steps: int, seconds_since_last: float) -> bool:
+    """Whether step ``index`` (0-based) gets a live preview: every ``preview_every`` steps, but no sooner than
+    ``preview_seconds`` after the last one, and always at the last step (unless previews are off). A preview
+    costs a decode and a picture on the page, so a fast loop is paced by the clock rather than by its steps."""
+    every = request.preview_every
+    if not every:
+        return False
+    if index == num_steps - 1:
+        return True
+    return index % every == 0 and seconds_since_last >= request.preview_seconds
+
+
 def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int):
     """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``."""
     unet = pipe.unet
@@ -160,12 +173,14 @@ def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tens
     extra_step_kwargs = prepare_extra_step_kwargs(scheduler, generator)
 
     # 6. Denoising loop
-    start, calls, losses, every = time.perf_counter(), 0, [], request.preview_every
+    start, calls, losses, last_preview = time.perf_counter(), 0, [], -math.inf
     for state in denoise(unet, scheduler, latents, timesteps, cond, g, extra_step_kwargs, request.colour, pipe.vae):
         latents, calls = state.latents, state.unet_calls
         if state.colour_loss is not None:
             losses.append(round(state.colour_loss, 5))
-        show = every and (state.index % every == 0 or state.index == state.num_steps - 1)
+        show = show_preview(request, state.index, state.num_steps, time.perf_counter() - last_preview)
+        if show:
+            last_preview = time.perf_counter()
         yield {"step": state.index + 1, "num_steps": state.num_steps, "run": run_index + 1,
                "runs": len(request.guidance_scales),
                "preview": preview(pipe, preset, state.pred_original, preview_size(request)) if show else None}

@@ -48,7 +48,9 @@ class ColourGuidance:
 class Request:
     """A checked request. ``guidance_scales`` holds one scale per run of the loop: ``(guidance_scale,)``,
     or the guidance sweep. ``micro_conditioning`` (SDXL only) maps each name of ``MICRO_CONDITIONS`` to a
-    pair in diffusers' order or None; ``image`` and ``strength`` make it img2img."""
+    pair in diffusers' order or None; ``image`` and ``strength`` make it img2img. Live previews come every
+    ``preview_every`` steps (0: none), and at least ``preview_seconds`` of wall-clock time apart (0: no pacing),
+    always including the last step."""
 
     prompt: str
     negative_prompt: str
@@ -65,6 +67,7 @@ class Request:
     strength: float | None = None
     colour: ColourGuidance | None = None
     preview_every: int = 1
+    preview_seconds: float = 0.0
 
 
 # ----------------------------------------------------------------------------
@@ -281,7 +284,7 @@ def check_colour(colour, colour_scale, colour_every) -> ColourGuidance | None:
 def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_GUIDANCE,
                  num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT, seed=0, width=512, height=512, num_images=1,
                  image=None, strength=None, colour=None, colour_scale=0.0, colour_every=5, preview_every=1,
-                 guidance_scales=None, **micro_conditioning) -> Request:
+                 preview_seconds=0.0, guidance_scales=None, **micro_conditioning) -> Request:
     """Check every input of a text-to-image (or img2img, or sweep) request and return it as a ``Request``.
 
     Raises ``UserError`` naming the first bad value. ``micro_conditioning``
@@ -305,4 +308,5 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_G
     return Request(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance, num_inference_steps=steps,
                    width=width, height=height, num_images=images, seed=seed, scheduler=scheduler,
                    guidance_scales=scales, micro_conditioning=micro, image=image, strength=strength,
-                   colour=check_colour(colour, colour_scale, colour_every), preview_every=int(preview_every or 0))
+                   colour=check_colour(colour, colour_scale, colour_every), preview_every=int(preview_every or 0),
+                   preview_seconds=max(0.0, float(preview_seconds or 0.0)))

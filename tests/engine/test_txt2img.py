@@ -201,6 +201,23 @@ def test_step_states_carry_latents_and_x0(sd_pipe):
     assert steps[0]["preview"].size == (SIZE, SIZE)
 
 
+def test_previews_are_paced_by_the_clock_and_the_last_step_always_has_one(sd_pipe):
+    from engine.txt2img.pipeline import show_preview
+
+    paced = txt2img.make_request(preset("sd"), prompt=PROMPT, width=SIZE, height=SIZE, preview_seconds=0.3)
+    assert show_preview(paced, 0, 25, math.inf)  # the first step: nothing shown yet
+    assert not show_preview(paced, 1, 25, 0.05)  # too soon after the last preview
+    assert show_preview(paced, 2, 25, 0.31)
+    assert show_preview(paced, 24, 25, 0.0)  # the last step, however soon
+    off = txt2img.make_request(preset("sd"), prompt=PROMPT, width=SIZE, height=SIZE, preview_every=0,
+                                preview_seconds=0.3)
+    assert not show_preview(off, 24, 25, math.inf)
+    # a whole run with a pacing longer than the run: previews only at the first and the last step
+    events = list(text_to_image(sd_pipe, preset("sd"), prompt=PROMPT, num_inference_steps=4, width=SIZE,
+                                height=SIZE, scheduler="DDIM", preview_seconds=3600))
+    assert [e["preview"] is not None for e in events if isinstance(e, dict)] == [True, False, False, True]
+
+
 def test_predict_x0_inverts_add_noise():
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
