@@ -241,6 +241,89 @@ class Reference:
 
 
 # ----------------------------------------------------------------------------
+# Under load: many clients, mixed small requests, a tokenizer probe, memory
+
+
+SMALL_FASHION = dict(FASHION, count=4, num_inference_steps=10)
+SMALL_MINI = dict(MINI, num_images=1, num_inference_steps=10)
+
+
+def mixed_request(client, k: int) -> str:
+    """Request number ``k`` of the mixed load (tokenize, a small Fashion sample, a small mini-SD image,
+    a 64 px VAE round trip, tokenize), with its own seed so every output file is new. Returns the outcome."""
+    from gradio_client import handle_file
+
+    kind = ("tokenize", "fashion", "minisd", "vae", "tokenize")[k % 5]
+    try:
+        if kind == "tokenize":
+            client.predict(prompt=f"{TOKENIZE_PROMPT} number {k}", tokenizer=TOKENIZER, api_name="/tokenize")
+        elif kind == "fashion":
+            client.predict(**dict(SMALL_FASHION, seed=k), randomize_seed=False, model=FASHION_UNET,
+                           api_name="/sample_fashion")
+        elif kind == "minisd":
+            client.predict(**dict(SMALL_MINI, seed=k), model=MINI_SD, scheduler="default", randomize_seed=False,
+                           api_name="/generate")
+        else:
+            client.predict(image=handle_file(str(VAE_IMAGE)), vae=MINI_VAE, **VAE, sample=True, seed=k,
+                           api_name="/vae_roundtrip")
+        return f"{kind} ok"
+    except Exception as e:  # noqa: BLE001 - the outcome is the measurement
+        busy = "busy" in str(e).lower() or "queue is full" in str(e).lower()
+        return f"{kind} {'refused: queue full' if busy else 'failed: ' + str(e)[:80]}"
+
+
+def probe_tokenizer(url: str, stop, seconds: list) -> None:
+    """Every 0.5 s until ``stop`` is set: one /tokenize call, its latency appended to ``seconds``."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    while not stop.is_set():
+        start = time.perf_counter()
+        try:
+            client.predict(prompt=TOKENIZE_PROMPT, tokenizer=TOKENIZER, api_name="/tokenize")
+            seconds.append(time.perf_counter() - start)
+        except Exception:  # noqa: BLE001
+            seconds.append(float("inf"))
+        stop.wait(0.5)
+
+
+def load_test(url: str, pid: int, requests: int, clients: int) -> None:
+    """``requests`` mixed requests from ``clients`` concurrent clients, after one of each has loaded every
+    model; prints outcomes, the tokenizer probe's latency and the server's resident memory before/after."""
+    import collections
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    pool = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
+    for k in range(5):
+        mixed_request(pool[0], k)
+    rss_start = rss_mb(pid)
+    stop, probe = threading.Event(), []
+    prober = threading.Thread(target=probe_tokenizer, args=(url, stop, probe))
+    prober.start()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        outcomes = list(ex.map(lambda k: mixed_request(pool[k % clients], k), range(5, 5 + requests)))
+    stop.set()
+    prober.join()
+    took, rss_end = time.perf_counter() - start, rss_mb(pid)
+    print(f"\n{requests} mixed requests from {clients} clients in {took:.0f} s; outcomes:\n")
+    print("| outcome | count |\n|---|---|")
+    for outcome, count in sorted(collections.Counter(outcomes).items()):
+        print(f"| {outcome} | {count} |")
+    ok = sorted(x for x in probe if x != float("inf"))
+    p95 = ok[min(len(ok) - 1, int(0.95 * len(ok)))] if ok else float("nan")
+    print("\n| measure | value |\n|---|---|")
+    print(f"| /tokenize probe during the load: answered / sent | {len(ok)} / {len(probe)} |")
+    print(f"| /tokenize probe latency: median / p95 / max | {median(ok) * 1000:.0f} / {p95 * 1000:.0f} / "
+          f"{(ok[-1] if ok else float('nan')) * 1000:.0f} ms |")
+    print(f"| resident memory after warm-up → after the load | {rss_start:.0f} → {rss_end:.0f} MB "
+          f"({(rss_end / rss_start - 1) * 100:+.1f}%) |")
+
+
+# ----------------------------------------------------------------------------
 # The run
 
 
@@ -267,6 +350,9 @@ def main(argv=None) -> None:
     parser.add_argument("--tokenize-calls", type=int, default=20, help="later /tokenize calls to time")
     parser.add_argument("--app-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment for the app process only (repeatable), e.g. EXPLORER_THREADS=1")
+    parser.add_argument("--load", type=int, default=0, metavar="N",
+                        help="only the load test: N mixed requests (the issue's: --load 500 --clients 64)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the load test")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     setup_cpu()
@@ -278,6 +364,14 @@ def main(argv=None) -> None:
     print(f"machine: {machine()}", flush=True)
 
     proc, url, cold = start_app(extra_env)
+    if args.load:
+        try:
+            load_test(url, proc.pid, args.load, args.clients)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        print(f"\nmachine: {machine()}; app environment: {extra_env or 'default'}")
+        return
     try:
         from gradio_client import Client
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import random
+import time
+from pathlib import Path
 
 import gradio as gr
 
@@ -13,9 +16,43 @@ from engine.errors import MAX_SEED, UserError
 
 log = logging.getLogger("explorer")
 
+# Files written per request (gradio's cached outputs and uploads, our PNG copies) live at most this long, so
+# a Space that runs for weeks does not fill its disk. gr.Blocks(delete_cache=...) applies it to gradio's cache.
+CACHE_SECONDS = int(os.environ.get("EXPLORER_CACHE_SECONDS", "3600"))
+DELETE_CACHE = (max(1, CACHE_SECONDS // 4), CACHE_SECONDS)  # (every how many seconds, older than how many)
+
+# At most this many model jobs wait in the compute queue; the next one is refused at once with a message.
+# Cheap events (the tokenizer, the loaded-models panel) are not bounded by it: they never take those places.
+MAX_WAITING = int(os.environ.get("EXPLORER_QUEUE_SIZE", "32"))
+BUSY = "The server is busy: {n} image jobs are already waiting. Try again in a moment."
+
+
+def waiting_compute_jobs() -> int:
+    """Jobs waiting in the compute queue (not the one running), read from gradio's own queue of the app
+    whose event is being processed. These are gradio internals (pinned version); 0 if they move."""
+    try:
+        from gradio.context import LocalContext
+
+        queue = LocalContext.blocks.get()._queue
+        return len(queue.event_queue_per_concurrency_id["compute"].queue)
+    except (AttributeError, KeyError, LookupError):
+        return 0
+
+
+def compute_has_room(*inputs):
+    """gradio validator of every model event: runs when the request arrives, before it takes a place in the
+    queue, and refuses it with ``BUSY`` while ``MAX_WAITING`` jobs wait. Checks no input (the handlers do).
+    Every compute event has inputs, so the message always has one to stand next to."""
+    waiting = waiting_compute_jobs()
+    busy = waiting >= MAX_WAITING
+    # gradio shows a failed validation on the page next to the first input, and gradio_client raises it
+    return [gr.validate(not (busy and i == 0), BUSY.format(n=waiting) if busy and i == 0 else "")
+            for i in range(len(inputs))]
+
+
 # Every event that runs a model joins this one queue, so model work never
 # overlaps on the device and other users' jobs wait their turn in order.
-COMPUTE = {"concurrency_id": "compute", "concurrency_limit": 1}
+COMPUTE = {"concurrency_id": "compute", "concurrency_limit": 1, "validator": compute_has_room}
 
 
 def _to_gr_error(e: Exception) -> gr.Error:
@@ -81,3 +118,54 @@ def upload_path(image) -> str | None:
     if isinstance(image, dict):
         return image.get("path")
     return getattr(image, "path", None)
+
+
+def prune_folder(folder: Path, pattern: str = "*.png", max_age: float = CACHE_SECONDS, max_files: int = 64) -> None:
+    """Delete files in ``folder`` older than ``max_age`` seconds, then all but the newest ``max_files``.
+
+    Our own per-request files are only read once, when gradio copies them into its cache, so both bounds
+    can be small. Files another request removes first are skipped."""
+    files = []
+    for path in folder.glob(pattern):
+        try:
+            files.append((path.stat().st_mtime, path))
+        except OSError:
+            continue
+    files.sort(reverse=True)
+    now = time.time()
+    for rank, (mtime, path) in enumerate(files):
+        if rank >= max_files or now - mtime > max_age:
+            path.unlink(missing_ok=True)
+
+
+def last_output(outputs):
+    """A handler's result: a generator handler's last yield, else its return value."""
+    if not inspect.isgenerator(outputs):
+        return outputs
+    result = None
+    for result in outputs:
+        pass
+    return result
+
+
+def show_on_arrival(handler, settings: dict, outputs: list) -> None:
+    """Results on arrival: when a visitor opens the page, show ``handler``'s result for ``settings`` (the
+    controls' starting values, so pressing the button reproduces it) in ``outputs``.
+
+    The result is computed by the first visit, in the compute queue, and kept for the life of the server
+    process (a function of the shipped weights and fixed settings, like the weights themselves): every later
+    visitor gets it at once. If it cannot be computed (no model installed), the outputs stay empty.
+    """
+    @functools.cache
+    def result():
+        return last_output(handler(**settings))
+
+    def arrive():
+        try:
+            return result()
+        except Exception:  # noqa: BLE001 - an empty panel, never an error toast, on page load
+            log.exception("the example result of %s failed", getattr(handler, "__name__", handler))
+            return [gr.skip()] * len(outputs)
+
+    gr.on(None, arrive, None, outputs, api_visibility="private", show_progress="minimal",
+          concurrency_id=COMPUTE["concurrency_id"], concurrency_limit=COMPUTE["concurrency_limit"])

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -73,13 +74,13 @@ def _wait_for(url: str, proc: subprocess.Popen, timeout: float) -> float:
     raise RuntimeError(f"app.py did not serve {url} within {timeout:.0f} s; see artifacts/app.log")
 
 
-@pytest.fixture(scope="session")
-def app_url(tiny_presets, artifacts) -> str:
+@contextlib.contextmanager
+def running_app(env: dict[str, str], log_path: Path):
+    """``python app.py`` on a free loopback port with ``env`` added; yields its URL, stops it on exit."""
     port = _free_port()
     env = dict(os.environ, GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
-               EXPLORER_MODELS=str(tiny_presets), GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1", HF_HUB_DISABLE_TELEMETRY="1")
-    log = open(artifacts / "app.log", "w")
+               GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1", HF_HUB_DISABLE_TELEMETRY="1", **env)
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -93,6 +94,12 @@ def app_url(tiny_presets, artifacts) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def app_url(tiny_presets, artifacts) -> str:
+    with running_app({"EXPLORER_MODELS": str(tiny_presets)}, artifacts / "app.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
