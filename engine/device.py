@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -85,3 +86,35 @@ def describe_machine() -> str:
     have = ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512"
     return (f"{model} ({os.cpu_count()} logical CPUs), flags: {have}; torch {torch.__version__} on "
             f"{torch.get_num_threads()} intra-op thread(s), {torch.backends.cpu.get_cpu_capability()} kernels")
+
+
+@functools.cache
+def _glibc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (M_ARENA_MAX) before a server starts its worker threads.
+
+    glibc gives each new thread that allocates its own arena, and a server that runs each request on
+    whichever worker thread is free spreads freed tensors over dozens of arenas that are never given back,
+    so its resident memory creeps up request after request. No-op off glibc.
+    """
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(-8, int(arenas))  # M_ARENA_MAX
+
+
+def trim_memory() -> None:
+    """Give freed heap memory back to the system (glibc ``malloc_trim``) after a job; no-op off glibc."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from engine.device import trim_memory
 from engine.errors import MAX_SEED, UserError
 
 log = logging.getLogger("explorer")
@@ -69,6 +70,7 @@ def user_errors(fn):
 
     Any other exception, a library's own ``ValueError`` included, is logged on
     the server and reaches the page as a short generic message, never as a traceback.
+    After each call the freed heap goes back to the system, so memory stays flat over many requests.
     """
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -77,6 +79,8 @@ def user_errors(fn):
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
                 raise _to_gr_error(e) from e
+            finally:
+                trim_memory()
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -85,6 +89,8 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise _to_gr_error(e) from e
+        finally:
+            trim_memory()
     return wrapper
 
 
