@@ -9,6 +9,8 @@ trained to undo, with its noise schedule ᾱ_t.
 
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 import numpy as np
 import pandas as pd
@@ -22,10 +24,15 @@ from engine.fashion import sampling
 from engine.fashion.judge import judge_images
 from engine.fashion.data import CLASS_NAMES, example_images, to_model_space, to_unit_range
 from engine.presets import get_preset, presets_for
-from tabs.common import COMPUTE, seed_from_box, show_used_seed, user_errors
+from tabs.common import COMPUTE, seed_from_box, show_on_arrival, show_used_seed, user_errors
+from tabs.settings import Form
 
 SCALE = 4  # 32x32 samples are shown at 128x128 (nearest neighbour)
 GUIDANCE_COMPARE = (1.0, 2.0, 4.0)
+STOP_SECONDS = 0.5  # a long run yields at least this often, so Stop cancels it within about this long
+# The controls' starting values: the result of these settings is on the page when a visitor arrives.
+FIRST = dict(label="Sandal", count=16, sampler="DPM-Solver++",
+             num_inference_steps=sampling.STEP_RANGES["DPM-Solver++"][2], guidance_scale=2.0, seed=42)
 
 INTRO = """### A diffusion model at work
 The book's first step towards Stable Diffusion: a UNet that predicts the noise in a 32×32 image, **given a class
@@ -107,7 +114,7 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
     unet, schedule = _unet_and_schedule(model)
     keep = set(sampling.trajectory_indices(request.num_inference_steps))
     trajectory = []
-    result = None
+    result, last_yield = None, time.monotonic()
     for state in sampling.sample(unet, request.label, request.count, request.sampler, request.num_inference_steps,
                                 request.guidance_scale, request.seed, scheduler_config=schedule):
         if isinstance(state, sampling.SampleResult):
@@ -115,8 +122,16 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
             break
         progress((state.index + 1, state.num_steps), desc=f"{request.sampler}: denoising", unit="steps")
         if state.index in keep and state.index != state.num_steps - 1:
-            trajectory += _trajectory_items(state)
-            yield gr.skip(), trajectory, gr.skip(), gr.skip()
+            # While it runs, the trajectory panel shows the newest pair only: re-sending the growing gallery
+            # at every kept step cost a PNG and a download per item (issue 11). The end shows them all.
+            pair = _trajectory_items(state)
+            trajectory += pair
+            yield gr.skip(), pair, gr.skip(), gr.skip()
+            last_yield = time.monotonic()
+        elif time.monotonic() - last_yield > STOP_SECONDS:
+            # nothing to show, but a Stop (which takes effect at a yield) must not wait for the next kept step
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            last_yield = time.monotonic()
     # The last trajectory entry: the final image (x_0) itself.
     final = result.images[:1]
     trajectory += _gallery(torch.cat([final, final]), [f"step {request.num_inference_steps}/"
@@ -190,31 +205,36 @@ def schedule_frame(every: int = 5) -> pd.DataFrame:
 # Layout
 
 
-def build() -> None:
-    gr.Markdown(INTRO)
+def build() -> Form:
+    """The tab's layout and events; returns its form (the named controls that history and links fill)."""
+    gr.Markdown(INTRO, elem_classes=["explain"])
     choices = unet_choices()
     generated = gr.State(None)  # the first samples of this user's last run, (N, 1, 32, 32) in [0, 1]
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            label = gr.Dropdown(list(CLASS_NAMES), value="Sandal", label="Class", allow_custom_value=True,
+            label = gr.Dropdown(list(CLASS_NAMES), value=FIRST["label"], label="Class", allow_custom_value=True,
                                 info="A class name, or its index 0-9 (API).", elem_id="fashion-class")
-            count = gr.Slider(1, sampling.MAX_COUNT, value=16, step=1, label="Number of images", elem_id="fashion-count")
-            sampler = gr.Radio(list(sampling.SAMPLERS), value="DPM-Solver++", label="Sampler",
+            count = gr.Slider(1, sampling.MAX_COUNT, value=FIRST["count"], step=1, label="Number of images", elem_id="fashion-count")
+            sampler = gr.Radio(list(sampling.SAMPLERS), value=FIRST["sampler"], label="Sampler",
                                info="DDPM: the book's 1000-step loop. DDIM, DPM-Solver++: fewer steps.")
             # The full range here (the API accepts any sampler's steps); choosing a sampler narrows it.
-            steps = gr.Slider(2, 1000, value=sampling.STEP_RANGES["DPM-Solver++"][2], step=1,
-                              label="Steps (num_inference_steps)",
+            steps = gr.Slider(2, 1000, value=FIRST["num_inference_steps"], step=1,
+                              label="Steps (num_inference_steps)", elem_id="fashion-steps",
                               info="DDPM 10-1000, DDIM 2-500, DPM-Solver++ 2-100.")
-            guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=2.0, step=0.5, label="Guidance scale",
+            guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=FIRST["guidance_scale"], step=0.5, label="Guidance scale",
                                  info="1 = no guidance (one model call per step); above 1, two calls per step.")
             with gr.Row():
-                seed = gr.Number(value=42, label="Seed", info="A whole number from 0 to 4294967295.")
+                seed = gr.Number(value=FIRST["seed"], label="Seed", info="A whole number from 0 to 4294967295.")
                 randomize = gr.Checkbox(value=False, label="Randomize seed")
             model = gr.Dropdown(choices, value=default_unet(), label="Model",
                                 info="Defaults to the model that suits this device.")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="fashion-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="fashion-stop", scale=1)
+            form = Form("class", dict(sampler=sampler, steps=steps, count=count, guidance=guidance, seed=seed,
+                                      randomize=randomize, model=model, **{"class": label}),
+                        run_id="fashion-generate", follow=("sampler", steps_for_sampler, [steps]))
+            form.add_link_button("fashion")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain", format="png",
                                  elem_id="fashion-samples")
@@ -222,13 +242,17 @@ def build() -> None:
                                     columns=6, height="auto", object_fit="contain", format="png",
                                     elem_id="fashion-trajectory")
             info = gr.JSON(label="Run", elem_id="fashion-info")
+            form.add_history("fashion-history")
 
     inputs = [label, count, sampler, steps, guidance, seed, randomize, model]
     event = run.click(sample_fashion, inputs, [gallery, trajectory, info, generated], api_name="sample_fashion",
                       **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
+    form.record([event], gallery, info, lambda s: f"{s['class']} · seed {s['seed']}")
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
-    sampler.change(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
+    show_on_arrival(sample_fashion, dict(FIRST, model=default_unet()), [gallery, trajectory, info, generated])
+    # .input (the user's choice), not .change: a sampler restored from the history or a link comes with its steps.
+    sampler.input(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
     gr.Examples(
         examples=[["Sandal", 16, "DPM-Solver++", 20, 2.0, 42], ["Trouser", 16, "DDIM", 50, 2.0, 7],
                   ["Bag", 8, "DPM-Solver++", 10, 3.0, 1234]],
@@ -260,6 +284,7 @@ def build() -> None:
                                  height="auto", object_fit="contain", format="png")
             forward_caption = gr.Markdown(caption)
     show.click(forward_view, [source, example, generated, noise_seed], [forward, forward_caption],
-               api_name="forward_fashion")
+               api_name="forward_fashion", queue=False)  # no model: numpy on 8 small pictures
     gr.LinePlot(schedule_frame(), x="t", y="value", color="series", title="Noise schedule (DDPM, linear betas 1e-4 to 0.02)",
                 x_title="timestep t", y_title="level", height=300)
+    return form

@@ -9,26 +9,30 @@ and colour guidance (the book's exercise 9). API: ``/generate`` and
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import gradio as gr
 
-from engine import loader
-from engine import txt2img
+from engine import loader, txt2img
 from engine.errors import MAX_SEED, UserError
 from engine.images import open_image
 from engine.pngmeta import format_parameters, save_png
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
-from tabs.common import COMPUTE, seed_from_box, show_used_seed, upload_path, user_errors
+from tabs.common import (COMPUTE, last_output, prune_folder, seed_from_box, show_on_arrival, show_used_seed,
+                         upload_path, user_errors)
+from tabs.settings import Form
 
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "explorer-txt2img"
+# Our PNG copies (with the generation parameters inside), one folder per server process, kept small by
+# prune_folder; gradio copies each into its own cache, which delete_cache bounds.
+OUTPUT_DIR = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()) / f"explorer-txt2img-{os.getpid()}"
+EXAMPLE_DIR = OUTPUT_DIR / "example"  # the result shown on arrival, to every visitor: never pruned
 # Live previews at most this often (wall clock): each one is a decode, a PNG and a file the page downloads,
 # and on a fast loop one per step cost more than the steps (issue 11).
 PREVIEW_SECONDS = 0.3
-KEEP_SECONDS = 3600  # our PNG copies older than this are removed (gradio keeps its own cached copy)
 
 MINI_EXAMPLES = [
     ["a blue sneaker", ""],
@@ -100,13 +104,7 @@ def model_choices() -> list[str]:
 def _save_pngs(result) -> list[tuple[str, str]]:
     """Each image as a PNG with its A1111-style ``parameters`` chunk; (path, caption) pairs for the gallery."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in OUTPUT_DIR.glob("*.png"):
-        try:
-            if now - old.stat().st_mtime > KEEP_SECONDS:
-                old.unlink()
-        except OSError:
-            pass
+    prune_folder(OUTPUT_DIR)
     items = []
     for image, params in zip(result.pil_images, result.parameters):
         text = format_parameters(params["prompt"], params["negative_prompt"], params["settings"])
@@ -114,6 +112,12 @@ def _save_pngs(result) -> list[tuple[str, str]]:
         caption = f"guidance {params['settings']['CFG scale']} · seed {params['settings']['Seed']}"
         items.append((str(path), caption))
     return items
+
+
+# generate()'s settings that the controls hold (the upload, strength and colour guidance keep their defaults)
+GENERATE_ARGS = ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "scheduler", "seed",
+                 "randomize_seed", "width", "height", "num_images", "original_size", "crops_coords_top_left",
+                 "target_size", "negative_original_size", "negative_crops_coords_top_left", "negative_target_size")
 
 
 def _stream(preset, progress, **kwargs):
@@ -161,6 +165,16 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
         if isinstance(info, dict) and notes:
             info = {**info, "image_notes": notes}
         yield gallery, info, preview
+
+
+def example_result(**settings):
+    """``generate`` for the result shown on arrival, its PNGs moved where pruning leaves them alone."""
+    gallery, info, preview = last_output(generate(**settings))
+    EXAMPLE_DIR.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for path, caption in gallery:
+        kept.append((shutil.move(path, EXAMPLE_DIR / Path(path).name), caption))
+    return kept, info, preview
 
 
 @user_errors
@@ -223,8 +237,9 @@ def model_note(preset) -> str:
     return note
 
 
-def build() -> None:
-    gr.Markdown(INTRO)
+def build() -> Form:
+    """The tab's layout and events; returns its form (the named controls that history and links fill)."""
+    gr.Markdown(INTRO, elem_classes=["explain"], elem_id="t2i-intro")
     choices = model_choices()
     first = choices[0] if choices else None
     preset = txt2img.get_pipeline_preset(first) if first else None
@@ -263,7 +278,7 @@ def build() -> None:
             num_images = gr.Slider(1, txt2img.MAX_IMAGES, value=1, step=1, label="Number of images")
             with gr.Accordion("SDXL micro-conditioning", open=False,
                               visible=bool(preset and preset.kind == "sdxl")) as sdxl_box:
-                gr.Markdown(SDXL_HELP)
+                gr.Markdown(SDXL_HELP, elem_classes=["explain"])
                 with gr.Row():
                     original_size = gr.Textbox("", label="original_size (W,H)", placeholder="image size")
                     crops_coords_top_left = gr.Textbox("", label="crops_coords_top_left (x,y)", placeholder="0,0")
@@ -279,7 +294,7 @@ def build() -> None:
                 image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"])
                 strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength")
             with gr.Accordion("Colour guidance", open=False):
-                gr.Markdown(COLOUR_HELP)
+                gr.Markdown(COLOUR_HELP, elem_classes=["explain"])
                 with gr.Row():
                     colour = gr.ColorPicker(value="#1f4fd1", label="Target colour")
                     colour_scale = gr.Slider(0, 1000, value=0, step=10, label="Colour loss scale (0 = off)")
@@ -287,12 +302,25 @@ def build() -> None:
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="t2i-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop", scale=1)
+            form = Form("txt2img", dict(
+                model=model, prompt=prompt, negative=negative_prompt, guidance=guidance_scale,
+                steps=num_inference_steps, scheduler=scheduler, seed=seed, randomize=randomize_seed, width=width,
+                height=height, images=num_images, original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left, target_size=target_size,
+                negative_original_size=negative_original_size,
+                negative_crops_coords_top_left=negative_crops_coords_top_left,
+                negative_target_size=negative_target_size, strength=strength, colour=colour,
+                colour_scale=colour_scale, colour_every=colour_every),
+                run_id="t2i-generate",
+                follow=("model", model_settings, [guidance_scale, num_inference_steps, width, height, sdxl_box, note]))
+            form.add_link_button("t2i")
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images (PNG with the generation parameters inside)", format="png",
                                  columns=2, height="auto", interactive=False, elem_id="t2i-gallery")
             preview = gr.Image(label="Live preview: each step's predicted x0", interactive=False,
                                height=256, elem_id="t2i-preview")
             info = gr.JSON(label="Run details", elem_id="t2i-info")
+            form.add_history("t2i-history")
 
     gr.Examples(MINI_EXAMPLES, inputs=[prompt, negative_prompt],
                 label="Prompts the mini models know (colour + clothing; try the negative prompt 'red')")
@@ -309,7 +337,8 @@ def build() -> None:
         sweep_info = gr.JSON(label="Sweep details")
 
     settings_outputs = [guidance_scale, num_inference_steps, width, height, sdxl_box, note]
-    model.change(model_settings, model, settings_outputs, api_visibility="private")
+    # .input (the user's choice), not .change: a model restored from the history or a link comes with its settings.
+    model.input(model_settings, model, settings_outputs, api_visibility="private", queue=False)
 
     inputs = [prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
               width, height, num_images, original_size, crops_coords_top_left, target_size,
@@ -322,6 +351,7 @@ def build() -> None:
     enter = prompt.submit(generate, inputs, [gallery, info, preview], api_visibility="private", preprocess=False,
                           **COMPUTE)
     enter.success(show_used_seed, info, seed, api_visibility="private", queue=False)
+    form.record([event, enter], gallery, info, lambda s: f"seed {s['seed']} · {s['prompt']}")
 
     sweep_inputs = [prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
                     randomize_seed, width, height, original_size, crops_coords_top_left, target_size]
@@ -329,3 +359,7 @@ def build() -> None:
                               api_name="guidance_sweep", **COMPUTE)
     sweep_event.success(show_used_seed, sweep_info, seed, api_visibility="private", queue=False)
     stop.click(None, None, None, cancels=[event, enter, sweep_event], api_visibility="private", queue=False)
+    if first:
+        show_on_arrival(example_result, dict(zip(GENERATE_ARGS, [c.value for c in inputs[:len(GENERATE_ARGS)]])),
+                        [gallery, info, preview])
+    return form

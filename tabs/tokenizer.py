@@ -104,7 +104,8 @@ def build() -> None:
         "### What the text encoder reads\n"
         "Stable Diffusion never sees your words: CLIP's tokenizer cuts the prompt into byte-pair pieces, "
         "each with an id in a 49,408-entry vocabulary, between `<|startoftext|>` (49406) and "
-        "`<|endoftext|>` (49407), and pads or cuts it to a 77-token window."
+        "`<|endoftext|>` (49407), and pads or cuts it to a 77-token window.",
+        elem_classes=["explain"],
     )
     names = tokenizer_engine.tokenizer_names()
     with gr.Row():
@@ -123,6 +124,7 @@ def build() -> None:
         as_json = gr.JSON(show_label=False)
 
     outputs = [chips, summary, shapes, decoded, as_json]
-    # triggers=None: on page load (the book's example is shown at once) and on every edit.
+    # triggers=None: on page load (the book's example is shown at once) and on every edit. It needs no model
+    # and takes milliseconds, so it skips the queue: a queue full of image jobs never refuses or delays it.
     gr.on(None, tokenize, inputs=[prompt, tokenizer], outputs=outputs, api_name="tokenize",
-          trigger_mode="always_last", concurrency_limit=8, show_progress="hidden")
+          trigger_mode="always_last", queue=False, concurrency_limit=8, show_progress="hidden")

@@ -24,7 +24,7 @@ from engine.fashion.data import CLASS_NAMES, example_images, to_unit_range
 from engine.fashion.sampling import to_pil
 from engine.presets import presets_for
 from engine.unet import anatomy, attention, timestep
-from tabs.common import COMPUTE, seed_from_box, user_errors
+from tabs.common import COMPUTE, seed_from_box, show_on_arrival, user_errors
 
 #: The first example is a positioned prompt, so the item word's map points somewhere on the first click.
 EXAMPLES = [
@@ -156,7 +156,7 @@ def unet_anatomy(model, width, height):
 
 
 def _attention_section() -> None:
-    gr.Markdown(ATTENTION_HELP)
+    gr.Markdown(ATTENTION_HELP, elem_classes=["explain"])
     choices = model_choices()
     first = txt2img.get_pipeline_preset(choices[0]) if choices else None
     size = txt2img.start_size(first) if first else 512
@@ -192,13 +192,17 @@ def _attention_section() -> None:
     inputs = [prompt, negative, model, guidance, steps, seed, width, height, step_range, layer_choice]
     outputs = [image, gallery, info, state, step_slider]
     run.click(attention_maps, inputs, outputs, api_name="attention_maps", **COMPUTE)
+    if choices:
+        names = ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "seed", "width",
+                 "height", "steps", "layers")
+        show_on_arrival(attention_maps, {n: c.value for n, c in zip(names, inputs)}, outputs)
     prompt.submit(attention_maps, inputs, outputs, api_visibility="private", **COMPUTE)
     step_slider.release(maps_at_step, [state, step_slider], [gallery, step_note], api_visibility="private",
                         queue=False)
 
 
 def _time_section() -> None:
-    gr.Markdown(TIME_HELP)
+    gr.Markdown(TIME_HELP, elem_classes=["explain"])
     with gr.Row():
         embedding = gr.Image(label="Timestep embedding: t = 0…999 (rows) × channels", type="pil", height=280)
         cosine = gr.Image(label="Cosine similarity of two timesteps' embeddings", type="pil", height=280)
@@ -220,7 +224,7 @@ def _time_section() -> None:
 
 
 def _anatomy_section() -> None:
-    gr.Markdown(ANATOMY_HELP)
+    gr.Markdown(ANATOMY_HELP, elem_classes=["explain"])
     choices = anatomy_choices()
     with gr.Row():
         model = gr.Dropdown(choices, value="SD 1.5" if "SD 1.5" in choices else (choices[0] if choices else None),
@@ -235,7 +239,7 @@ def _anatomy_section() -> None:
 
 
 def build() -> None:
-    gr.Markdown(INTRO)
+    gr.Markdown(INTRO, elem_classes=["explain"])
     with gr.Tabs():
         with gr.Tab("Where each word lands", id="unet-attention"):
             _attention_section()

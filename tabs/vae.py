@@ -18,7 +18,7 @@ from engine import vae as vae_engine
 from engine.images import open_image
 from engine.errors import UserError
 from engine.presets import default_size, get_preset, presets_for
-from tabs.common import COMPUTE, seed_from_box, upload_path, user_errors
+from tabs.common import COMPUTE, seed_from_box, show_on_arrival, upload_path, user_errors
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 EXAMPLES = [[str(EXAMPLES_DIR / name)]
@@ -123,13 +123,13 @@ def _output_image(label: str, height: int | None = None, elem_id: str | None = N
 
 
 def build() -> None:
-    gr.Markdown(INTRO)
+    gr.Markdown(INTRO, elem_classes=["explain"])
     choices = vae_choices()
     if not _has_offline_vae():
         gr.Markdown(NO_OFFLINE_VAE)
     with gr.Row():
         with gr.Column(scale=1):
-            image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="vae-input",
+            image = gr.Image(value=EXAMPLES[0][0], label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="vae-input",
                              height=320)
             gr.Examples(EXAMPLES, inputs=[image], example_labels=EXAMPLE_LABELS, label="Examples (made for this app)")
         with gr.Column(scale=1):
@@ -159,7 +159,7 @@ def build() -> None:
         histogram = _output_image("Histogram of latent values (after scaling)")
     numbers = gr.JSON(label="Numbers (the /vae_roundtrip API returns this)", height=360, elem_id="vae-numbers")
 
-    gr.Markdown(UNET_INTRO)
+    gr.Markdown(UNET_INTRO, elem_classes=["explain"])
     timestep = gr.Slider(0, vae_engine.NUM_TRAIN_TIMESTEPS - 1, value=250, step=1, label="Timestep t")
     with gr.Row():
         noisy_latent = _output_image("Noisy latent, decoded", elem_id="vae-noisy-latent")
@@ -172,6 +172,8 @@ def build() -> None:
     # preprocess=False: gradio would open the upload with PIL before our guard; open_image checks it first.
     event = run.click(vae_roundtrip, inputs=[image, vae, size, fit, sample, seed, gain], outputs=outputs,
                       api_name="vae_roundtrip", preprocess=False, **COMPUTE)
+    if choices:
+        show_on_arrival(vae_roundtrip, {"image": EXAMPLES[0][0], "vae": choices[0], "size": size.value}, outputs)
     noise_inputs, noise_outputs = [state, timestep, seed], [noisy_latent, noisy_pixels, noise_numbers]
     event.success(what_the_unet_sees, inputs=noise_inputs, outputs=noise_outputs, api_visibility="private", **COMPUTE)
     # change, not release: release misses keyboard use; always_last keeps a drag to at most two decodes.
