@@ -53,7 +53,10 @@ def compute_has_room(*inputs):
 
 # Every event that runs a model joins this one queue, so model work never
 # overlaps on the device and other users' jobs wait their turn in order.
-COMPUTE = {"concurrency_id": "compute", "concurrency_limit": 1, "validator": compute_has_room}
+# preprocess=False: the engine checks every value itself, with messages that say what to change (gradio's own
+# checks would run in the validator's call, where a bad value becomes a bare "400 Bad Request" for API users),
+# and an upload is opened by our size guard before anything decodes it.
+COMPUTE = {"concurrency_id": "compute", "concurrency_limit": 1, "validator": compute_has_room, "preprocess": False}
 
 
 def _to_gr_error(e: Exception) -> gr.Error:

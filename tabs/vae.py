@@ -169,9 +169,9 @@ def build() -> None:
     vae.change(size_for_vae, vae, size, api_visibility="private", queue=False)
 
     outputs = [reconstruction, channels, numbers, shown_input, heatmap, legend, histogram, summary, state]
-    # preprocess=False: gradio would open the upload with PIL before our guard; open_image checks it first.
+    # COMPUTE has preprocess=False: gradio would open the upload with PIL before our guard; open_image checks it.
     event = run.click(vae_roundtrip, inputs=[image, vae, size, fit, sample, seed, gain], outputs=outputs,
-                      api_name="vae_roundtrip", preprocess=False, **COMPUTE)
+                      api_name="vae_roundtrip", **COMPUTE)
     if choices:
         show_on_arrival(vae_roundtrip, {"image": EXAMPLES[0][0], "vae": choices[0], "size": size.value}, outputs)
     noise_inputs, noise_outputs = [state, timestep, seed], [noisy_latent, noisy_pixels, noise_numbers]
