@@ -17,8 +17,7 @@ def test_every_tab_shows_its_example_result_without_a_click(page, artifacts):
     open_tab(page, "Text to image")
     page.locator("#t2i-info").get_by_text("unet_calls").wait_for(timeout=120_000)
     assert page.locator("#t2i-gallery img").count() == 1
-    details = page.locator("#t2i-info").inner_text()
-    assert "mini-SD (offline)" in details and "a blue sneaker" in details
+    assert "mini-SD (offline)" in page.locator("#t2i-info").inner_text()
     assert page.locator("#t2i-prompt textarea").input_value() == "a blue sneaker"
 
     open_tab(page, "VAE compression")
