@@ -256,7 +256,8 @@ def build() -> Form:
             model = gr.Dropdown(choices, value=first, label="Model", elem_id="t2i-model",
                                 info="Local presets first; hub presets need internet on first use.")
             note = gr.Markdown(model_note(preset), elem_id="t2i-note")
-            prompt = gr.Textbox(label="Prompt", lines=2, value=(MINI_EXAMPLES if mini else EXAMPLES)[0][0],
+            # lines=1: gradio submits on Enter only in a one-line box (it grows with long prompts up to max_lines)
+            prompt = gr.Textbox(label="Prompt", lines=1, max_lines=4, value=(MINI_EXAMPLES if mini else EXAMPLES)[0][0],
                                 elem_id="t2i-prompt")
             negative_prompt = gr.Textbox("", label="Negative prompt", elem_id="t2i-negative",
                                          info="Replaces the empty prompt as the unconditional input of guidance.")

@@ -139,3 +139,35 @@ def test_a_phone_has_no_sideways_scroll_and_reaches_every_control(browser, app_u
         page.screenshot(path=str(artifacts / "phone_width.png"))
     finally:
         context.close()
+
+
+def test_enter_in_the_prompt_runs_text_to_image(page):
+    open_tab(page, T2I)
+    page.locator("#t2i-info").get_by_text("unet_calls").wait_for(timeout=120_000)  # the example on arrival
+    _set_number(page, "#t2i-seed input", 5)
+    _set_number(page, "#t2i-steps input[type=number]", 3)
+    prompt = page.locator("#t2i-prompt textarea")
+    prompt.fill("a green bag")
+    prompt.press("Enter")  # no click: Enter submits
+    page.wait_for_function(
+        "document.querySelector('#t2i-info').innerText.replace(/\\s/g, '').includes('\"seed\":5')", timeout=120_000)
+    assert page.locator("#t2i-gallery img").count() == 1
+
+
+def test_stop_cancels_a_long_run_and_the_next_run_starts_at_once(page):
+    open_tab(page, FASHION)
+    samples = page.locator("#fashion-samples")
+    samples.get_by_text("Sandal #16").wait_for(timeout=120_000)  # the example on arrival
+    page.get_by_label("DDPM", exact=True).check()
+    _set_number(page, "#fashion-steps input[type=number]", 1000)  # 16 images x 1000 steps: minutes on a CPU
+    page.locator("#fashion-generate").click()
+    page.locator("#fashion-trajectory").get_by_text("step 1/1000").first.wait_for(timeout=60_000)  # it is running
+    page.locator("#fashion-stop").click()
+    # the cancelled run leaves the previous result, not half a result
+    assert samples.get_by_text("Sandal #16").is_visible()
+    page.get_by_label("DPM-Solver++", exact=True).check()
+    _set_number(page, "#fashion-steps input[type=number]", 4)
+    _set_number(page, "#fashion-count input[type=number]", 2)
+    page.locator("#fashion-generate").click()
+    # far sooner than the 1000-step run could have ended: the queue was freed
+    page.wait_for_function("document.querySelectorAll('#fashion-samples img').length === 2", timeout=90_000)
