@@ -269,7 +269,7 @@ def mixed_request(client, k: int) -> str:
         return f"{kind} ok"
     except Exception as e:  # noqa: BLE001 - the outcome is the measurement
         busy = "busy" in str(e).lower() or "queue is full" in str(e).lower()
-        return f"{kind} {'refused: queue full' if busy else 'failed: ' + str(e)[:80]}"
+        return f"{kind} {'refused: server busy' if busy else 'failed: ' + str(e)[:80]}"
 
 
 def probe_tokenizer(url: str, stop, seconds: list) -> None:
