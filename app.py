@@ -89,4 +89,9 @@ if __name__ == "__main__":
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        prevent_thread_lock=True,
     )
+    # The page is served; now the pipeline and CLIP classes (about 3 s of imports), here in the main thread.
+    # A model request that comes sooner waits for them (engine.loader.import_model_code) instead of racing them.
+    loader.import_model_code()
+    demo.block_thread()

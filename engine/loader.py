@@ -94,6 +94,7 @@ def load(preset: Preset | str, kind: str | None = None, *, device: str | None = 
         entry = _models.get(key)  # loaded by the request we waited on
         if entry is not None:
             return entry.model
+        import_model_code()
         start = time.perf_counter()
         model = _load_uncached(preset, device, torch_dtype)
         _models[key] = _Entry(model, preset, device, torch_dtype, time.perf_counter() - start)
@@ -168,6 +169,19 @@ def hub_reachable(timeout: float = 2.0, ttl: float = 30.0) -> bool:
 
 # ----------------------------------------------------------------------------
 # Loaders for the built-in kinds. Each takes (preset, device, dtype, local_only).
+
+
+def import_model_code() -> None:
+    """Import diffusers' SD and SDXL pipelines and transformers' CLIP classes, resolving their lazy names, one
+    thread at a time (``_import_lock``): about 3 s once, then nothing.
+
+    The app calls it in its main thread right after the page is served, so a cold start does not wait for it;
+    every first ``load()`` calls it too, so a request that comes sooner waits for those imports instead of
+    racing them.
+    """
+    with _import_lock:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
+        from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
 
 def _import(module_name: str):

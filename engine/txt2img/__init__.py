@@ -17,11 +17,8 @@ Shapes: B is the number of images, h = height / 8, w = width / 8. Latents are
 VAE and in [0, 1] after post-processing.
 """
 
-# The two pipeline classes are imported here, once, in the thread that imports the app: the loader
-# imports them again inside a request, and transformers' lazy imports (CLIPImageProcessor's
-# torchvision fallback) can fail when two request threads resolve them for the first time at once.
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
-
+# The pipeline classes are not imported here: engine.loader.import_model_code does it once, one thread at a
+# time (transformers' lazy imports can fail when two threads resolve them at once), after the page is served.
 from engine.txt2img.info import Result
 from engine.txt2img.pipeline import gpu_seconds, run_to_end, text_to_image
 from engine.txt2img.request import (MAX_IMAGES, MAX_STEPS, SWEEP_DEFAULT, Request, default_guidance, default_steps,
