@@ -145,27 +145,22 @@ def no_progress(*args, **kwargs) -> None:
     return None
 
 
-def last(events):
-    """Run an event handler's generator to its end; its last output."""
-    out = None
-    for out in events:
-        pass
-    return out
-
-
 def engine_fashion() -> dict:
     from tabs.class_conditional import sample_fashion
+    from tabs.common import last_output
 
-    *_, info, _ = last(sample_fashion(**FASHION, randomize_seed=False, model=FASHION_UNET, progress=no_progress))
+    *_, info, _ = last_output(sample_fashion(**FASHION, randomize_seed=False, model=FASHION_UNET, progress=no_progress))
     return {"engine_s": info["wall_time_s"]}
 
 
 def engine_mini_sd() -> dict:
+    from tabs.common import last_output
     from tabs.text_to_image import generate
 
-    _, info, _ = last(generate(**MINI, model=MINI_SD, scheduler="default", randomize_seed=False, original_size="",
-                               crops_coords_top_left="", target_size="", negative_original_size="",
-                               negative_crops_coords_top_left="", negative_target_size="", progress=no_progress))
+    _, info, _ = last_output(generate(**MINI, model=MINI_SD, scheduler="default", randomize_seed=False,
+                                      original_size="", crops_coords_top_left="", target_size="",
+                                      negative_original_size="", negative_crops_coords_top_left="",
+                                      negative_target_size="", progress=no_progress))
     return {"loop_s": info["loop_seconds"]}
 
 

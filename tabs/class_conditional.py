@@ -214,14 +214,16 @@ def build() -> Form:
         with gr.Column(scale=1, min_width=300):
             label = gr.Dropdown(list(CLASS_NAMES), value=FIRST["label"], label="Class", allow_custom_value=True,
                                 info="A class name, or its index 0-9 (API).", elem_id="fashion-class")
-            count = gr.Slider(1, sampling.MAX_COUNT, value=FIRST["count"], step=1, label="Number of images", elem_id="fashion-count")
+            count = gr.Slider(1, sampling.MAX_COUNT, value=FIRST["count"], step=1, label="Number of images",
+                              elem_id="fashion-count")
             sampler = gr.Radio(list(sampling.SAMPLERS), value=FIRST["sampler"], label="Sampler",
                                info="DDPM: the book's 1000-step loop. DDIM, DPM-Solver++: fewer steps.")
             # The full range here (the API accepts any sampler's steps); choosing a sampler narrows it.
             steps = gr.Slider(2, 1000, value=FIRST["num_inference_steps"], step=1,
                               label="Steps (num_inference_steps)", elem_id="fashion-steps",
                               info="DDPM 10-1000, DDIM 2-500, DPM-Solver++ 2-100.")
-            guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=FIRST["guidance_scale"], step=0.5, label="Guidance scale",
+            guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=FIRST["guidance_scale"], step=0.5,
+                                 label="Guidance scale",
                                  info="1 = no guidance (one model call per step); above 1, two calls per step.")
             with gr.Row():
                 seed = gr.Number(value=FIRST["seed"], label="Seed", info="A whole number from 0 to 4294967295.")
@@ -254,7 +256,8 @@ def build() -> Form:
     # .input (the user's choice), not .change: a sampler restored from the history or a link comes with its steps.
     sampler.input(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
     gr.Examples(
-        examples=[["Sandal", 16, "DPM-Solver++", 20, 2.0, 42], ["Trouser", 16, "DDIM", 50, 2.0, 7],
+        examples=[[FIRST[k] for k in ("label", "count", "sampler", "num_inference_steps", "guidance_scale", "seed")],
+                  ["Trouser", 16, "DDIM", 50, 2.0, 7],
                   ["Bag", 8, "DPM-Solver++", 10, 3.0, 1234]],
         inputs=[label, count, sampler, steps, guidance, seed],
         label="Examples",

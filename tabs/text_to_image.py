@@ -345,12 +345,10 @@ def build() -> Form:
               width, height, num_images, original_size, crops_coords_top_left, target_size,
               negative_original_size, negative_crops_coords_top_left, negative_target_size, image, strength,
               colour, colour_scale, colour_every]
-    event = run.click(generate, inputs, [gallery, info, preview], api_name="generate",
-                      **COMPUTE)
+    event = run.click(generate, inputs, [gallery, info, preview], api_name="generate", **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
     # Enter in the prompt box runs the same job; Stop cancels it at the next step and frees the queue.
-    enter = prompt.submit(generate, inputs, [gallery, info, preview], api_visibility="private",
-                          **COMPUTE)
+    enter = prompt.submit(generate, inputs, [gallery, info, preview], api_visibility="private", **COMPUTE)
     enter.success(show_used_seed, info, seed, api_visibility="private", queue=False)
     form.record([event, enter], gallery, info, lambda s: f"seed {s['seed']} · {s['prompt']}")
 
