@@ -36,6 +36,36 @@ def label_font(size: int = 12):
     return ImageFont.load_default(size=size)
 
 
+def image_grid(pictures: torch.Tensor, columns: int, *, scale: int = 1, gap: int = 0,
+               column_labels: list[str] | None = None, label_size: int = 12) -> Image.Image:
+    """Pictures [N, C, H, W] in [0, 1] (C = 1: grey, C = 3: RGB) -> one PIL image, row-major, ``columns`` wide.
+
+    Each picture is upscaled ``scale`` times with nearest neighbours (pixels stay sharp), with ``gap`` white
+    pixels between pictures, and ``column_labels`` written under the columns when given (under: gradio lays
+    its component label over the top left of a picture). One picture file
+    instead of N: one PNG to encode, store and download (issue 11), like diffusers' ``make_image_grid``.
+    """
+    n, c, h, w = pictures.shape
+    rows = math.ceil(n / columns)
+    tiles = (pictures.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    tiles = tiles.repeat(scale, axis=2).repeat(scale, axis=3)
+    th, tw = h * scale, w * scale
+    body = rows * th + (rows - 1) * gap
+    strip = label_size + 6 if column_labels else 0
+    grid = Image.new("L" if c == 1 else "RGB", (columns * tw + (columns - 1) * gap, body + strip),
+                     255 if c == 1 else (255, 255, 255))
+    for k in range(n):
+        tile = tiles[k, 0] if c == 1 else tiles[k].transpose(1, 2, 0)
+        r, col = divmod(k, columns)
+        grid.paste(Image.fromarray(np.ascontiguousarray(tile)), (col * (tw + gap), r * (th + gap)))
+    if column_labels:
+        draw, font = ImageDraw.Draw(grid), label_font(label_size)
+        for col, text in enumerate(column_labels[:columns]):
+            draw.text((col * (tw + gap) + tw // 2, body + 3), text, fill=0 if c == 1 else (0, 0, 0), font=font,
+                      anchor="ma")
+    return grid
+
+
 def latent_range(latent: torch.Tensor) -> float:
     """The shared colour scale's half-width: the largest |value| in the latent (at least 1e-6)."""
     return max(float(latent.abs().max()), 1e-6)

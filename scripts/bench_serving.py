@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -145,11 +146,16 @@ def no_progress(*args, **kwargs) -> None:
     return None
 
 
+# What gradio_client's requests carry: the handlers then skip the live pictures, as they do for (a).
+API_CALLER = types.SimpleNamespace(headers={"x-gradio-user": "api"})
+
+
 def engine_fashion() -> dict:
     from tabs.class_conditional import sample_fashion
     from tabs.common import last_output
 
-    *_, info, _ = last_output(sample_fashion(**FASHION, randomize_seed=False, model=FASHION_UNET, progress=no_progress))
+    *_, info, _ = last_output(sample_fashion(**FASHION, randomize_seed=False, model=FASHION_UNET, caller=API_CALLER,
+                                             progress=no_progress))
     return {"engine_s": info["wall_time_s"]}
 
 
@@ -160,7 +166,7 @@ def engine_mini_sd() -> dict:
     _, info, _ = last_output(generate(**MINI, model=MINI_SD, scheduler="default", randomize_seed=False,
                                       original_size="", crops_coords_top_left="", target_size="",
                                       negative_original_size="", negative_crops_coords_top_left="",
-                                      negative_target_size="", progress=no_progress))
+                                      negative_target_size="", caller=API_CALLER, progress=no_progress))
     return {"loop_s": info["loop_seconds"]}
 
 

@@ -15,6 +15,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from engine import loader
 from engine.device import best_device
@@ -23,11 +24,13 @@ from engine.errors import UserError
 from engine.fashion import sampling
 from engine.fashion.judge import judge_images
 from engine.fashion.data import CLASS_NAMES, example_images, to_model_space, to_unit_range
+from engine.figures import image_grid
 from engine.presets import get_preset, presets_for
-from tabs.common import COMPUTE, seed_from_box, show_on_arrival, show_used_seed, user_errors
+from tabs.common import COMPUTE, seed_from_box, show_on_arrival, show_used_seed, shows_live_pictures, user_errors
 from tabs.settings import Form
 
 SCALE = 4  # 32x32 samples are shown at 128x128 (nearest neighbour)
+TRAJECTORY_SCALE = 3  # and the trajectory's pictures at 96x96
 GUIDANCE_COMPARE = (1.0, 2.0, 4.0)
 STOP_SECONDS = 0.5  # a long run yields at least this often, so Stop cancels it within about this long
 # The controls' starting values: the result of these settings is on the page when a visitor arrives.
@@ -87,12 +90,24 @@ def _gallery(images01: torch.Tensor, captions: list[str] | None = None) -> list:
     return list(zip(pils, captions))
 
 
-def _trajectory_items(step: StepState) -> list:
-    """x_t and predicted x_0 of the first sample at one step, as two captioned gallery items."""
-    x_t = to_unit_range(step.latents[:1].float())
-    x0 = to_unit_range(step.pred_original[:1].float())
-    where = f"step {step.index + 1}/{step.num_steps} · t={step.timestep}"
-    return _gallery(torch.cat([x_t, x0]), [f"{where} · x_t", f"{where} · predicted x₀"])
+def samples_picture(images01: torch.Tensor) -> Image.Image:
+    """The samples (N, 1, 32, 32) in [0, 1] as one grid picture, 8 to a row, each shown at 128 px."""
+    return image_grid(images01, min(8, len(images01)), scale=SCALE, gap=4)
+
+
+def trajectory_column(step: StepState) -> tuple[str, torch.Tensor]:
+    """One column of the trajectory picture: its label and the first sample's x_t above its predicted x_0,
+    (2, 1, 32, 32) in [0, 1]."""
+    pair = torch.cat([to_unit_range(step.latents[:1].float()), to_unit_range(step.pred_original[:1].float())])
+    return f"t={step.timestep}", pair
+
+
+def trajectory_picture(columns: list[tuple[str, torch.Tensor]]) -> Image.Image:
+    """The denoising trajectory of the first sample as one picture: a column per kept step, x_t on the top
+    row and the model's predicted x_0 below it, labelled with the timestep."""
+    labels = [label for label, _ in columns]
+    rows = torch.cat([torch.cat([pair[0:1] for _, pair in columns]), torch.cat([pair[1:2] for _, pair in columns])])
+    return image_grid(rows, len(columns), scale=TRAJECTORY_SCALE, gap=2, column_labels=labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,19 +116,23 @@ def _trajectory_items(step: StepState) -> list:
 
 @user_errors
 def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, seed,
-                   randomize_seed=False, model=None, progress=gr.Progress()):
+                   randomize_seed=False, model=None, caller: gr.Request = None, progress=gr.Progress()):
     """Event handler (API ``/sample_fashion``): generate ``count`` images of class ``label``.
 
-    A generator: while it runs it streams the trajectory (x_t and predicted x_0
-    of the first sample at ~8 steps); its last output is (samples gallery,
-    trajectory gallery, info JSON, the samples for the forward-process view).
+    A generator: on the page, while it runs, it streams the trajectory picture (x_t
+    and predicted x_0 of the first sample at ~8 steps; API callers get progress only,
+    see ``shows_live_pictures``); its last output is (the samples as one grid
+    picture, the trajectory picture, info JSON, the samples for the forward-process
+    view). One picture each, not a gallery of 16 and of 18: each file is a PNG, a
+    cache file and a download (issue 11).
     """
     seed = seed_from_box(seed, randomize_seed)
     request = sampling.validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed)
     progress(0, desc="Loading the model")
     unet, schedule = _unet_and_schedule(model)
     keep = set(sampling.trajectory_indices(request.num_inference_steps))
-    trajectory = []
+    live = shows_live_pictures(caller)
+    columns = []
     result, last_yield = None, time.monotonic()
     for state in sampling.sample(unet, request.label, request.count, request.sampler, request.num_inference_steps,
                                 request.guidance_scale, request.seed, scheduler_config=schedule):
@@ -122,24 +141,18 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
             break
         progress((state.index + 1, state.num_steps), desc=f"{request.sampler}: denoising", unit="steps")
         if state.index in keep and state.index != state.num_steps - 1:
-            # While it runs, the trajectory panel shows the newest pair only: re-sending the growing gallery
-            # at every kept step cost a PNG and a download per item (issue 11). The end shows them all.
-            pair = _trajectory_items(state)
-            trajectory += pair
-            yield gr.skip(), pair, gr.skip(), gr.skip()
-            last_yield = time.monotonic()
+            columns.append(trajectory_column(state))
+            if live:  # the trajectory grows on the page, one picture per kept step
+                yield gr.skip(), trajectory_picture(columns), gr.skip(), gr.skip()
+                last_yield = time.monotonic()
         elif time.monotonic() - last_yield > STOP_SECONDS:
             # nothing to show, but a Stop (which takes effect at a yield) must not wait for the next kept step
             yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
             last_yield = time.monotonic()
-    # The last trajectory entry: the final image (x_0) itself.
-    final = result.images[:1]
-    trajectory += _gallery(torch.cat([final, final]), [f"step {request.num_inference_steps}/"
-                                                        f"{request.num_inference_steps} · t=0 · x_0", "final sample"])
-    name = CLASS_NAMES[request.label]
-    samples = _gallery(result.images, [f"{name} #{i + 1}" for i in range(request.count)])
+    # The last column: the final image (x_0) itself.
+    columns.append(("final", torch.cat([result.images[:1], result.images[:1]])))
     info = {**result.info, "model": model or default_unet()}
-    yield samples, trajectory, info, result.images[:8].numpy()
+    yield samples_picture(result.images), trajectory_picture(columns), info, result.images[:8].numpy()
 
 
 def steps_for_sampler(sampler: str):
@@ -238,21 +251,21 @@ def build() -> Form:
                         run_id="fashion-generate", follow=("sampler", steps_for_sampler, [steps]))
             form.add_link_button("fashion")
         with gr.Column(scale=2):
-            gallery = gr.Gallery(label="Samples", columns=8, height="auto", object_fit="contain", format="png",
-                                 elem_id="fashion-samples")
-            trajectory = gr.Gallery(label="Denoising trajectory of the first sample: x_t and predicted x₀",
-                                    columns=6, height="auto", object_fit="contain", format="png",
-                                    elem_id="fashion-trajectory")
+            samples = gr.Image(label="Samples (8 to a row)", format="png", type="filepath", interactive=False,
+                               elem_id="fashion-samples")
+            trajectory = gr.Image(label="Denoising trajectory of the first sample: x_t (top row) and the "
+                                        "predicted x₀ (bottom row), from the first step to the final sample",
+                                  format="png", interactive=False, elem_id="fashion-trajectory")
             info = gr.JSON(label="Run", elem_id="fashion-info")
             form.add_history("fashion-history")
 
     inputs = [label, count, sampler, steps, guidance, seed, randomize, model]
-    event = run.click(sample_fashion, inputs, [gallery, trajectory, info, generated], api_name="sample_fashion",
+    event = run.click(sample_fashion, inputs, [samples, trajectory, info, generated], api_name="sample_fashion",
                       **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
-    form.record([event], gallery, info, lambda s: f"{s['class']} · seed {s['seed']}")
+    form.record([event], samples, info, lambda s: f"{s['class']} · seed {s['seed']}")
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
-    show_on_arrival(sample_fashion, dict(FIRST, model=default_unet()), [gallery, trajectory, info, generated])
+    show_on_arrival(sample_fashion, dict(FIRST, model=default_unet()), [samples, trajectory, info, generated])
     # .input (the user's choice), not .change: a sampler restored from the history or a link comes with its steps.
     sampler.input(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
     gr.Examples(

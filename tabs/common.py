@@ -59,6 +59,17 @@ def compute_has_room(*inputs):
 COMPUTE = {"concurrency_id": "compute", "concurrency_limit": 1, "validator": compute_has_room, "preprocess": False}
 
 
+def shows_live_pictures(request) -> bool:
+    """Whether the caller of an event draws its streamed pictures (live previews, the growing trajectory).
+
+    The page does. gradio_client marks its requests ``x-gradio-user: api`` (gradio's MCP server: ``mcp``): its
+    ``predict`` returns the last output only, yet downloads every file of every streamed output on the way,
+    so for those callers a live picture is a PNG, a cache file and a download spent on nothing (issue 11).
+    They get the progress messages and the result. Direct calls (``request`` None) get the pictures."""
+    headers = getattr(request, "headers", None) or {}
+    return headers.get("x-gradio-user") not in ("api", "mcp")
+
+
 def _to_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
         return e

@@ -39,11 +39,14 @@ def settings_at(history: list | None, index) -> dict | None:
     return dict(history[index]["settings"])
 
 
-def first_image(gallery_value) -> str | None:
-    """The first picture of a gallery's value as gradio passes it in ([(path, caption), ...]), or None."""
-    if not gallery_value:
+def first_image(value) -> str | None:
+    """The first picture of an output's value as gradio passes it in: a gallery's [(path, caption), ...] or
+    one picture's path; None when there is none."""
+    if not value:
         return None
-    first = gallery_value[0]
+    if isinstance(value, str):
+        return value
+    first = value[0]
     return first[0] if isinstance(first, (tuple, list)) else first
 
 

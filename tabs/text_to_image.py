@@ -23,7 +23,7 @@ from engine.images import open_image
 from engine.pngmeta import format_parameters, save_png
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
 from tabs.common import (COMPUTE, last_output, prune_folder, seed_from_box, show_on_arrival, show_used_seed,
-                         upload_path, user_errors)
+                         shows_live_pictures, upload_path, user_errors)
 from tabs.settings import Form
 
 # Our PNG copies (with the generation parameters inside), one folder per server process, kept small by
@@ -120,6 +120,11 @@ GENERATE_ARGS = ("prompt", "negative_prompt", "model", "guidance_scale", "num_in
                  "target_size", "negative_original_size", "negative_crops_coords_top_left", "negative_target_size")
 
 
+def _previews_for(caller) -> dict:
+    """The engine's preview settings for this caller: paced by the clock on the page, none for API callers."""
+    return dict(preview_seconds=PREVIEW_SECONDS) if shows_live_pictures(caller) else dict(preview_every=0)
+
+
 def _stream(preset, progress, **kwargs):
     """Run the engine; yield (gallery, JSON, preview) with gallery and JSON skipped until the end."""
     pipe = loader.load(preset)
@@ -141,8 +146,10 @@ def _stream(preset, progress, **kwargs):
 def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
              width, height, num_images, original_size, crops_coords_top_left, target_size,
              negative_original_size, negative_crops_coords_top_left, negative_target_size, image=None,
-             strength=0.6, colour=None, colour_scale=0.0, colour_every=5, progress=gr.Progress()):
-    """Event handler (API ``/generate``): returns the gallery of PNGs, the JSON panel, then the live preview.
+             strength=0.6, colour=None, colour_scale=0.0, colour_every=5, caller: gr.Request = None,
+             progress=gr.Progress()):
+    """Event handler (API ``/generate``): returns the gallery of PNGs, the JSON panel, then the live preview
+    (on the page; None for API callers, see ``shows_live_pictures``).
 
     Sizes for SDXL are "W,H" and crops "x,y" strings (or one number). ``image`` + ``strength``
     make it image to image; ``colour`` ("#rrggbb") + ``colour_scale`` > 0 turn on colour guidance.
@@ -159,7 +166,7 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
                   negative_crops_coords_top_left=negative_crops_coords_top_left,
                   negative_target_size=negative_target_size, image=init_image, strength=strength,
                   colour=colour, colour_scale=colour_scale, colour_every=colour_every,
-                  preview_seconds=PREVIEW_SECONDS)
+                  **_previews_for(caller))
     txt2img.make_request(preset, **kwargs)
     for gallery, info, preview in _stream(preset, progress, **kwargs):
         if isinstance(info, dict) and notes:
@@ -180,7 +187,7 @@ def example_result(**settings):
 @user_errors
 def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
                    randomize_seed, width, height, original_size, crops_coords_top_left, target_size,
-                   progress=gr.Progress()):
+                   caller: gr.Request = None, progress=gr.Progress()):
     """Event handler (API ``/guidance_sweep``): one image per guidance scale, same prompt and seed.
 
     ``guidance_scales`` is a comma-separated list ("1, 2, 4, 12"). Returns the gallery, the JSON panel
@@ -191,7 +198,7 @@ def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inferenc
                   num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
                   seed=seed_from_box(seed, randomize_seed), width=width, height=height, num_images=1,
                   original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
-                  preview_seconds=PREVIEW_SECONDS)
+                  **_previews_for(caller))
     kwargs["guidance_scale"] = 1.0  # checked per scale by the sweep
     txt2img.make_request(preset, **kwargs)
     yield from _stream(preset, progress, **kwargs)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from engine.figures import image_grid
 from engine.mini import data as cf
 from engine.mini import models as ms
 
@@ -41,13 +41,8 @@ def sample_grid(pipe, sdxl: bool, path: Path, steps: int = 20, guidance_scale: f
 
 def save_grid(pictures: torch.Tensor, rows: int, path: Path) -> None:
     """Pictures [rows * cols, 3, H, W] in [0, 1] -> one PNG grid, row-major."""
-    from PIL import Image
-
-    n, _, h, w = pictures.shape
-    cols = n // rows
-    grid = pictures[: rows * cols].clamp(0, 1).view(rows, cols, 3, h, w).permute(0, 3, 1, 4, 2)
-    array = (grid.reshape(rows * h, cols * w, 3).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)
+    cols = len(pictures) // rows
+    image_grid(pictures[: rows * cols], cols).save(path)
 
 
 def model_card(folder: str, record: dict, path: Path) -> str:

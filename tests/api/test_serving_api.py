@@ -72,8 +72,8 @@ def test_tokenize_answers_while_the_compute_queue_is_full_and_cancelling_frees_i
     for job in jobs:
         job.cancel()
     small = client.submit(**SMALL, api_name="/sample_fashion")
-    gallery, trajectory, info = small.result(timeout=240)  # 1000-step jobs ahead of it would take far longer
-    assert len(gallery) == 2 and info["steps"] == 4
+    samples, trajectory, info = small.result(timeout=240)  # 1000-step jobs ahead of it would take far longer
+    assert info["count"] == 2 and info["steps"] == 4
 
 
 def _files(folder: Path) -> list[Path]:

@@ -28,7 +28,7 @@ def test_generate_returns_pngs_with_parameters(client):
     assert params["Seed"] == "7" and params["Steps"] == "2" and params["Size"] == "64x64"
     assert params["Model"] == "tiny-SD (test)"
     assert info["seed"] == 7 and info["unet_calls"] == 3  # PNDM: 2 steps are 3 UNet calls
-    assert preview is not None
+    assert preview is None  # live previews are drawn for the page only (tabs.common.shows_live_pictures)
 
 
 def test_generate_is_reproducible_and_matches_the_engine(client, tiny_presets):

@@ -5,7 +5,7 @@ from tests.conftest import open_tab
 TAB = "Class-conditional (Fashion-MNIST)"
 
 
-def test_ankle_boots_appear_in_the_gallery(page, artifacts):
+def test_ankle_boots_appear_in_the_samples(page, artifacts):
     open_tab(page, TAB)
     page.locator("#fashion-class input").click()
     page.get_by_role("option", name="Ankle boot").click()
@@ -14,10 +14,9 @@ def test_ankle_boots_appear_in_the_gallery(page, artifacts):
     page.locator("#fashion-generate").click()
     samples = page.locator("#fashion-samples")
     # the example shown on arrival (16 sandals) is already there: wait for this run's own samples
-    samples.get_by_text("Ankle boot #1").wait_for(timeout=120_000)
-    assert samples.locator("img").count() == 8
-    page.locator("#fashion-info").get_by_text("images_per_s").wait_for()
-    assert page.locator("#fashion-trajectory img").count() >= 4
+    page.locator("#fashion-info").get_by_text("Ankle boot").wait_for(timeout=120_000)
+    assert samples.locator("img").count() == 1  # one grid picture of the 8
+    assert page.locator("#fashion-trajectory img").count() == 1
     page.screenshot(path=str(artifacts / "fashion_tab.png"), full_page=True)
 
 

@@ -33,6 +33,7 @@ def test_settings_at_a_gallery_index():
 def test_first_image_and_captions():
     assert history.first_image([("x.png", "cap"), ("y.png", None)]) == "x.png"
     assert history.first_image(["x.png"]) == "x.png"
-    assert history.first_image(None) is None and history.first_image([]) is None
+    assert history.first_image("grid.png") == "grid.png"  # one picture (the Fashion samples grid)
+    assert history.first_image(None) is None and history.first_image([]) is None and history.first_image("") is None
     assert history.shorten("a\n  b") == "a b"
     assert len(history.shorten("x" * 100)) == history.CAPTION_CHARS
