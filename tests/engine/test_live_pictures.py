@@ -37,7 +37,7 @@ def test_fashion_streams_its_trajectory_to_the_page_only():
     api = list(sample_fashion(*args, caller=API, progress=no_progress))
     assert _pictures(page) >= 3 and _pictures(api) == 0
     (page_samples, page_trajectory, page_info, _), (api_samples, api_trajectory, api_info, _) = page[-1], api[-1]
-    assert page_samples["value"].tobytes() == api_samples["value"].tobytes()
+    assert page_samples.tobytes() == api_samples.tobytes()
     assert page_trajectory.tobytes() == api_trajectory.tobytes()
     assert page_info["seed"] == api_info["seed"] == 3
 
