@@ -5,8 +5,9 @@ For every job the same work is timed
   (a) through the API of a freshly started app (``python app.py`` on 127.0.0.1,
       called with ``gradio_client``, timed from the client, which downloads the output
       files as the tests and a browser do); (a') the same without the downloads,
-  (b) through the engine in this plain process: the tab's event handler called directly, so
-      the same engine calls and picture work, without server, queue or gradio's processing,
+  (b) through the engine in this plain process: the tab's event handler called directly, as
+      an API caller (no live pictures: see tabs.common.shows_live_pictures), so the same engine
+      calls and picture work, without server, queue or gradio's processing,
   (c) through a plain diffusers reference (UNet2DModel + DPMSolverMultistepScheduler,
       StableDiffusionPipeline, AutoencoderKL, CLIPTokenizer).
 The three ways run interleaved, in a rotating order, so background load hits
@@ -22,6 +23,7 @@ Jobs (the issue's figures):
     python scripts/bench_serving.py             # 3 repetitions, about 4 minutes on 2 busy cores
     python scripts/bench_serving.py --quick     # 1 repetition
     python scripts/bench_serving.py --jobs minisd --app-env OMP_NUM_THREADS=1
+    python scripts/bench_serving.py --load 500 --clients 64   # the load test only (about 2 minutes)
 """
 
 from __future__ import annotations
