@@ -159,10 +159,14 @@ def test_stop_cancels_a_long_run_and_the_next_run_starts_at_once(page):
     info = page.locator("#fashion-info")
     info.get_by_text("images_per_s").wait_for(timeout=120_000)  # the example on arrival: 16 sandals
     example = page.locator("#fashion-samples img").get_attribute("src")
+    trajectory = page.locator("#fashion-trajectory img").get_attribute("src")
     page.get_by_label("DDPM", exact=True).check()
     _set_number(page, "#fashion-steps input[type=number]", 1000)  # 16 images x 1000 steps: minutes on a CPU
     page.locator("#fashion-generate").click()
-    page.get_by_text("DDPM: denoising").first.wait_for(timeout=60_000)  # it is running (its progress shows)
+    # it is running: its progress shows, and its trajectory picture has started to grow
+    page.get_by_text("DDPM: denoising").first.wait_for(timeout=60_000)
+    grown = f"document.querySelector('#fashion-trajectory img').getAttribute('src') !== {trajectory!r}"
+    page.wait_for_function(grown, timeout=60_000)
     page.locator("#fashion-stop").click()
     # the cancelled run leaves the previous result, not half a result
     assert page.locator("#fashion-samples img").get_attribute("src") == example
