@@ -253,8 +253,8 @@ def build() -> Form:
         with gr.Column(scale=2):
             samples = gr.Image(label="Samples (8 to a row)", format="png", type="filepath", interactive=False,
                                elem_id="fashion-samples")
-            trajectory = gr.Image(label="Denoising trajectory of the first sample: x_t (top row) and the "
-                                        "predicted x₀ (bottom row), from the first step to the final sample",
+            # a short label: gradio lays it over the picture's top left corner
+            trajectory = gr.Image(label="Trajectory of the first sample: x_t (top), predicted x₀ (bottom)",
                                   format="png", interactive=False, elem_id="fashion-trajectory")
             info = gr.JSON(label="Run", elem_id="fashion-info")
             form.add_history("fashion-history")
