@@ -42,8 +42,8 @@ def image_grid(pictures: torch.Tensor, columns: int, *, scale: int = 1, gap: int
 
     Each picture is upscaled ``scale`` times with nearest neighbours (pixels stay sharp), with ``gap`` white
     pixels between pictures, and ``column_labels`` written under the columns when given (under: gradio lays
-    its component label over the top left of a picture). One picture file
-    instead of N: one PNG to encode, store and download (issue 11), like diffusers' ``make_image_grid``.
+    its component label over the top left of a picture). One picture file instead of N: one PNG to encode,
+    store and download (issue 11), like diffusers' ``make_image_grid``.
     """
     n, c, h, w = pictures.shape
     rows = math.ceil(n / columns)

@@ -248,8 +248,8 @@ class Reference:
 
 
 SMALL_FASHION = dict(FASHION, count=4, num_inference_steps=10)
-NICE_CLIENTS = 10  # the load's clients run at this niceness (the app and the probe at 0)
 SMALL_MINI = dict(MINI, num_images=1, num_inference_steps=10)
+NICE_CLIENTS = 10  # the load's clients run at this niceness (the app and the probe at 0)
 
 
 def mixed_request(client, k: int) -> str:
