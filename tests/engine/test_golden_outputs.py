@@ -9,7 +9,10 @@ only when a shipped model is retrained (the mini models, issue 13).
 Float results can differ in the last bit between CPU instruction sets (AVX2
 against AVX-512 kernels), so the byte-exact check applies on a CPU of the
 recording kind (``cpu_capability``); elsewhere the images must agree to within
-one 8-bit level.
+one 8-bit level, and the PSNR to within its last printed digit. Fashion's sampler
+runs bf16 autocast by default on CPUs with native bf16 (AVX512-BF16, AMX), which
+moves pixels by up to ~16 levels: the check pins the recorded dtype, fp32
+(``cpu_bf16=False``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def test_fashion_samples_are_unchanged():
 
     unet = loader.load(get_preset("Fashion-MNIST UNet · CPU (2.7 M)", "class-unet"))
     result = sampling.generate(unet, 7, count=4, sampler="DPM-Solver++", num_inference_steps=10, guidance_scale=2.0,
-                               seed=3)
+                               seed=3, cpu_bf16=False)
     _check("fashion", (result.images.numpy() * 255).round().astype(np.uint8))
 
 
@@ -73,4 +76,7 @@ def test_vae_round_trip_is_unchanged():
     image, _ = open_image(Path(__file__).resolve().parents[2] / "assets" / "examples" / "colour_fashion_64.png")
     result = vae_engine.roundtrip(image, loader.load("mini VAE (offline)", "vae"), size=64)
     _check("vae", np.asarray(result.reconstruction))
-    assert result.numbers["psnr"] == RECORDED["vae_psnr"]
+    if torch.backends.cpu.get_cpu_capability() == RECORDED["cpu_capability"]:
+        assert result.numbers["psnr"] == RECORDED["vae_psnr"]
+    else:
+        assert result.numbers["psnr"] == pytest.approx(RECORDED["vae_psnr"], abs=0.0015)
