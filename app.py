@@ -2,7 +2,9 @@
 
 Composes the tabs, sets up the queue, and exposes ``demo`` for Hugging Face
 Spaces and for tests. Models load lazily, on first use, through
-``engine.loader``; importing this module loads none.
+``engine.loader``; importing this module loads none, and imports neither torch
+nor diffusers: the page is served first, then the engine is imported in the
+main thread (``engine.imports``), and an event that comes sooner waits for it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import os
 
 import gradio as gr
 
-from engine import loader
-from engine.device import limit_malloc_arenas, setup_cpu
+from engine.device import limit_malloc_arenas
+from engine.imports import import_engine
 from tabs import class_conditional, status, text_to_image, tokenizer, unet, vae
 from tabs.common import DELETE_CACHE
 from tabs.settings import PRESENTER_JS, wire_links
@@ -50,12 +52,15 @@ body.presenter .image-container img { width: 100%; height: 100%; object-fit: con
 }
 """
 
-setup_cpu()
 limit_malloc_arenas()  # before gradio starts its worker threads: memory stays flat over many requests
 # EXPLORER_PRELOAD="SD 1.5,SDXL base 1.0": load those presets now, in the main thread, onto the best device
 # (ZeroGPU's pattern: weights at module level, never inside a spaces.GPU call). Unknown names are logged.
-for note in loader.preload(os.environ.get("EXPLORER_PRELOAD")):
-    print(note, flush=True)
+if os.environ.get("EXPLORER_PRELOAD"):
+    import_engine()
+    from engine import loader
+
+    for note in loader.preload(os.environ["EXPLORER_PRELOAD"]):
+        print(note, flush=True)
 
 with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
     gr.HTML(f"<style>{CSS}</style>", padding=False)
@@ -91,7 +96,7 @@ if __name__ == "__main__":
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         prevent_thread_lock=True,
     )
-    # The page is served; now the pipeline and CLIP classes (about 3 s of imports), here in the main thread.
-    # A model request that comes sooner waits for them (engine.loader.import_model_code) instead of racing them.
-    loader.import_model_code()
+    # The page is served; now torch, diffusers, transformers and the engine (about 4 s of imports on 2 cores),
+    # here in the main thread. An event that comes sooner waits for them instead of racing them.
+    import_engine()
     demo.block_thread()

@@ -1,11 +1,15 @@
-"""Which device and dtype the engine runs on."""
+"""Which device and dtype the engine runs on, and the process's memory settings.
+
+torch is imported inside the functions that need it: the app lays out its page
+(``layout_device``) and caps malloc arenas before torch is imported, so the page
+is served first (``engine.imports``).
+"""
 
 from __future__ import annotations
 
 import functools
 import os
-
-import torch
+import sys
 
 
 def best_device() -> str:
@@ -17,6 +21,8 @@ def best_device() -> str:
     forced = os.environ.get("EXPLORER_DEVICE")
     if forced:
         return forced
+    import torch
+
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -24,18 +30,32 @@ def best_device() -> str:
     return "cpu"
 
 
+def layout_device() -> str:
+    """The device to lay the page out for (the default model of the Fashion tab), before torch is imported.
+
+    ``best_device()`` once torch is imported (``EXPLORER_PRELOAD`` imports it before the page is built),
+    ``EXPLORER_DEVICE`` if set; else "cuda" where an NVIDIA driver is loaded, "cpu" otherwise. The models
+    themselves always run on ``best_device()``."""
+    if "torch" in sys.modules or os.environ.get("EXPLORER_DEVICE"):
+        return best_device()
+    return "cuda" if os.path.exists("/proc/driver/nvidia/version") else "cpu"
+
+
 def default_dtype(device: str) -> torch.dtype:
     """fp16 on CUDA, fp32 everywhere else (fp16 matmuls are slow or missing on CPU)."""
+    import torch
+
     return torch.float16 if str(device).startswith("cuda") else torch.float32
 
 
+# a preset's "dtype" -> the torch dtype's name
 DTYPES = {
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float32": "float32",
+    "fp32": "float32",
 }
 
 
@@ -45,13 +65,15 @@ def parse_dtype(name: str | torch.dtype | None, device: str) -> torch.dtype:
     A preset may ask for fp16, but on CPU we still use fp32: fp16 kernels are
     missing or slow there, and the numbers would differ from a GPU run anyway.
     """
+    import torch
+
     if name is None:
         return default_dtype(device)
     if isinstance(name, torch.dtype):
         dtype = name
     else:
         try:
-            dtype = DTYPES[str(name).lower()]
+            dtype = getattr(torch, DTYPES[str(name).lower()])
         except KeyError:
             raise ValueError(f"Unknown dtype {name!r}; use one of {sorted(DTYPES)}.") from None
     if dtype == torch.float16 and not str(device).startswith("cuda"):
@@ -65,6 +87,8 @@ def setup_cpu() -> None:
     Denormal floats make CPU convolutions 10-20x slower on some weights;
     flushing them to zero changes no visible output.
     """
+    import torch
+
     torch.set_flush_denormal(True)
 
 
@@ -74,6 +98,8 @@ def describe_machine() -> str:
     import contextlib
     import platform
     from pathlib import Path
+
+    import torch
 
     model, flags = platform.processor() or "unknown CPU", set()
     with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from engine import imports
 from engine.device import best_device, parse_dtype
 from engine.errors import UserError
 from engine.presets import Preset, get_preset
@@ -58,8 +59,9 @@ _models: dict[tuple, _Entry] = {}
 _key_locks: dict[tuple, threading.Lock] = {}
 _guard = threading.Lock()
 # transformers and diffusers resolve many names lazily on first import, and two request threads
-# doing that at once can fail ("cannot import name 'CLIPImageProcessor'"): imports take turns.
-_import_lock = threading.Lock()
+# doing that at once can fail ("cannot import name 'CLIPImageProcessor'"): imports take turns under the one
+# lock that the app's start-up imports hold too (engine.imports).
+_import_lock = imports.lock
 load_count: dict[tuple, int] = {}  # how many times each key was really loaded (tests count these)
 
 

@@ -9,27 +9,25 @@ as the diffusers docs swap schedulers::
 Schedulers keep per-run state (the step index, DPM-Solver's past model
 outputs), so each generation gets a fresh one and the cached pipeline's own
 scheduler is never touched.
+
+This module imports diffusers only inside its functions: the tabs read the
+names at start-up, before the page is served (``engine.imports``).
 """
 
 from __future__ import annotations
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-)
+import importlib
 
 from engine.errors import UserError
 
 DEFAULT = "default"
-# name -> (class, overrides of the preset's config); "default" keeps the preset's own class
-SCHEDULERS: dict[str, tuple[type | None, dict]] = {
+# name -> (diffusers class name, overrides of the preset's config); "default" keeps the preset's own class
+SCHEDULERS: dict[str, tuple[str | None, dict]] = {
     DEFAULT: (None, {}),
-    "Euler": (EulerDiscreteScheduler, {}),
-    "Euler ancestral": (EulerAncestralDiscreteScheduler, {}),
-    "DDIM": (DDIMScheduler, {}),
-    "DPM-Solver++ 2M (Karras)": (DPMSolverMultistepScheduler,
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler ancestral": ("EulerAncestralDiscreteScheduler", {}),
+    "DDIM": ("DDIMScheduler", {}),
+    "DPM-Solver++ 2M (Karras)": ("DPMSolverMultistepScheduler",
                                  {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
 }
 SCHEDULER_NAMES = list(SCHEDULERS)
@@ -43,9 +41,8 @@ def make_scheduler(preset_scheduler, name: str = DEFAULT):
     """
     if name not in SCHEDULERS:
         raise UserError(f"Unknown scheduler {name!r}. Choose one of: {', '.join(SCHEDULER_NAMES)}.")
-    cls, overrides = SCHEDULERS[name]
-    if cls is None:
-        cls = type(preset_scheduler)
+    class_name, overrides = SCHEDULERS[name]
+    cls = type(preset_scheduler) if class_name is None else getattr(importlib.import_module("diffusers"), class_name)
     return cls.from_config(preset_scheduler.config, **overrides)
 
 

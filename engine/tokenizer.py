@@ -15,9 +15,11 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from engine import loader
 from engine.errors import UserError
+from engine.imports import lazy
 from engine.presets import get_preset, preset_names
+
+loader = lazy("engine.loader")  # torch and transformers load on first use: the tab lists names before that
 
 WINDOW = 77  # CLIP's context length: <|startoftext|> + 75 tokens + <|endoftext|>
 MAX_PROMPT_CHARS = 50_000

@@ -36,10 +36,8 @@ from engine.figures import colormap, latent_range
 from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
 from engine.metrics import PSNR_METHOD, SSIM_METHOD, psnr, ssim
 from engine.schedulers import SD_NOISE_SCHEDULE, sd_noise_scheduler
+from engine.vae_inputs import FITS, MAX_ASPECT, SIZES
 
-SIZES = (64, 128, 256, 512, 768, 1024)  # short side of the preprocessed image, in pixels (64: the mini VAE)
-FITS = ("crop", "pad")
-MAX_ASPECT = 2.0  # longer side at most twice the shorter one, so memory stays bounded
 TILED_DECODE_ABOVE = 64  # latent pixels a side (512 image pixels); larger latents decode in tiles
 PAD_COLOR = (255, 255, 255)
 

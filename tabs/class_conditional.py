@@ -9,25 +9,29 @@ trained to undo, with its noise schedule ᾱ_t.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import gradio as gr
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
-from engine import loader
-from engine.device import best_device
-from engine.diffusion import StepState
+from engine.device import layout_device
 from engine.errors import UserError
-from engine.fashion import sampling
-from engine.fashion.judge import judge_images
+from engine.fashion import configs
 from engine.fashion.data import CLASS_NAMES, example_images, to_model_space, to_unit_range
-from engine.figures import image_grid
+from engine.imports import lazy
 from engine.presets import get_preset, presets_for
 from tabs.common import COMPUTE, seed_from_box, show_on_arrival, show_used_seed, shows_live_pictures, user_errors
 from tabs.settings import Form
+
+# Imported on first use, after the page is served (engine.imports): the layout below reads configs only.
+torch = lazy("torch")
+loader = lazy("engine.loader")
+sampling = lazy("engine.fashion.sampling")
+judge = lazy("engine.fashion.judge")
+figures = lazy("engine.figures")
 
 SCALE = 4  # 32x32 samples are shown at 128x128 (nearest neighbour)
 TRAJECTORY_SCALE = 3  # and the trajectory's pictures at 96x96
@@ -35,7 +39,7 @@ GUIDANCE_COMPARE = (1.0, 2.0, 4.0)
 STOP_SECONDS = 0.5  # a long run yields at least this often, so Stop cancels it within about this long
 # The controls' starting values: the result of these settings is on the page when a visitor arrives.
 FIRST = dict(label="Sandal", count=16, sampler="DPM-Solver++",
-             num_inference_steps=sampling.STEP_RANGES["DPM-Solver++"][2], guidance_scale=2.0, seed=42)
+             num_inference_steps=configs.STEP_RANGES["DPM-Solver++"][2], guidance_scale=2.0, seed=42)
 
 INTRO = """### A diffusion model at work
 The book's first step towards Stable Diffusion: a UNet that predicts the noise in a 32×32 image, **given a class
@@ -61,7 +65,7 @@ def unet_choices() -> list[str]:
 
 def default_unet() -> str | None:
     """The class-unet preset suiting this device (preset option "device": "cpu" or "cuda")."""
-    return sampling.default_unet_preset(best_device(), [(p.name, p.options) for p in presets_for("class-unet")])
+    return configs.default_unet_preset(layout_device(), [(p.name, p.options) for p in presets_for("class-unet")])
 
 
 def _unet_and_schedule(model: str | None):
@@ -92,12 +96,12 @@ def _gallery(images01: torch.Tensor, captions: list[str] | None = None) -> list:
 
 def samples_picture(images01: torch.Tensor) -> Image.Image:
     """The samples (N, 1, 32, 32) in [0, 1] as one grid picture, 8 to a row, each shown at 128 px."""
-    return image_grid(images01, min(8, len(images01)), scale=SCALE, gap=4)
+    return figures.image_grid(images01, min(8, len(images01)), scale=SCALE, gap=4)
 
 
-def trajectory_column(step: StepState) -> tuple[str, torch.Tensor]:
+def trajectory_column(step) -> tuple[str, torch.Tensor]:
     """One column of the trajectory picture: its label and the first sample's x_t above its predicted x_0,
-    (2, 1, 32, 32) in [0, 1]."""
+    (2, 1, 32, 32) in [0, 1]. ``step`` is an ``engine.diffusion.StepState``."""
     pair = torch.cat([to_unit_range(step.latents[:1].float()), to_unit_range(step.pred_original[:1].float())])
     return f"t={step.timestep}", pair
 
@@ -107,7 +111,7 @@ def trajectory_picture(columns: list[tuple[str, torch.Tensor]]) -> Image.Image:
     row and the model's predicted x_0 below it, labelled with the timestep."""
     labels = [label for label, _ in columns]
     rows = torch.cat([torch.cat([pair[0:1] for _, pair in columns]), torch.cat([pair[1:2] for _, pair in columns])])
-    return image_grid(rows, len(columns), scale=TRAJECTORY_SCALE, gap=2, column_labels=labels)
+    return figures.image_grid(rows, len(columns), scale=TRAJECTORY_SCALE, gap=2, column_labels=labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +160,7 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
 
 
 def steps_for_sampler(sampler: str):
-    low, high, default = sampling.STEP_RANGES.get(sampler, sampling.STEP_RANGES["DPM-Solver++"])
+    low, high, default = configs.STEP_RANGES.get(sampler, configs.STEP_RANGES["DPM-Solver++"])
     return gr.update(minimum=low, maximum=high, value=default, step=1)
 
 
@@ -168,14 +172,14 @@ def compare_guidance(label, sampler, num_inference_steps, seed, model=None, prog
     """
     rows, lines = [], ["| guidance scale | judged as the class asked | wall time |", "|---|---|---|"]
     unet, schedule = _unet_and_schedule(model)
-    judge = _judge()
+    classifier = _judge()
     for k, g in enumerate(GUIDANCE_COMPARE):
         progress((k, len(GUIDANCE_COMPARE)), desc=f"guidance {g:g}")
         result = sampling.generate(unet, label, 8, sampler, num_inference_steps, g, seed, scheduler_config=schedule)
         rows += _gallery(result.images, [f"g={g:g}"] * 8)
         verdict = "no judge installed"
-        if judge is not None:
-            preds, _ = judge_images(judge, result.images)
+        if classifier is not None:
+            preds, _ = judge.judge_images(classifier, result.images)
             hits = int((preds == result.request.label).sum())
             verdict = f"{hits}/8"
         lines.append(f"| {g:g}{' (no guidance)' if g <= 1 else ''} | {verdict} | {result.seconds:.2f} s |")
@@ -197,9 +201,9 @@ def forward_view(source: str, example: int, generated, seed: int = 0):
             raise UserError(f"Pick a test image between 0 and {len(images) - 1}.")
         x0 = to_model_space(images[i:i + 1])
         title = f"test image {i} ({CLASS_NAMES[int(labels[i])]})"
-    noisy = sampling.forward_process(x0, sampling.FORWARD_TIMESTEPS, seed=seed)
+    noisy = sampling.forward_process(x0, configs.FORWARD_TIMESTEPS, seed=seed)
     schedule = sampling.alpha_bar_schedule()
-    captions = [f"t={t} · √ᾱ={schedule['signal'][t]:.3f}" for t in sampling.FORWARD_TIMESTEPS]
+    captions = [f"t={t} · √ᾱ={schedule['signal'][t]:.3f}" for t in configs.FORWARD_TIMESTEPS]
     return _gallery(to_unit_range(noisy), captions), f"Forward process of {title}."
 
 
@@ -212,6 +216,14 @@ def schedule_frame(every: int = 5) -> pd.DataFrame:
         values = s[key][::every].tolist() + [float(s[key][-1])]
         frames.append(pd.DataFrame({"t": t, "value": values, "series": series}))
     return pd.concat(frames, ignore_index=True)
+
+
+@functools.cache
+def forward_on_arrival() -> tuple[list, str, pd.DataFrame]:
+    """The forward process of the last test image and the noise schedule, for every visitor's first view.
+    Filled once the page is open (torch and diffusers load after it is served), computed once per process."""
+    gallery, caption = forward_view("Test image", len(example_images()[1]) - 1, None)
+    return gallery, caption, schedule_frame()
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,15 +239,15 @@ def build() -> Form:
         with gr.Column(scale=1, min_width=300):
             label = gr.Dropdown(list(CLASS_NAMES), value=FIRST["label"], label="Class", allow_custom_value=True,
                                 info="A class name, or its index 0-9 (API).", elem_id="fashion-class")
-            count = gr.Slider(1, sampling.MAX_COUNT, value=FIRST["count"], step=1, label="Number of images",
+            count = gr.Slider(1, configs.MAX_COUNT, value=FIRST["count"], step=1, label="Number of images",
                               elem_id="fashion-count")
-            sampler = gr.Radio(list(sampling.SAMPLERS), value=FIRST["sampler"], label="Sampler",
+            sampler = gr.Radio(list(configs.SAMPLERS), value=FIRST["sampler"], label="Sampler",
                                info="DDPM: the book's 1000-step loop. DDIM, DPM-Solver++: fewer steps.")
             # The full range here (the API accepts any sampler's steps); choosing a sampler narrows it.
             steps = gr.Slider(2, 1000, value=FIRST["num_inference_steps"], step=1,
                               label="Steps (num_inference_steps)", elem_id="fashion-steps",
                               info="DDPM 10-1000, DDIM 2-500, DPM-Solver++ 2-100.")
-            guidance = gr.Slider(0, sampling.MAX_GUIDANCE, value=FIRST["guidance_scale"], step=0.5,
+            guidance = gr.Slider(0, configs.MAX_GUIDANCE, value=FIRST["guidance_scale"], step=0.5,
                                  label="Guidance scale",
                                  info="1 = no guidance (one model call per step); above 1, two calls per step.")
             with gr.Row():
@@ -295,12 +307,13 @@ def build() -> Form:
             noise_seed = gr.Number(value=0, precision=0, label="Noise seed")
             show = gr.Button("Add noise")
         with gr.Column(scale=2):
-            first, caption = forward_view("Test image", len(labels) - 1, None)
-            forward = gr.Gallery(value=first, label="x_t at t = 0, 50, 100, 200, 400, 600, 800, 999", columns=8,
+            forward = gr.Gallery(label="x_t at t = 0, 50, 100, 200, 400, 600, 800, 999", columns=8,
                                  height="auto", object_fit="contain", format="png")
-            forward_caption = gr.Markdown(caption)
+            forward_caption = gr.Markdown()
     show.click(forward_view, [source, example, generated, noise_seed], [forward, forward_caption],
                api_name="forward_fashion", queue=False)  # no model: numpy on 8 small pictures
-    gr.LinePlot(schedule_frame(), x="t", y="value", color="series", title="Noise schedule (DDPM, linear betas 1e-4 to 0.02)",
-                x_title="timestep t", y_title="level", height=300)
+    plot = gr.LinePlot(x="t", y="value", color="series", title="Noise schedule (DDPM, linear betas 1e-4 to 0.02)",
+                       x_title="timestep t", y_title="level", height=300)
+    gr.on(None, forward_on_arrival, None, [forward, forward_caption, plot], api_visibility="private", queue=False,
+          show_progress="hidden")
     return form

@@ -14,6 +14,7 @@ import gradio as gr
 
 from engine.device import trim_memory
 from engine.errors import MAX_SEED, UserError
+from engine.imports import import_engine
 
 log = logging.getLogger("explorer")
 
@@ -84,12 +85,14 @@ def user_errors(fn):
 
     Any other exception, a library's own ``ValueError`` included, is logged on
     the server and reaches the page as a short generic message, never as a traceback.
+    An event that comes before the engine is imported (the first seconds after a cold start) waits for it.
     After each call the freed heap goes back to the system, so memory stays flat over many requests.
     """
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
+                import_engine()
                 yield from fn(*args, **kwargs)
             except Exception as e:  # noqa: BLE001
                 raise _to_gr_error(e) from e
@@ -100,6 +103,7 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            import_engine()
             return fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise _to_gr_error(e) from e

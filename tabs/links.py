@@ -20,10 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from engine.errors import UserError, check_seed, number_in_range, whole_number_in_range
-from engine.fashion import sampling
-from engine.fashion.data import CLASS_NAMES
+from engine.fashion import configs
+from engine.fashion.configs import CLASS_NAMES
+from engine.imports import lazy
 from engine.presets import presets_for
 from engine.txt2img import request as t2i
+
+sampling = lazy("engine.fashion.sampling")  # class_index; imported on first use (engine.imports)
 
 TAB_IDS = ("class", "txt2img", "vae", "tokenizer", "unet")
 #: The settings a link can carry, per tab, in the order they are checked (a model or sampler first:
@@ -136,19 +139,19 @@ def check_class(key: str, value: str, checked: dict):
     The steps must suit the link's sampler (DPM-Solver++, the tab's default, when it names none).
     """
     if key == "sampler":
-        if value not in sampling.SAMPLERS:
-            raise UserError(f"not a sampler ({', '.join(sampling.SAMPLERS)}).")
+        if value not in configs.SAMPLERS:
+            raise UserError(f"not a sampler ({', '.join(configs.SAMPLERS)}).")
         return value
     if key == "class":
         return CLASS_NAMES[sampling.class_index(value)]
     if key == "count":
-        return whole_number_in_range(value, "count", 1, sampling.MAX_COUNT)
+        return whole_number_in_range(value, "count", 1, configs.MAX_COUNT)
     if key == "steps":
         sampler = checked.get("sampler", "DPM-Solver++")
-        low, high, _ = sampling.STEP_RANGES[sampler]
+        low, high, _ = configs.STEP_RANGES[sampler]
         return whole_number_in_range(value, "steps", low, high, f" for {sampler}")
     if key == "guidance":
-        return number_in_range(value, "guidance", 0, sampling.MAX_GUIDANCE)
+        return number_in_range(value, "guidance", 0, configs.MAX_GUIDANCE)
     if key == "seed":
         return check_seed(value)
     if value not in [p.name for p in presets_for("class-unet")]:  # model

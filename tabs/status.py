@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine import loader
-from engine.device import best_device
+from engine.device import layout_device
+from engine.imports import lazy
+
+loader = lazy("engine.loader")
 
 
 def loaded_models() -> dict:
@@ -14,7 +16,7 @@ def loaded_models() -> dict:
 
 
 def build() -> None:
-    with gr.Accordion(f"Loaded models (device: {best_device()})", open=False):
+    with gr.Accordion(f"Loaded models (device: {layout_device()})", open=False):
         gr.Markdown("Each model loads once per server process, on first use, and stays loaded for every visitor.")
         report = gr.JSON(show_label=False)
         refresh = gr.Button("Refresh", size="sm")

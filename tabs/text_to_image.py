@@ -17,14 +17,18 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import loader, txt2img
+from engine import txt2img
 from engine.errors import MAX_SEED, UserError
-from engine.images import open_image
+from engine.imports import lazy
 from engine.pngmeta import format_parameters, save_png
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
 from tabs.common import (COMPUTE, last_output, prune_folder, seed_from_box, show_on_arrival, show_used_seed,
                          shows_live_pictures, upload_path, user_errors)
 from tabs.settings import Form
+
+# Imported on first use, after the page is served (engine.imports); txt2img's limits need no torch.
+loader = lazy("engine.loader")
+images = lazy("engine.images")
 
 # Our PNG copies (with the generation parameters inside), one folder per server process, kept small by
 # prune_folder; gradio copies each into its own cache, which delete_cache bounds.
@@ -157,7 +161,7 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
     preset = txt2img.get_pipeline_preset(model)
     init_image, notes = (None, [])
     if upload_path(image):
-        init_image, notes = open_image(upload_path(image))
+        init_image, notes = images.open_image(upload_path(image))
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scale=guidance_scale,
                   num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
                   seed=seed_from_box(seed, randomize_seed), width=width, height=height, num_images=num_images,

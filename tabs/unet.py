@@ -17,14 +17,21 @@ import gradio as gr
 import pandas as pd
 from PIL import ImageOps
 
-from engine import loader
-from engine import figures, txt2img
+from engine import txt2img
 from engine.errors import UserError
 from engine.fashion.data import CLASS_NAMES, example_images, to_unit_range
-from engine.fashion.sampling import to_pil
+from engine.imports import lazy
 from engine.presets import presets_for
-from engine.unet import anatomy, attention, timestep
+from engine.unet.steps import STEP_RANGES
 from tabs.common import COMPUTE, seed_from_box, show_on_arrival, user_errors
+
+# Imported on first use, after the page is served (engine.imports): the layout reads torch-free modules only.
+loader = lazy("engine.loader")
+figures = lazy("engine.figures")
+sampling = lazy("engine.fashion.sampling")
+anatomy = lazy("engine.unet.anatomy")
+attention = lazy("engine.unet.attention")
+timestep = lazy("engine.unet.timestep")
 
 #: The first example is a positioned prompt, so the item word's map points somewhere on the first click.
 EXAMPLES = [
@@ -33,7 +40,7 @@ EXAMPLES = [
     ["a small yellow dress at the bottom", ""],
     ["a green ankle boot", ""],
 ]
-STEP_CHOICES = list(attention.STEP_RANGES)
+STEP_CHOICES = list(STEP_RANGES)
 LAYER_CHOICES = ["all", "down", "mid", "up"]
 
 INTRO = """### Inside the UNet
@@ -126,10 +133,10 @@ def timestep_experiment(example, true_t, seed):
     unet = _fashion_unet()
     r = timestep.wrong_time_experiment(unet, example, true_t, seed_from_box(seed))
     shown = timestep.gallery_timesteps(r["told_t"], r["true_t"])
-    pictures = to_pil(to_unit_range(r["x0"])) + to_pil(to_unit_range(r["x_t"]))
+    pictures = sampling.to_pil(to_unit_range(r["x0"])) + sampling.to_pil(to_unit_range(r["x_t"]))
     captions = [f"x0: {CLASS_NAMES[r['label']]}", f"x_t at the true t = {r['true_t']}"]
     for t in shown:
-        pictures += to_pil(to_unit_range(r["pred_x0"][r["told_t"].index(t): r["told_t"].index(t) + 1]))
+        pictures += sampling.to_pil(to_unit_range(r["pred_x0"][r["told_t"].index(t): r["told_t"].index(t) + 1]))
         captions.append(f"x̂0 told t′ = {t}" + (" (true)" if t == r["true_t"] else ""))
     curve = pd.DataFrame({"told t′": r["told_t"], "noise-prediction error (MSE)": r["mse"]})
     info = {k: r[k] for k in ("told_t", "mse", "best_told_t", "true_t")}

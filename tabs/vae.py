@@ -12,13 +12,18 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine import loader
-from engine import figures
-from engine import vae as vae_engine
-from engine.images import open_image
 from engine.errors import UserError
+from engine.imports import lazy
 from engine.presets import default_size, get_preset, presets_for
+from engine.schedulers import SD_NOISE_SCHEDULE
+from engine.vae_inputs import SIZES
 from tabs.common import COMPUTE, seed_from_box, show_on_arrival, upload_path, user_errors
+
+# Imported on first use, after the page is served (engine.imports): the layout reads torch-free modules only.
+loader = lazy("engine.loader")
+figures = lazy("engine.figures")
+images = lazy("engine.images")
+vae_engine = lazy("engine.vae")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 EXAMPLES = [[str(EXAMPLES_DIR / name)]
@@ -52,7 +57,7 @@ def vae_choices() -> list[str]:
 def size_for(name: str | None) -> int:
     """The size the VAE preset called ``name`` suggests; 512 for an unknown name."""
     try:
-        return default_size(get_preset(name, "vae"), allowed=vae_engine.SIZES)
+        return default_size(get_preset(name, "vae"), allowed=SIZES)
     except UserError:
         return 512
 
@@ -87,7 +92,7 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
     Returns (reconstruction, channel images, numbers, preprocessed input, difference heatmap,
     colour bar, histogram, summary, state for the noise view).
     """
-    opened, notes = open_image(upload_path(image))
+    opened, notes = images.open_image(upload_path(image))
     if not vae:
         raise UserError("Choose a VAE first.")
     model = loader.load(vae, "vae")
@@ -135,7 +140,7 @@ def build() -> None:
         with gr.Column(scale=1):
             vae = gr.Dropdown(choices, value=choices[0] if choices else None, label="VAE",
                               info="Local models first; hub ones download on first use.")
-            size = gr.Radio(list(vae_engine.SIZES), value=size_for(choices[0] if choices else None),
+            size = gr.Radio(list(SIZES), value=size_for(choices[0] if choices else None),
                             label="Size (short side, pixels)",
                             info="Choosing a VAE picks the size it was trained at (64 for the mini VAE).")
             fit = gr.Radio([("Centre-crop to a multiple of 8", "crop"), ("Keep the aspect ratio, pad with white", "pad")],
@@ -160,7 +165,7 @@ def build() -> None:
     numbers = gr.JSON(label="Numbers (the /vae_roundtrip API returns this)", height=360, elem_id="vae-numbers")
 
     gr.Markdown(UNET_INTRO, elem_classes=["explain"])
-    timestep = gr.Slider(0, vae_engine.NUM_TRAIN_TIMESTEPS - 1, value=250, step=1, label="Timestep t")
+    timestep = gr.Slider(0, SD_NOISE_SCHEDULE["num_train_timesteps"] - 1, value=250, step=1, label="Timestep t")
     with gr.Row():
         noisy_latent = _output_image("Noisy latent, decoded", elem_id="vae-noisy-latent")
         noisy_pixels = _output_image("Same noise level in pixel space", elem_id="vae-noisy-pixels")

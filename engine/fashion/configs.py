@@ -1,7 +1,8 @@
-"""UNet configurations for the class-conditional Fashion-MNIST model.
+"""The class-conditional Fashion-MNIST model's configurations, classes and sampler limits.
 
 Kept apart from ``engine.fashion`` so the training script can import them
-without the sampler and loaders. Both configs take ``num_class_embeds=11``:
+without the sampler and loaders, and the tab can lay out its controls before
+torch is imported (``engine.imports``): nothing here imports torch. Both configs take ``num_class_embeds=11``:
 labels 0-9 are the Fashion-MNIST classes and 10 is the null class used for
 classifier-free guidance (Ho & Salimans 2022).
 """
@@ -42,3 +43,33 @@ SCHEDULER_CONFIG = dict(
     beta_schedule="linear",
     prediction_type="epsilon",
 )
+
+#: Class names in label order (index = label).
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+#: The extra class-embedding index used for "no class" (classifier-free guidance).
+NULL_CLASS = NUM_CLASSES
+
+SAMPLERS = ("DDPM", "DDIM", "DPM-Solver++")
+#: (min, max, default) number of inference steps per sampler.
+STEP_RANGES = {
+    "DDPM": (10, 1000, 1000),
+    "DDIM": (2, 500, 50),
+    "DPM-Solver++": (2, 100, 20),
+}
+MAX_COUNT = 64
+MAX_GUIDANCE = 10.0
+#: Timesteps of the forward-process figure (as in the book).
+FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
+
+
+def default_unet_preset(device: str, names_and_options: list[tuple[str, dict]]) -> str | None:
+    """The class-unet preset that suits ``device``: the first whose "device" option matches, else the first."""
+    kind = "cuda" if str(device).startswith("cuda") else "cpu"
+    for name, options in names_and_options:
+        if options.get("device") == kind:
+            return name
+    return names_and_options[0][0] if names_and_options else None

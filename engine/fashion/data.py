@@ -5,6 +5,9 @@ The data comes from Debian's ``dataset-fashion-mnist`` package, installed at
 The idx format (LeCun et al., "MNIST") is a big-endian header followed by raw
 uint8 data: magic ``0x00000803`` (images, 3 dimensions) or ``0x00000801``
 (labels, 1 dimension), then one uint32 per dimension.
+
+torch is imported inside the functions that make tensors: the Fashion tab lays
+out its class and example choices before torch is imported (``engine.imports``).
 """
 
 from __future__ import annotations
@@ -14,18 +17,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from engine.fashion.configs import CLASS_NAMES, NULL_CLASS, NUM_CLASSES  # noqa: F401 - their home is configs
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
-
-#: Class names in label order (index = label).
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-NUM_CLASSES = len(CLASS_NAMES)
-#: The extra class-embedding index used for "no class" (classifier-free guidance).
-NULL_CLASS = NUM_CLASSES
 
 
 def data_dir() -> Path:
@@ -76,6 +71,8 @@ def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     -1 in model space), as the book's ``Pad(2)`` on a [0, 1] tensor followed by
     ``Normalize(0.5, 0.5)`` gives.
     """
+    import torch
+
     x = torch.from_numpy(np.asarray(images, dtype=np.float32))
     x = x.unsqueeze(1) / 127.5 - 1.0
     return torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)
@@ -83,6 +80,8 @@ def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Flip each image of ``x`` ``(N, C, H, W)`` left-right with probability 1/2."""
+    import torch
+
     flip = torch.rand(x.shape[0], generator=generator) < 0.5
     x = x.clone()
     x[flip] = x[flip].flip(-1)

@@ -41,24 +41,15 @@ import numpy as np
 import torch
 
 from engine.errors import UserError, check_seed, whole_number
-from engine.fashion.configs import SCHEDULER_CONFIG
-from engine.fashion.data import CLASS_NAMES, NULL_CLASS, NUM_CLASSES, to_unit_range
+# The limits live in configs (torch-free, for the tab's layout); requests are checked against them here.
+from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_COUNT, MAX_GUIDANCE,  # noqa: F401
+                                    NULL_CLASS, NUM_CLASSES, SAMPLERS, SCHEDULER_CONFIG, STEP_RANGES,
+                                    default_unet_preset)
+from engine.fashion.data import to_unit_range
 from engine.diffusion import StepState, predict_x0
 
 # --------------------------------------------------------------------------------------------
 # Requests and their validation
-
-SAMPLERS = ("DDPM", "DDIM", "DPM-Solver++")
-#: (min, max, default) number of inference steps per sampler.
-STEP_RANGES = {
-    "DDPM": (10, 1000, 1000),
-    "DDIM": (2, 500, 50),
-    "DPM-Solver++": (2, 100, 20),
-}
-MAX_COUNT = 64
-MAX_GUIDANCE = 10.0
-#: Timesteps of the forward-process figure (as in the book).
-FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
 
 
 def class_index(label: int | str) -> int:
@@ -376,12 +367,3 @@ def load_class_unet(preset, device: str, dtype: torch.dtype, local_only: bool):
     if str(device) == "cpu":
         torch.set_flush_denormal(True)  # denormals make CPU convolutions 10-20x slower
     return unet.to(device).eval()
-
-
-def default_unet_preset(device: str, names_and_options: list[tuple[str, dict]]) -> str | None:
-    """The class-unet preset that suits ``device``: the first whose "device" option matches, else the first."""
-    kind = "cuda" if str(device).startswith("cuda") else "cpu"
-    for name, options in names_and_options:
-        if options.get("device") == kind:
-            return name
-    return names_and_options[0][0] if names_and_options else None

@@ -19,12 +19,26 @@ VAE and in [0, 1] after post-processing.
 
 # The pipeline classes are not imported here: engine.loader.import_model_code does it once, one thread at a
 # time (transformers' lazy imports can fail when two threads resolve them at once), after the page is served.
-from engine.txt2img.info import Result
-from engine.txt2img.pipeline import gpu_seconds, run_to_end, text_to_image
+# ``request`` imports no torch, so the tabs lay out their controls from it before torch loads; the loop's
+# names (torch, diffusers) resolve on first use, after engine.imports.import_engine (PEP 562 ``__getattr__``).
+import importlib
+
 from engine.txt2img.request import (MAX_IMAGES, MAX_STEPS, SWEEP_DEFAULT, Request, default_guidance, default_steps,
                                     get_pipeline_preset, guidance_allowed, make_request, max_steps, pipeline_presets,
                                     size_limits, start_size)
 
+_LOOP_NAMES = {"Result": "engine.txt2img.info", "gpu_seconds": "engine.txt2img.pipeline",
+               "run_to_end": "engine.txt2img.pipeline", "text_to_image": "engine.txt2img.pipeline"}
+
 __all__ = ["MAX_IMAGES", "MAX_STEPS", "SWEEP_DEFAULT", "Request", "Result", "default_guidance", "default_steps",
            "get_pipeline_preset", "gpu_seconds", "guidance_allowed", "make_request", "max_steps",
            "pipeline_presets", "run_to_end", "size_limits", "start_size", "text_to_image"]
+
+
+def __getattr__(name: str):
+    if name not in _LOOP_NAMES:
+        raise AttributeError(f"module 'engine.txt2img' has no attribute {name!r}")
+    from engine.imports import import_engine
+
+    import_engine()
+    return getattr(importlib.import_module(_LOOP_NAMES[name]), name)

@@ -9,14 +9,15 @@ again on the same plain values. It mirrors the checks of diffusers'
 
 Sizes are in pixels, (width, height) in the UI; SDXL's micro-conditioning
 pairs are kept as diffusers takes them: (height, width) and (top, left).
+
+The module imports no torch at its top: the tabs lay out their controls from
+its limits at start-up, before the page is served (``engine.imports``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
 
 from engine.errors import UserError, check_seed, number_in_range, whole_number, whole_number_in_range
 from engine.presets import default_size, presets_for
@@ -245,6 +246,8 @@ def check_micro_conditioning(width: int, height: int, inputs: dict) -> dict:
 
 def parse_colour(value) -> torch.Tensor:
     """"#RRGGBB", "#RGB", "rgb(r, g, b)" or an (r, g, b) tuple of 0-255 numbers -> tensor [3] in [0, 1]."""
+    import torch  # here, not at the top: the tabs read this module's limits before torch is imported
+
     message = f"Colour must look like #ff8800, got {value!r}."
     if isinstance(value, (list, tuple)) and len(value) == 3:
         return torch.tensor([float(v) / 255 for v in value], dtype=torch.float32)

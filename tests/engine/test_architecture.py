@@ -1,5 +1,6 @@
 """The layering the project relies on: engine/ never imports gradio, and nothing loads at import."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,27 @@ def test_engine_modules_import_neither_gradio_nor_torchvision():
         "sys.exit(', '.join(bad) or 0)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] or done.stdout
+
+
+def test_the_page_is_laid_out_before_torch_loads():
+    """Cold start (issue 11): importing app.py builds every tab without torch, diffusers, transformers or scipy,
+    so the page is served first; engine.imports.import_engine then brings them, and every lazy name resolves."""
+    code = (
+        "import sys\n"
+        "import app\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'scipy') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from engine import imports\n"
+        "imports.import_engine()\n"
+        "assert imports.engine_imported() and 'diffusers' in sys.modules\n"
+        "from tabs import class_conditional, unet, vae\n"
+        "assert callable(class_conditional.sampling.generate) and callable(unet.attention.attention_maps)\n"
+        "assert vae.vae_engine.SIZES == vae.SIZES\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("EXPLORER_PRELOAD", "EXPLORER_DEVICE")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert done.returncode == 0, done.stderr[-3000:] or done.stdout
 
 
