@@ -4,7 +4,11 @@
 For every job the same work is timed
   (a) through the API of a freshly started app (``python app.py`` on 127.0.0.1,
       called with ``gradio_client``, timed from the client, which downloads the output
-      files as the tests and a browser do); (a') the same without the downloads,
+      files as the tests and a browser do); (a') the same without the downloads;
+      (a'') the same with ``ssl_verify=False``: the URL is plain http, so nothing is verified
+      either way, but by default gradio_client's httpx builds an SSL context, loading the
+      certificate bundle (about 20-30 ms), for every connection it opens: the join, the
+      event stream and each file download,
   (b) through the engine in this plain process: the tab's event handler called directly, as
       an API caller (no live pictures: see tabs.common.shows_live_pictures), so the same engine
       calls and picture work, without server, queue or gradio's processing,
@@ -369,6 +373,8 @@ def main(argv=None) -> None:
     parser.add_argument("--load", type=int, default=0, metavar="N",
                         help="only the load test: N mixed requests (the issue's: --load 500 --clients 64)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients of the load test")
+    parser.add_argument("--cold-starts", type=int, default=3,
+                        help="fresh starts of the app timed to a served page (the median is reported)")
     args = parser.parse_args(argv)
     repeats = 1 if args.quick else args.repeats
     setup_cpu()
@@ -379,7 +385,15 @@ def main(argv=None) -> None:
     load_start = load_average()
     print(f"machine: {machine()}", flush=True)
 
-    proc, url, cold = start_app(extra_env)
+    colds = []
+    for _ in range(max(1, args.cold_starts) - 1):  # the last start serves the measurements below
+        proc, _, seconds = start_app(extra_env)
+        colds.append(seconds)
+        proc.terminate()
+        proc.wait(timeout=30)
+    proc, url, seconds = start_app(extra_env)
+    colds.append(seconds)
+    cold = median(colds)
     if args.load:
         try:
             load_test(url, proc.pid, args.load, args.clients)
@@ -393,6 +407,7 @@ def main(argv=None) -> None:
 
         client = Client(url, verbose=False)
         client_links = Client(url, verbose=False, download_files=False)  # (a'): outputs stay on the server
+        client_plain = Client(url, verbose=False, ssl_verify=False)  # (a''): no certificate bundle per connection
         rss_start = rss_mb(proc.pid)
         first_tokenize, _, _ = timed(api_tokenize, client)
 
@@ -408,16 +423,17 @@ def main(argv=None) -> None:
         if unknown:
             sys.exit(f"unknown jobs {sorted(unknown)}; choose from {sorted(ways)}")
         # runs[job][way]: (wall s, CPU s, extra) per timed run; way 0 = API, 1 = engine, 2 = diffusers,
-        # 3 = API without downloads
-        runs = {job: ([], [], [], []) for job in jobs}
+        # 3 = API without downloads, 4 = API with ssl_verify=False
+        api_clients = {0: client, 3: client_links, 4: client_plain}
+        runs = {job: ([], [], [], [], []) for job in jobs}
         for rep in range(repeats + 1):  # round 0 is the warm-up: every model loads there
             for job in jobs:
                 inner = 1 if job in ("fashion", "minisd") else 5  # cheap jobs repeat, so one hiccup is no median
-                for way in [(rep + k) % 4 for k in range(4)]:  # rotate which way goes first
-                    fn = ways[job][0 if way == 3 else way]
+                for way in [(rep + k) % 5 for k in range(5)]:  # rotate which way goes first
+                    fn = ways[job][0 if way in api_clients else way]
                     for _ in range(inner):
-                        if way in (0, 3):
-                            run = timed(fn, client if way == 0 else client_links, pid=proc.pid)
+                        if way in api_clients:
+                            run = timed(fn, api_clients[way], pid=proc.pid)
                         else:
                             run = timed(fn)
                         if rep > 0:
@@ -438,22 +454,24 @@ def main(argv=None) -> None:
           f"Load average (1/5/15 min): {load_start} at the start, {load_average()} at the end.")
     print("Wall: seconds as the caller waits. CPU: CPU seconds the work burned: (a) the app process, all its "
           "threads; (b), (c) this process. CPU barely depends on how busy the machine is; wall does.\n")
-    print("| job | (a) API | (a′) API, no downloads | (b) engine | (c) diffusers | a/b | a′/b | a/c | b/c "
-          "| CPU (a) | CPU (b) | CPU (c) | CPU a/b |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| job | (a) API | (a′) API, no downloads | (a″) API, ssl_verify=False | (b) engine | (c) diffusers "
+          "| a/b | a′/b | a/c | a″/c | b/c | CPU (a) | CPU (b) | CPU (c) | CPU a/b |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for job in jobs:
-        wall = [median(r[0] for r in runs[job][way]) for way in range(4)]
-        cpu = [median(r[1] for r in runs[job][way]) for way in range(4)]
+        wall = [median(r[0] for r in runs[job][way]) for way in range(5)]
+        cpu = [median(r[1] for r in runs[job][way]) for way in range(5)]
         unit, k = ("ms", 1000) if wall[2] < 0.5 else ("s", 1)
-        w = " | ".join(f"{wall[way] * k:.3g} {unit}" for way in (0, 3, 1, 2))
+        w = " | ".join(f"{wall[way] * k:.3g} {unit}" for way in (0, 3, 4, 1, 2))
         c = " | ".join(f"{x:.2f} s" for x in cpu[:3])
         cpu_ratio = f"×{cpu[0] / cpu[1]:.2f}" if cpu[1] >= 0.05 else "n/a"
         print(f"| {names[job]} | {w} | ×{wall[0] / wall[1]:.2f} | ×{wall[3] / wall[1]:.2f} | "
-              f"×{wall[0] / wall[2]:.2f} | ×{wall[1] / wall[2]:.2f} | {c} | {cpu_ratio} |")
+              f"×{wall[0] / wall[2]:.2f} | ×{wall[4] / wall[2]:.2f} | ×{wall[1] / wall[2]:.2f} | {c} | {cpu_ratio} |")
     print()
     print("| measure | value |\n|---|---|")
-    print(f"| cold start to a served page | {cold:.2f} s |")
-    print(f"| first /tokenize (loads the tokenizer) | {first_tokenize * 1000:.0f} ms |")
+    print(f"| cold start to a served page, median of {len(colds)} | {cold:.2f} s "
+          f"({', '.join(f'{x:.2f}' for x in colds)}) |")
+    print(f"| first /tokenize, right after the page is served (waits for the engine's imports, loads the "
+          f"tokenizer) | {first_tokenize * 1000:.0f} ms |")
     print(f"| later /tokenize, median / max of {len(later)} | {median(later) * 1000:.0f} / "
           f"{max(later) * 1000:.0f} ms |")
     if "minisd" in jobs:
