@@ -1,4 +1,4 @@
-"""Which device and dtype the engine runs on, and the process's memory settings.
+"""Which device and dtype the engine runs on, the one thread that runs torch, and the process's memory settings.
 
 torch is imported inside the functions that need it: the app lays out its page
 (``layout_device``) and caps malloc arenas before torch is imported, so the page
@@ -7,9 +7,16 @@ is served first (``engine.imports``).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 
 def best_device() -> str:
@@ -144,3 +151,67 @@ def trim_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+# ----------------------------------------------------------------------------
+# The torch thread
+#
+# torch's CPU kernels split work with OpenMP, and GNU libgomp keeps a team of worker threads for every OS thread
+# that has started a parallel region. Once the process has more such workers than cores, libgomp throttles their
+# spin-waiting (its "throttled spin count", 100 spins instead of about 3 ms), so between two of the thousands of
+# small parallel regions of a denoising step the workers fall asleep and must be woken again. A server runs each
+# request, and each step of a generator, on whichever of its threads is free: after a few requests several threads
+# own a team. On 2 cores, mini-SD's loop (4 x 64 px, 25 steps) then took 1.4-1.6 s instead of 0.75-0.85 s, alike
+# with or without denormal flushing, and as fast again when every call ran on one thread (issue 11). So every
+# model event runs its torch work on this one thread. It is not a queue: the caller waits for the result, and
+# gradio's queue still decides which job runs when.
+
+_torch_pool: ThreadPoolExecutor | None = None
+_torch_pool_guard = threading.Lock()
+_torch_thread_ident: int | None = None
+
+
+def _start_torch_thread() -> None:
+    global _torch_thread_ident
+    _torch_thread_ident = threading.get_ident()
+    setup_cpu()  # denormal flushing is per thread
+
+
+def _torch_executor() -> ThreadPoolExecutor:
+    global _torch_pool
+    with _torch_pool_guard:
+        if _torch_pool is None:
+            _torch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch",
+                                             initializer=_start_torch_thread)
+        return _torch_pool
+
+
+def on_torch_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` run on the torch thread (see above), with the caller's context variables; returns its
+    result or raises its exception. Called from the torch thread itself, it runs in place."""
+    if threading.get_ident() == _torch_thread_ident:
+        return fn(*args, **kwargs)
+    context = contextvars.copy_context()
+    return _torch_executor().submit(context.run, fn, *args, **kwargs).result()
+
+
+_END = object()
+
+
+def iterate_on_torch_thread(generator):
+    """Yield what ``generator`` yields, advancing it one step at a time on the torch thread; closing this
+    generator (gradio does, when a job is cancelled) closes ``generator`` there too."""
+    if threading.get_ident() == _torch_thread_ident:
+        yield from generator
+        return
+    try:
+        while True:
+            item = on_torch_thread(next, generator, _END)
+            if item is _END:
+                return
+            yield item
+    finally:
+        # Not waited for: gradio closes a cancelled job's generator from its event loop, which must not block
+        # (waiting there left the page's Stop unanswered now and then). The close runs before the next job's work.
+        if hasattr(generator, "close"):
+            _torch_executor().submit(contextvars.copy_context().run, generator.close)

@@ -14,7 +14,8 @@ For every job the same work is timed
       calls and picture work, without server, queue or gradio's processing,
   (c) through a plain diffusers reference (UNet2DModel + DPMSolverMultistepScheduler,
       StableDiffusionPipeline, AutoencoderKL, CLIPTokenizer).
-The three ways run interleaved, in a rotating order, so background load hits
+(b) and (c) run on the one torch thread the app runs its model work on
+(``engine.device.on_torch_thread``). The three ways run interleaved, in a rotating order, so background load hits
 them alike; the table shows medians and the ratios between them. A busy
 machine changes the seconds much more than the ratios: compare ratios.
 
@@ -48,7 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from engine.device import describe_machine, setup_cpu  # noqa: E402
+from engine.device import describe_machine, on_torch_thread, setup_cpu  # noqa: E402
 
 FASHION_UNET = "Fashion-MNIST UNet · CPU (2.7 M)"
 MINI_SD = "mini-SD (offline)"
@@ -411,7 +412,9 @@ def main(argv=None) -> None:
         rss_start = rss_mb(proc.pid)
         first_tokenize, _, _ = timed(api_tokenize, client)
 
-        reference = Reference()
+        # (b) and (c) run on the app's one torch thread too: torch's OpenMP workers slow down as soon as two
+        # threads of a process have run parallel work (engine.device), so both ways use the same one.
+        reference = on_torch_thread(Reference)
         ways = {
             "fashion": (api_fashion, engine_fashion, reference.fashion),
             "minisd": (api_mini_sd, engine_mini_sd, reference.mini_sd),
@@ -435,7 +438,7 @@ def main(argv=None) -> None:
                         if way in api_clients:
                             run = timed(fn, api_clients[way], pid=proc.pid)
                         else:
-                            run = timed(fn)
+                            run = timed(on_torch_thread, fn)
                         if rep > 0:
                             runs[job][way].append(run)
                 print(f"round {rep}/{repeats} {job} done (load {load_average()})", file=sys.stderr, flush=True)

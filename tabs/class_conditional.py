@@ -23,7 +23,8 @@ from engine.fashion import configs
 from engine.fashion.data import CLASS_NAMES, example_images, to_model_space, to_unit_range
 from engine.imports import lazy
 from engine.presets import get_preset, presets_for
-from tabs.common import COMPUTE, seed_from_box, show_on_arrival, show_used_seed, shows_live_pictures, user_errors
+from tabs.common import (COMPUTE, model_job, seed_from_box, show_on_arrival, show_used_seed, shows_live_pictures,
+                         user_errors)
 from tabs.settings import Form
 
 # Imported on first use, after the page is served (engine.imports): the layout below reads configs only.
@@ -118,7 +119,7 @@ def trajectory_picture(columns: list[tuple[str, torch.Tensor]]) -> Image.Image:
 # Events
 
 
-@user_errors
+@model_job
 def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, seed,
                    randomize_seed=False, model=None, caller: gr.Request = None, progress=gr.Progress()):
     """Event handler (API ``/sample_fashion``): generate ``count`` images of class ``label``.
@@ -164,7 +165,7 @@ def steps_for_sampler(sampler: str):
     return gr.update(minimum=low, maximum=high, value=default, step=1)
 
 
-@user_errors
+@model_job
 def compare_guidance(label, sampler, num_inference_steps, seed, model=None, progress=gr.Progress()):
     """Event handler (API ``/compare_guidance_fashion``): 8 samples at guidance 1, 2 and 4, same seed.
 

@@ -22,8 +22,8 @@ from engine.errors import MAX_SEED, UserError
 from engine.imports import lazy
 from engine.pngmeta import format_parameters, save_png
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
-from tabs.common import (COMPUTE, last_output, prune_folder, seed_from_box, show_on_arrival, show_used_seed,
-                         shows_live_pictures, upload_path, user_errors)
+from tabs.common import (COMPUTE, last_output, model_job, prune_folder, seed_from_box, show_on_arrival, show_used_seed,
+                         shows_live_pictures, upload_path)
 from tabs.settings import Form
 
 # Imported on first use, after the page is served (engine.imports); txt2img's limits need no torch.
@@ -146,7 +146,7 @@ def _stream(preset, progress, **kwargs):
             yield gr.skip(), gr.skip(), last_preview
 
 
-@user_errors
+@model_job
 def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
              width, height, num_images, original_size, crops_coords_top_left, target_size,
              negative_original_size, negative_crops_coords_top_left, negative_target_size, image=None,
@@ -188,7 +188,7 @@ def example_result(**settings):
     return kept, info, preview
 
 
-@user_errors
+@model_job
 def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
                    randomize_seed, width, height, original_size, crops_coords_top_left, target_size,
                    caller: gr.Request = None, progress=gr.Progress()):

@@ -23,7 +23,7 @@ from engine.fashion.data import CLASS_NAMES, example_images, to_unit_range
 from engine.imports import lazy
 from engine.presets import presets_for
 from engine.unet.steps import STEP_RANGES
-from tabs.common import COMPUTE, seed_from_box, show_on_arrival, user_errors
+from tabs.common import COMPUTE, model_job, seed_from_box, show_on_arrival, user_errors
 
 # Imported on first use, after the page is served (engine.imports): the layout reads torch-free modules only.
 loader = lazy("engine.loader")
@@ -78,7 +78,7 @@ def _heatmap_gallery(result: dict) -> list:
     return items
 
 
-@user_errors
+@model_job
 def attention_maps(prompt, negative_prompt, model, guidance_scale, num_inference_steps, seed, width, height,
                    steps="all", layers="all", progress=gr.Progress()):
     """Event handler (API ``/attention_maps``): the image, a gallery of per-token heatmaps, and the JSON
@@ -126,7 +126,7 @@ def example_choices() -> list[tuple[str, int]]:
     return [(f"{i}: {CLASS_NAMES[int(label)]}", i) for i, label in enumerate(labels)]
 
 
-@user_errors
+@model_job
 def timestep_experiment(example, true_t, seed):
     """Event handler (API ``/timestep_experiment``): the gallery, the error curve, and the JSON
     (told_t, mse, best_told_t)."""
@@ -144,7 +144,7 @@ def timestep_experiment(example, true_t, seed):
     return list(zip(pictures, captions)), curve, info
 
 
-@user_errors
+@model_job
 def embedding_pictures():
     """The timestep embedding and its cosine similarity, from the Fashion-MNIST UNet's own ``time_proj``."""
     return timestep.embedding_figures(_fashion_unet().time_proj)

@@ -17,7 +17,7 @@ from engine.imports import lazy
 from engine.presets import default_size, get_preset, presets_for
 from engine.schedulers import SD_NOISE_SCHEDULE
 from engine.vae_inputs import SIZES
-from tabs.common import COMPUTE, seed_from_box, show_on_arrival, upload_path, user_errors
+from tabs.common import COMPUTE, model_job, seed_from_box, show_on_arrival, upload_path
 
 # Imported on first use, after the page is served (engine.imports): the layout reads torch-free modules only.
 loader = lazy("engine.loader")
@@ -84,7 +84,7 @@ def summary_markdown(numbers: dict) -> str:
     return "\n\n".join(lines)
 
 
-@user_errors
+@model_job
 def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = False, seed: int = 0,
                   gain: float = 4.0):
     """Event handler (API ``/vae_roundtrip``): upload -> preprocess -> encode -> decode -> pictures and numbers.
@@ -112,7 +112,7 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
     )
 
 
-@user_errors
+@model_job
 def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
     """Event handler: noise the last round trip's latent to ``timestep`` and decode it."""
     if not state:

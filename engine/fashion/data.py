@@ -15,10 +15,14 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from engine.fashion.configs import CLASS_NAMES, NULL_CLASS, NUM_CLASSES  # noqa: F401 - their home is configs
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 

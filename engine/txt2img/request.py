@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from engine.errors import UserError, check_seed, number_in_range, whole_number, whole_number_in_range
 from engine.presets import default_size, presets_for
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 MAX_STEPS = 150
 MAX_IMAGES = 4
