@@ -1,12 +1,14 @@
 """The engine's heavy imports (torch, diffusers, transformers), once, one thread at a time.
 
 A cold start serves the page first: ``app.py`` builds the tabs from torch-free
-modules (``engine.presets``, ``engine.errors``, ``engine.limits``), launches, and
-only then calls ``import_engine()`` in its main thread (about 4 s of imports on
-a 2-core CPU). The tabs reach every other engine module through ``lazy()``, whose
-first attribute access calls ``import_engine()`` too: an event that arrives
-before the main thread is done waits for those imports under the one lock
-instead of racing them. transformers and diffusers resolve many names lazily on
+modules (``engine.presets``, ``engine.errors``, ``engine.fashion.configs``,
+``engine.txt2img.request``, ``engine.schedulers``, ``engine.unet.steps``,
+``engine.vae_inputs``), launches, and only then calls ``import_engine()`` in its
+main thread (about 4-5 s of imports on a 2-core CPU). The tabs reach every
+other engine module through ``lazy()``, whose first attribute access calls
+``import_engine()`` too, as every event handler does first
+(``tabs.common.user_errors``): an event that arrives before the main thread is
+done waits for those imports under the one lock instead of racing them. transformers and diffusers resolve many names lazily on
 first import, and two threads doing that at once have failed with import
 errors, so every import of theirs goes through ``lock``.
 
@@ -23,7 +25,7 @@ from types import ModuleType
 #: ``engine.loader.import_model_code``, which takes it again.
 lock = threading.RLock()
 
-#: Every engine module an event handler uses, in an order that imports each package once.
+#: The engine modules the event handlers use (with them: torch, diffusers, transformers).
 ENGINE_MODULES = (
     "engine.device",
     "engine.loader",
@@ -40,7 +42,8 @@ _done = threading.Event()
 
 
 def import_engine() -> None:
-    """Import torch, diffusers, transformers and the engine's modules and model classes; at once once done."""
+    """Import torch, diffusers, transformers, the engine's modules and the model classes, and set up the CPU in
+    the importing thread. Returns at once when that is done."""
     if _done.is_set():
         return
     with lock:
@@ -49,7 +52,7 @@ def import_engine() -> None:
         for name in ENGINE_MODULES:
             importlib.import_module(name)
         importlib.import_module("engine.loader").import_model_code()
-        importlib.import_module("engine.device").setup_cpu()  # in the importing thread, as before the split
+        importlib.import_module("engine.device").setup_cpu()  # this thread's; the torch thread sets its own
         _done.set()
 
 

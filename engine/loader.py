@@ -177,7 +177,8 @@ def import_model_code() -> None:
     """Import diffusers' SD and SDXL pipelines and transformers' CLIP classes, resolving their lazy names, one
     thread at a time (``_import_lock``): about 3 s once, then nothing.
 
-    The app calls it in its main thread right after the page is served, so a cold start does not wait for it;
+    ``engine.imports.import_engine`` calls it, in the app's main thread right after the page is served, so a
+    cold start does not wait for it;
     every first ``load()`` calls it too, so a request that comes sooner waits for those imports instead of
     racing them.
     """
