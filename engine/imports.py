@@ -8,9 +8,10 @@ main thread (about 4-5 s of imports on a 2-core CPU). The tabs reach every
 other engine module through ``lazy()``, whose first attribute access calls
 ``import_engine()`` too, as every event handler does first
 (``tabs.common.user_errors``): an event that arrives before the main thread is
-done waits for those imports under the one lock instead of racing them. transformers and diffusers resolve many names lazily on
-first import, and two threads doing that at once have failed with import
-errors, so every import of theirs goes through ``lock``.
+done waits for those imports under the one lock instead of racing them.
+transformers and diffusers resolve many names lazily on first import, and two
+threads doing that at once have failed with import errors, so every import of
+theirs goes through ``lock``.
 
 Nothing here imports torch.
 """

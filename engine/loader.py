@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 
 from engine import imports
-from engine.device import best_device, parse_dtype
+from engine.device import best_device, on_torch_thread, parse_dtype
 from engine.errors import UserError
 from engine.presets import Preset, get_preset
 
@@ -304,8 +304,10 @@ def clear() -> None:
 def preload(names: str | None) -> list[str]:
     """Load the presets named in ``names`` (comma-separated, as ``EXPLORER_PRELOAD``) now, onto the best device.
 
-    Spaces (ZeroGPU included) want weights loaded at start-up, at module level in
-    the main thread, not inside a ``spaces.GPU`` call. Returns one line per name
+    Spaces (ZeroGPU included) want weights loaded at start-up, in the main process,
+    not inside a ``spaces.GPU`` call. The loads run on the torch thread
+    (``engine.device.on_torch_thread``), as every model job does, so that loading
+    in the main thread does not leave it a second OpenMP team. Returns one line per name
     for the log: loaded in how long, or why not (an unknown name, or a model that
     cannot load). Nothing raises, so the app serves either way.
     """
@@ -322,7 +324,7 @@ def preload(names: str | None) -> list[str]:
             continue
         start = time.perf_counter()
         try:
-            load(preset)
+            on_torch_thread(load, preset)
         except ModelUnavailable as e:
             notes.append(f"EXPLORER_PRELOAD: {e}")
             continue

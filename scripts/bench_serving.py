@@ -468,7 +468,8 @@ def main(argv=None) -> None:
         c = " | ".join(f"{x:.2f} s" for x in cpu[:3])
         cpu_ratio = f"×{cpu[0] / cpu[1]:.2f}" if cpu[1] >= 0.05 else "n/a"
         print(f"| {names[job]} | {w} | ×{wall[0] / wall[1]:.2f} | ×{wall[3] / wall[1]:.2f} | "
-              f"×{wall[0] / wall[2]:.2f} | ×{wall[4] / wall[2]:.2f} | ×{wall[1] / wall[2]:.2f} | {c} | {cpu_ratio} |")
+              f"×{wall[0] / wall[2]:.2f} | ×{wall[4] / wall[2]:.2f} | ×{wall[1] / wall[2]:.2f} | {c} | "
+              f"{cpu_ratio} |")
     print()
     print("| measure | value |\n|---|---|")
     print(f"| cold start to a served page, median of {len(colds)} | {cold:.2f} s "

@@ -2,9 +2,9 @@
 
 Kept apart from ``engine.fashion`` so the training script can import them
 without the sampler and loaders, and the tab can lay out its controls before
-torch is imported (``engine.imports``): nothing here imports torch. Both configs take ``num_class_embeds=11``:
-labels 0-9 are the Fashion-MNIST classes and 10 is the null class used for
-classifier-free guidance (Ho & Salimans 2022).
+torch is imported (``engine.imports``): nothing here imports torch. Both
+configs take ``num_class_embeds=11``: labels 0-9 are the Fashion-MNIST classes
+and 10 is the null class used for classifier-free guidance (Ho & Salimans 2022).
 """
 
 from __future__ import annotations
