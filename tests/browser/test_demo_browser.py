@@ -167,7 +167,11 @@ def test_stop_cancels_a_long_run_and_the_next_run_starts_at_once(page):
     page.get_by_text("DDPM: denoising").first.wait_for(timeout=60_000)
     grown = f"document.querySelector('#fashion-trajectory img').getAttribute('src') !== {trajectory!r}"
     page.wait_for_function(grown, timeout=60_000)
-    page.locator("#fashion-stop").click()
+    # Stop is answered once the running step yields (at most ~0.5 s, the sampler's heartbeat); until then gradio's
+    # page ignores another click on Generate, and once answered it sends /reset. Wait for that, as a user waits
+    # for the run to stop, so the next click is never dropped.
+    with page.expect_response(lambda r: r.url.endswith("/gradio_api/reset"), timeout=30_000):
+        page.locator("#fashion-stop").click()
     # the cancelled run leaves the previous result, not half a result
     assert page.locator("#fashion-samples img").get_attribute("src") == example
     assert '"count":16' in "".join(info.inner_text().split())
