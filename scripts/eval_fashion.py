@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from engine.fashion import sampling as fashion  # noqa: E402
 from engine.fashion.judge import judge_images, load_classifier  # noqa: E402
 from engine.metrics import frechet_distance  # noqa: E402
-from engine.fashion.data import CLASS_NAMES, load_split, to_model_space, to_unit_range  # noqa: E402
+from engine.fashion.data import CLASS_NAMES, load_split, require_dataset, to_model_space, to_unit_range  # noqa: E402
 from engine.presets import Preset  # noqa: E402
 
 DEFAULT_RUNS = "DDPM:1000,DDIM:10,DDIM:20,DDIM:50,DPM-Solver++:10,DPM-Solver++:20,DPM-Solver++:50"
@@ -78,6 +78,7 @@ def generate_class(unet, schedule, label: int, n: int, sampler: str, steps: int,
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    require_dataset()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     unet = fashion.load_class_unet(Preset("eval", "class-unet", path=str(Path(args.model).resolve())), "cpu",

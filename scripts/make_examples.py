@@ -5,19 +5,20 @@ without a fixed seed, no downloads).
 * scene.png: a geometric scene with smooth gradients, hard edges and text (what VAEs keep well,
   except small text);
 * fashion_collage.png: 48 Fashion-MNIST test images (the first of each class, in order), tinted
-  per class and scaled up, read from Debian's dataset-fashion-mnist idx files with numpy;
+  per class and scaled up, from Debian's dataset-fashion-mnist (``engine.fashion.data``);
 * test_pattern.png: a zone plate, fine stripes, a checkerboard ramp and small text: high
   frequencies that an 8x-downsampling VAE cannot keep.
 
 Usage:
-    python scripts/make_examples.py [--out assets/examples] [--fashion-dir /usr/share/datasets/fashion-mnist]
+    python scripts/make_examples.py [--out assets/examples] [--fashion-dir DIR]
+
+``--fashion-dir`` defaults to the data root (``$EXPLORER_FASHION_ROOT``, else
+/usr/share/datasets/fashion-mnist); without the data set it says how to install it.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FASHION_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+sys.path.insert(0, str(REPO_ROOT))
+
+from engine.fashion.data import load_split, require_dataset  # noqa: E402
+
 CLASS_COLORS = [(230, 57, 70), (244, 162, 97), (233, 196, 106), (42, 157, 143), (38, 70, 83),
                 (69, 123, 157), (131, 56, 236), (255, 0, 110), (58, 134, 255), (120, 120, 120)]
 
@@ -59,18 +63,9 @@ def scene(width: int = 768, height: int = 512) -> Image.Image:
     return img
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """A gzipped idx file (big-endian header: 0, 0, dtype 0x08, ndim; one uint32 per dim) as uint8."""
-    data = gzip.open(path, "rb").read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def fashion_collage(fashion_dir: Path, cols: int = 8, rows: int = 6, scale: int = 4) -> Image.Image:
     """The first ``cols * rows / 10`` test images of each class, round-robin by class, tinted per class."""
-    images = read_idx(fashion_dir / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz")
+    images, labels = load_split("test", fashion_dir)
     per_class = [np.flatnonzero(labels == c) for c in range(10)]
     picks = [per_class[i % 10][i // 10] for i in range(cols * rows)]
     cell = 28 * scale
@@ -106,13 +101,12 @@ def test_pattern(size: int = 512) -> Image.Image:
     return img
 
 
-def colour_fashion_picture(index: int = 1) -> Image.Image:
+def colour_fashion_picture(fashion_dir: Path, index: int = 1) -> Image.Image:
     """One 64 x 64 picture of the mini models' data ("Fashion-MNIST in colour"), from the test split:
     what the mini VAE was trained on, so its round trip is near-perfect (compare with the photos)."""
-    sys.path.insert(0, str(REPO_ROOT))
     from engine.mini import data as cf
 
-    data = cf.make_dataset("test", seed=0)
+    data = cf.make_dataset("test", seed=0, root=fashion_dir)
     picture = cf.render(data.items[index:index + 1], data.colours[index:index + 1])[0]
     arr = (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(arr)
@@ -121,11 +115,13 @@ def colour_fashion_picture(index: int = 1) -> Image.Image:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO_ROOT / "assets" / "examples")
-    p.add_argument("--fashion-dir", type=Path, default=Path(FASHION_DIR))
+    p.add_argument("--fashion-dir", type=Path, default=None)
     args = p.parse_args()
+    fashion_dir = require_dataset(args.fashion_dir)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, img in (("scene.png", scene()), ("fashion_collage.png", fashion_collage(args.fashion_dir)),
-                      ("test_pattern.png", test_pattern()), ("colour_fashion_64.png", colour_fashion_picture())):
+    pictures = (("scene.png", scene()), ("fashion_collage.png", fashion_collage(fashion_dir)),
+                ("test_pattern.png", test_pattern()), ("colour_fashion_64.png", colour_fashion_picture(fashion_dir)))
+    for name, img in pictures:
         path = args.out / name
         img.save(path, optimize=True)
         print(f"{path}: {img.width}x{img.height}, {path.stat().st_size / 1024:.0f} KB")

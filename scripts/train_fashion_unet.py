@@ -45,7 +45,8 @@ from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from engine.fashion.configs import SCHEDULER_CONFIG, UNET_CONFIGS  # noqa: E402
-from engine.fashion.data import NULL_CLASS, NUM_CLASSES, load_split, random_flip, to_model_space  # noqa: E402
+from engine.fashion.data import (NULL_CLASS, NUM_CLASSES, load_split, random_flip,  # noqa: E402
+                                 require_dataset, to_model_space)
 from engine.fashion.sampling import generate  # noqa: E402
 from engine.training import (autocast, ema_update, lr_at, optimizer_step, resumable_loop,  # noqa: E402
                              save_checkpoint, set_lr)
@@ -117,6 +118,7 @@ def export_ema(ema: UNet2DModel, out: Path, meta: dict) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    require_dataset()
     torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":

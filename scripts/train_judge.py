@@ -29,7 +29,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.fashion.judge import FashionJudge, judge_images  # noqa: E402
-from engine.fashion.data import CLASS_NAMES, load_split, random_flip, to_model_space  # noqa: E402
+from engine.fashion.data import CLASS_NAMES, load_split, random_flip, require_dataset, to_model_space  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,6 +55,7 @@ def evaluate(judge: FashionJudge, images: torch.Tensor, labels: torch.Tensor) ->
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    require_dataset()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from engine.diffusion import predict_x0
 from engine.errors import check_seed, whole_number_in_range
 from engine.fashion.configs import SCHEDULER_CONFIG
-from engine.fashion.data import example_images, to_model_space
+from engine.fashion.data import example_image
 
 NUM_TRAIN_TIMESTEPS = 1000
 TOLD_STEP = 25  # the grid of told timesteps: 0, 25, ..., 975 and 999
@@ -55,13 +55,6 @@ def told_timesteps(true_t: int, step: int = TOLD_STEP) -> list[int]:
 
 def check_true_t(true_t) -> int:
     return whole_number_in_range(true_t, "The true timestep t", 1, NUM_TRAIN_TIMESTEPS - 1)
-
-
-def example_image(example) -> tuple[torch.Tensor, int]:
-    """A shipped Fashion-MNIST test image by index: x0 [1, 1, 32, 32] in [-1, 1], and its label."""
-    images, labels = example_images()
-    index = whole_number_in_range(example, "The example", 0, len(images) - 1)
-    return to_model_space(images[index: index + 1]), int(labels[index])
 
 
 def _alphas_cumprod() -> torch.Tensor:

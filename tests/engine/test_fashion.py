@@ -16,6 +16,7 @@ from engine.diffusion import predict_x0
 from engine.errors import check_seed
 from engine.fashion.configs import SCHEDULER_CONFIG
 from engine.metrics import frechet_distance
+from engine.fashion import data
 from engine.fashion.data import CLASS_NAMES, NULL_CLASS, read_idx, to_model_space, to_unit_range
 
 TINY_UNET = dict(
@@ -272,6 +273,30 @@ def test_read_idx_and_model_space(tmp_path):
         f.write(b"\x01\x02\x03\x04")
     with pytest.raises(ValueError, match="not an idx"):
         read_idx(bad)
+
+
+def test_the_data_root_is_a_setting_and_a_missing_data_set_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ROOT_VARIABLE, str(tmp_path))
+    assert data.data_dir() == tmp_path
+    with pytest.raises(data.DatasetMissing, match="apt-get install dataset-fashion-mnist"):
+        data.load_split("test")
+    with pytest.raises(SystemExit) as e:  # what the scripts call first: one line, no traceback
+        data.require_dataset()
+    assert str(e.value).count("\n") == 0 and "apt-get install dataset-fashion-mnist" in str(e.value)
+    assert data.ROOT_VARIABLE in str(e.value)
+
+
+def test_the_app_shows_the_shipped_test_images(tmp_path, monkeypatch):
+    """Two per class, from assets/, with no data set installed (the forward process, the timestep experiment)."""
+    monkeypatch.setenv(data.ROOT_VARIABLE, str(tmp_path))
+    assert data.EXAMPLES_FILE.is_file() and data.EXAMPLES_FILE.parent.parent.name == "assets"
+    images, labels = data.example_images()
+    assert images.shape == (20, 28, 28) and labels.tolist() == [c for c in range(10) for _ in range(2)]
+    x0, label = data.example_image(3)
+    assert x0.shape == (1, 1, 32, 32) and label == 1
+    for bad in (20, -1, 2.5, 1e12):
+        with pytest.raises(ValueError, match="example\\) must be .*between 0 and 19"):
+            data.example_image(bad)
 
 
 def test_judge_shapes_and_frechet_distance():
