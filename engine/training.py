@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -74,15 +74,19 @@ def autocast(device: str, enabled: bool | None = None):
 
 
 def resumable_loop(step: int, total: int, train_step: Callable[[int], float], *, desc: str,
-                   running: float | None = None, every: dict[int, Callable[[int, float, bool], None]] | None = None,
+                   running: float | None = None,
+                   every: Sequence[tuple[int, Callable[[int, float, bool], None]]] = (),
                    stop: Callable[[], bool] = lambda: False) -> tuple[int, float | None]:
     """Run ``train_step(step) -> loss`` from ``step`` to ``total`` with a progress bar and a running loss.
 
-    ``every`` maps an interval n to a callback ``(step, running, last)``, called
-    after every n-th step and after the last one (checkpoints, sample grids).
-    ``stop()`` ends the run early (a deadline). Returns (step, running loss).
+    ``every``: (interval n, callback ``(step, running, last)``) pairs, each
+    callback called after every n-th step and after the last one (checkpoints,
+    sample grids). Pairs, not a dict keyed by n: two callbacks may share an
+    interval. ``stop()`` ends the run early (a deadline). Returns (step, running loss).
     """
-    every = every or {}
+    if isinstance(every, dict):
+        raise TypeError("every takes (interval, callback) pairs: a dict keyed by interval drops callbacks "
+                        "that share one.")
     bar = tqdm(total=total, initial=step, desc=desc, mininterval=10, file=sys.stdout)
     while step < total and not stop():
         loss = train_step(step)
@@ -91,7 +95,7 @@ def resumable_loop(step: int, total: int, train_step: Callable[[int], float], *,
         bar.update(1)
         bar.set_postfix(loss=f"{running:.4f}", refresh=False)
         last = step == total or stop()
-        for interval, callback in every.items():
+        for interval, callback in every:
             if step % interval == 0 or last:
                 callback(step, running, last)
     bar.close()
