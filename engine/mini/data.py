@@ -119,6 +119,16 @@ PLACES: dict[str, tuple[tuple[str | None, str | None], tuple[str, ...]]] = {
 PLACE_NAMES = tuple(PLACES)
 UNPLACED = -1  # ``places`` value of a classic picture: centred, 48 px, no place word
 
+#: Two-item pictures: a share of the positioned pictures holds a second item at the opposite place, in
+#: another colour and of another class: "a red sneaker on the left and a blue bag on the right". Their
+#: sides are smaller (``TWO_ITEM_SIZES``) and pushed to the edges (``TWO_ITEM_GAP``), so the two never overlap.
+TWO_ITEM_SIZES = (24, 28)
+TWO_ITEM_GAP = (1, 3)
+OPPOSITE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top", "top left": "bottom right",
+            "bottom right": "top left", "top right": "bottom left", "bottom left": "top right"}
+TWO_ITEM_TEMPLATES = ("{first} {place} and {second} {place_2}", "{first} {place}, {second} {place_2}",
+                      "{place_cap} {first} and {place_2} {second}")
+
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
@@ -202,16 +212,48 @@ class ColourFashion:
     seed: int
     places: np.ndarray
     boxes: np.ndarray
+    second: SecondItems | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def pictures(self, indices=None) -> torch.Tensor:
         """[n, 3, 64, 64] in [0, 1] for ``indices`` (all when None)."""
-        if indices is None:
-            indices = np.arange(len(self))
-        indices = np.asarray(indices)
-        return render(self.items[indices], self.colours[indices], self.boxes[indices])
+        v = self.shading(indices)
+        return tint(v[:, :1], self.colours[self._rows(indices)], extra=(v[:, 1:], self._second_colours(indices)))
+
+    def shading(self, indices=None) -> torch.Tensor:
+        """Each item's own shading v [n, 2, 64, 64] in [0, 1]: channel 0 the (first) item, channel 1 the
+        second item of a two-item picture (all 0 for the others). ``v > 0`` is an item's exact mask."""
+        rows = self._rows(indices)
+        v = torch.zeros(len(rows), 2, IMAGE_SIZE, IMAGE_SIZE)
+        v[:, :1] = placed_intensity_map(self.items[rows], self.boxes[rows])
+        if self.second is not None:
+            two = np.flatnonzero(self.second.labels[rows] >= 0)
+            if len(two):
+                v[two, 1:] = placed_intensity_map(self.second.items[rows[two]], self.second.boxes[rows[two]])
+        return v
+
+    def _rows(self, indices) -> np.ndarray:
+        return np.arange(len(self)) if indices is None else np.asarray(indices).reshape(-1)
+
+    def _second_colours(self, indices) -> np.ndarray:
+        if self.second is None:
+            return np.zeros(len(self._rows(indices)), dtype=np.int64)
+        return np.maximum(self.second.colours[self._rows(indices)], 0)
+
+
+@dataclass
+class SecondItems:
+    """The second items of two-item pictures, row for row with their ``ColourFashion``: items uint8
+    [N, 28, 28], labels int64 [N] (-1: the picture has one item), colours and places int64 [N] (-1 where
+    there is none), boxes int64 [N, 3] (top, left, side)."""
+
+    items: np.ndarray
+    labels: np.ndarray
+    colours: np.ndarray
+    places: np.ndarray
+    boxes: np.ndarray
 
 
 def make_captions(labels: np.ndarray, colours: np.ndarray, rng: np.random.Generator,
@@ -283,12 +325,15 @@ def _load_split(split: str, root: str | None) -> tuple[np.ndarray, np.ndarray]:
 
 def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = None,
                  empty_share: float = EMPTY_CAPTION_SHARE, root=None,
-                 positioned_share: float = POSITIONED_SHARE) -> ColourFashion:
+                 positioned_share: float = POSITIONED_SHARE, two_item_share: float = 0.0) -> ColourFashion:
     """The colour set from Fashion-MNIST's ``split``, the same for the same ``seed``.
 
     ``num_items`` takes a seeded random subset (all 60,000 / 10,000 when None).
     Colours are uniform over the eight names, independent of the class; about
-    ``positioned_share`` of the items are small and placed (``make_places``).
+    ``positioned_share`` of the items are small and placed (``make_places``);
+    ``two_item_share`` of the placed ones (not "centre") get a second item
+    (``add_second_items``), drawn from their own seeded stream so the rest of the
+    set is the same with or without them.
     """
     items, labels = _load_split(split, None if root is None else str(root))
     rng = np.random.default_rng(seed)
@@ -298,8 +343,64 @@ def make_dataset(split: str = "train", seed: int = 0, num_items: int | None = No
     captions, names_colour = make_captions(labels, colours, rng, empty_share)
     places, boxes = make_places(len(labels), rng, positioned_share)
     captions = add_places(captions, places, rng)
-    return ColourFashion(items=items, labels=labels, colours=colours, captions=captions, names_colour=names_colour,
+    data = ColourFashion(items=items, labels=labels, colours=colours, captions=captions, names_colour=names_colour,
                          seed=seed, places=places, boxes=boxes)
+    if two_item_share > 0:
+        add_second_items(data, np.random.default_rng([seed, 2]), two_item_share)
+    return data
+
+
+def two_item_caption(first: str, place: str, second: str, place_2: str, template: int) -> str:
+    """"a red sneaker on the left and a blue bag on the right" from two noun phrases and two places."""
+    phrase, phrase_2 = PLACES[place][1][0], PLACES[place_2][1][0]
+    return TWO_ITEM_TEMPLATES[template % len(TWO_ITEM_TEMPLATES)].format(
+        first=first, place=phrase, second=second, place_2=phrase_2, place_cap=phrase)
+
+
+def add_second_items(data: ColourFashion, rng: np.random.Generator, share: float) -> None:
+    """Turn ``share`` of the placed pictures (not "centre") into two-item pictures, in place.
+
+    The second item is another picture's item of another class, in another
+    colour, at ``OPPOSITE`` the first one's place; both are resized to
+    ``TWO_ITEM_SIZES`` and pushed ``TWO_ITEM_GAP`` px from their edges, and the
+    caption names both in order ("... on the left and ... on the right").
+    """
+    n = len(data)
+    centre = PLACE_NAMES.index("centre")
+    chosen = np.flatnonzero((data.places != UNPLACED) & (data.places != centre) & (rng.random(n) < share))
+    second = SecondItems(items=np.zeros_like(data.items), labels=np.full(n, -1), colours=np.full(n, -1),
+                         places=np.full(n, -1), boxes=np.zeros((n, 3), dtype=np.int64))
+    for i in chosen:
+        j = int(rng.integers(0, n))
+        while data.labels[j] == data.labels[i]:
+            j = int(rng.integers(0, n))
+        colour_2 = (int(data.colours[i]) + int(rng.integers(1, len(COLOUR_NAMES)))) % len(COLOUR_NAMES)
+        place = PLACE_NAMES[data.places[i]]
+        place_2 = OPPOSITE[place]
+        sides = rng.integers(TWO_ITEM_SIZES[0], TWO_ITEM_SIZES[1] + 1, 2)
+        data.boxes[i] = (*edge_box(place, int(sides[0]), rng), sides[0])
+        second.items[i], second.labels[i], second.colours[i] = data.items[j], data.labels[j], colour_2
+        second.places[i], second.boxes[i] = PLACE_NAMES.index(place_2), (*edge_box(place_2, int(sides[1]), rng),
+                                                                        sides[1])
+        nouns = [CLASS_NOUNS[int(label)][int(rng.integers(0, len(CLASS_NOUNS[int(label)])))]
+                 for label in (data.labels[i], data.labels[j])]
+        phrases = [noun_phrase(COLOUR_NAMES[c], *noun, use_plural=noun[0] is None)
+                   for c, noun in zip((int(data.colours[i]), colour_2), nouns)]
+        data.captions[i] = two_item_caption(phrases[0], place, phrases[1], place_2, int(rng.integers(0, 3)))
+        data.names_colour[i] = True
+    data.second = second
+
+
+def edge_box(place: str, side: int, rng: np.random.Generator, size: int = IMAGE_SIZE) -> tuple[int, int]:
+    """(top, left) of a two-item picture's item: ``place_box``, but ``TWO_ITEM_GAP`` px from the named edges."""
+    top, left = place_box(place, side, rng, size)
+    (row, col), _ = PLACES[place]
+    gap = lambda: int(rng.integers(TWO_ITEM_GAP[0], TWO_ITEM_GAP[1] + 1))  # noqa: E731
+    if row is not None:
+        top = gap() if row == "top" else size - side - gap()
+    if col is not None:
+        left = gap() if col == "left" else size - side - gap()
+    return top, left
 
 
 # ----------------------------------------------------------------------------
@@ -318,12 +419,20 @@ def intensity_map(items: np.ndarray | torch.Tensor, size: int = IMAGE_SIZE, item
     return F.pad(v, (margin, size - item_size - margin) * 2)
 
 
-def tint(v: torch.Tensor, colour_ids) -> torch.Tensor:
-    """Shading v [N, 1, H, W] -> pictures [N, 3, H, W]: ``background + v * (colour - background)``."""
+def tint(v: torch.Tensor, colour_ids, extra: tuple | None = None) -> torch.Tensor:
+    """Shading v [N, 1, H, W] -> pictures [N, 3, H, W]: ``background + v * (colour - background)``.
+
+    ``extra`` = (v_2 [N, 1, H, W], colour_ids_2 [N]) adds a second item the same way (the items never
+    overlap, so their terms just add)."""
     table = torch.tensor([COLOURS[c] for c in COLOUR_NAMES], dtype=torch.float32)
-    colour = table[torch.as_tensor(np.asarray(colour_ids), dtype=torch.long)].view(-1, 3, 1, 1)
     background = rgb_tensor(BACKGROUND)
-    return background + v * (colour - background)
+    colour = table[torch.as_tensor(np.asarray(colour_ids), dtype=torch.long)].view(-1, 3, 1, 1)
+    pictures = background + v * (colour - background)
+    if extra is not None:
+        v_2, colour_ids_2 = extra
+        colour_2 = table[torch.as_tensor(np.asarray(colour_ids_2), dtype=torch.long)].view(-1, 3, 1, 1)
+        pictures = pictures + v_2 * (colour_2 - background)
+    return pictures
 
 
 def placed_intensity_map(items: np.ndarray, boxes: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
@@ -366,16 +475,18 @@ def degrade_resolution(pictures: torch.Tensor, original_size: int) -> torch.Tens
     return F.interpolate(small, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-def crop_canvas(pictures: torch.Tensor, top: int, left: int) -> torch.Tensor:
+def crop_canvas(pictures: torch.Tensor, top: int, left: int, fill: float | None = None) -> torch.Tensor:
     """The window of the picture's size at (``top``, ``left``) on a larger canvas.
 
     The canvas is the picture extended with background to the right and below,
     so the crop (0, 0) is the picture itself and a crop at (top, left) shows the
     item moved up by ``top`` and left by ``left`` px, cut at the edge once the
-    offset passes the 8 px margin. [N, 3, H, W] -> [N, 3, H, W].
+    offset passes the 8 px margin. [N, 3, H, W] -> [N, 3, H, W]; ``fill`` extends other
+    maps (an item's shading [N, C, H, W]) with that value instead of the background.
     """
     n, c, h, w = pictures.shape
-    canvas = rgb_tensor(BACKGROUND).expand(n, c, h + top, w + left).clone()
+    background = rgb_tensor(BACKGROUND) if fill is None else torch.tensor(fill).view(1, 1, 1, 1)
+    canvas = background.expand(n, c, h + top, w + left).clone()
     canvas[:, :, :h, :w] = pictures
     return canvas[:, :, top: top + h, left: left + w]
 
