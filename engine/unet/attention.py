@@ -222,12 +222,19 @@ class CrossAttentionRecorder:
     {step: float32 [T, s_h, s_w]}, that step's sum over layers and images,
     area-downsampled, for up to ``MAX_SNAPSHOTS`` steps; ``snapshot_counts``
     their terms. ``step``: the index of the UNet call running now.
+
+    With ``keep_maps`` (training: ``engine.mini.grounding``) it also keeps every
+    recorded layer's own maps, per conditional image and still in the autograd
+    graph: ``layer_maps`` = [(layer name, step, float32 [n, T, h_l, w_l])], the
+    head-averaged probabilities before any upsampling (what ``total`` sums).
     """
 
-    def __init__(self, steps: range, layers: LayerChoice, num_images: int = 1, num_steps: int | None = None):
+    def __init__(self, steps: range, layers: LayerChoice, num_images: int = 1, num_steps: int | None = None,
+                 keep_maps: bool = False):
         if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
             raise ValueError(f"num_images must be a whole number >= 1, got {num_images!r}.")
         self.steps, self.layers, self.num_images, self.num_steps = steps, layers, num_images, num_steps
+        self.keep_maps, self.layer_maps = keep_maps, []
         self.snapshot_at = set(snapshot_steps(steps))
         self.step, self.calls, self.latent_size = -1, 0, None
         self.total, self.count = None, 0
@@ -262,8 +269,11 @@ class CrossAttentionRecorder:
         batch = probs.shape[0] // heads
         num_positions, num_tokens = probs.shape[1:]
         cond = probs.view(batch, heads, num_positions, num_tokens)[batch - self.num_images:]
-        summed = cond.float().mean(dim=1).sum(dim=0)  # [N, T]
+        per_image = cond.float().mean(dim=1)  # [n, N, T]
         grid = self.layer_sizes[name]
+        if self.keep_maps:
+            self.layer_maps.append((name, self.step, per_image.transpose(1, 2).reshape(-1, num_tokens, *grid)))
+        summed = per_image.detach().sum(dim=0)  # [N, T]
         maps = summed.T.reshape(1, num_tokens, *grid)
         maps = F.interpolate(maps, size=self.latent_size, mode="bilinear", align_corners=False)[0]
         if self.total is None:
@@ -303,7 +313,7 @@ class CrossAttentionRecorder:
 
 @contextlib.contextmanager
 def record_cross_attention(unet, *, steps="all", layers="all", num_steps: int | None = None,
-                           num_images: int = 1):
+                           num_images: int = 1, keep_maps: bool = False):
     """Within the block, every ``attn2`` layer of ``unet`` records; yields the ``CrossAttentionRecorder``.
 
     ``steps``: see ``select_steps`` (step i = the UNet's i-th call inside the
@@ -311,14 +321,16 @@ def record_cross_attention(unet, *, steps="all", layers="all", num_steps: int | 
     calls the loop will make (needed for named step ranges and the per-step
     snapshots). ``num_images``: images per UNet call; with guidance the batch is
     [uncond x n, cond x n], and the recorder tells the two cases apart by the
-    batch size. Self-attention keeps its processors; every original processor
-    and the hook are restored on exit, also after an error.
+    batch size. ``keep_maps``: keep each layer's per-image maps with their
+    gradients (``CrossAttentionRecorder.layer_maps``), for the grounding losses.
+    Self-attention keeps its processors; every original processor and the hook
+    are restored on exit, also after an error.
     """
     available = cross_attention_layers(unet)
     if not available:
         raise UserError("This UNet has no cross-attention (attn2) layers to record.")
     recorder = CrossAttentionRecorder(select_steps(steps, num_steps), select_layers(layers, available),
-                                      num_images, num_steps)
+                                      num_images, num_steps, keep_maps)
     originals = unet.attn_processors
     swapped = {key: RecordingAttnProcessor(recorder, key.removesuffix(".processor"), processor)
                if key.endswith("attn2.processor") else processor for key, processor in originals.items()}
