@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from engine.errors import UserError
 from engine.metrics import to_uint8
 
 # Diverging map for signed latent values (ColorBrewer RdBu, blue < 0 < red), and a
@@ -145,7 +146,7 @@ def difference_heatmap(reference: Image.Image, test: Image.Image, gain: float = 
     sequential map, so with gain 4 a difference of 64/255 or more is pale yellow.
     """
     if not gain > 0:
-        raise ValueError(f"The amplification must be positive, got {gain}.")
+        raise UserError(f"The difference amplification (gain) must be positive, got {gain!r}.")
     a, b = to_uint8(reference).astype(np.float32), to_uint8(test).astype(np.float32)
     if a.shape != b.shape:
         raise ValueError(f"The two images differ in size: {a.shape} and {b.shape}.")

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from engine.errors import UserError, check_seed, whole_number
+from engine.errors import UserError, check_seed, number_in_range, one_of, whole_number
 from engine.figures import colormap, latent_range
 from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
 from engine.metrics import PSNR_METHOD, SSIM_METHOD, psnr, ssim
 from engine.schedulers import SD_NOISE_SCHEDULE, sd_noise_scheduler
-from engine.vae_inputs import FITS, MAX_ASPECT, SIZES
+from engine.vae_inputs import FITS, GAIN_RANGE, MAX_ASPECT, SIZES
 
 TILED_DECODE_ABOVE = 64  # latent pixels a side (512 image pixels); larger latents decode in tiles
 PAD_COLOR = (255, 255, 255)
@@ -103,18 +103,25 @@ def _resize_and_pad(image: Image.Image, size: int) -> tuple[Image.Image, list[st
 
 def check_size(size) -> int:
     try:
-        value = int(size)
-    except (TypeError, ValueError):
+        value = whole_number(size, "size")
+    except UserError:
         value = None
     if value not in SIZES:
-        raise UserError(f"Size must be one of {', '.join(map(str, SIZES))} pixels, got {size!r}.")
+        raise UserError(f"size must be one of {', '.join(map(str, SIZES))} pixels, got {size!r}.")
     return value
 
 
 def check_fit(fit) -> str:
-    if fit not in FITS:
-        raise UserError(f"Fit must be 'crop' or 'pad', got {fit!r}.")
-    return fit
+    return one_of(fit, "fit", FITS)
+
+
+def check_gain(gain) -> float:
+    return number_in_range(gain, "The difference amplification (gain)", *GAIN_RANGE)
+
+
+def check_inputs(size, fit, seed, gain) -> tuple[int, str, int, float]:
+    """The round trip's settings (size, fit, seed, gain), checked before a model loads."""
+    return check_size(size), check_fit(fit), check_seed(seed), check_gain(gain)
 
 
 # ----------------------------------------------------------------------------
@@ -227,6 +234,7 @@ def roundtrip(image: Image.Image, vae, size: int = 512, fit: str = "crop", sampl
     ``sample``/``seed``.
     """
     prepared, notes = preprocess(image, size, fit)
+    seed = check_seed(seed)
     x = pil_to_tensor(prepared)
 
     _sync(vae.device)

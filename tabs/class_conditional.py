@@ -18,9 +18,9 @@ import pandas as pd
 from PIL import Image
 
 from engine.device import layout_device
-from engine.errors import UserError
+from engine.errors import UserError, one_of
 from engine.fashion import configs
-from engine.fashion.data import CLASS_NAMES, example_images, to_model_space, to_unit_range
+from engine.fashion.data import CLASS_NAMES, example_image, example_images, to_unit_range
 from engine.imports import lazy
 from engine.presets import get_preset, presets_for
 from tabs.common import (COMPUTE, model_job, seed_from_box, show_on_arrival, show_used_seed, shows_live_pictures,
@@ -37,6 +37,7 @@ figures = lazy("engine.figures")
 SCALE = 4  # 32x32 samples are shown at 128x128 (nearest neighbour)
 TRAJECTORY_SCALE = 3  # and the trajectory's pictures at 96x96
 GUIDANCE_COMPARE = (1.0, 2.0, 4.0)
+FORWARD_SOURCES = ("Test image", "First generated sample")
 STOP_SECONDS = 0.5  # a long run yields at least this often, so Stop cancels it within about this long
 # The controls' starting values: the result of these settings is on the page when a visitor arrives.
 FIRST = dict(label="Sandal", count=16, sampler="DPM-Solver++",
@@ -190,18 +191,14 @@ def compare_guidance(label, sampler, num_inference_steps, seed, model=None, prog
 @user_errors
 def forward_view(source: str, example: int, generated, seed: int = 0):
     """Event handler (API ``/forward_fashion``): one image noised to t = 0, 50, ..., 999 (cheap, no model)."""
-    if source == "First generated sample":
+    if one_of(source, "source", FORWARD_SOURCES) == "First generated sample":
         if generated is None or len(generated) == 0:
             raise UserError("Generate some samples first, or pick a test image.")
         x0 = torch.as_tensor(np.asarray(generated[0]), dtype=torch.float32) * 2 - 1
         title = "your first generated sample"
     else:
-        images, labels = example_images()
-        i = int(example)
-        if not 0 <= i < len(images):
-            raise UserError(f"Pick a test image between 0 and {len(images) - 1}.")
-        x0 = to_model_space(images[i:i + 1])
-        title = f"test image {i} ({CLASS_NAMES[int(labels[i])]})"
+        x0, label = example_image(example)
+        title = f"test image {int(float(example))} ({CLASS_NAMES[label]})"
     noisy = sampling.forward_process(x0, configs.FORWARD_TIMESTEPS, seed=seed)
     schedule = sampling.alpha_bar_schedule()
     captions = [f"t={t} · √ᾱ={schedule['signal'][t]:.3f}" for t in configs.FORWARD_TIMESTEPS]
@@ -303,7 +300,7 @@ def build() -> Form:
     example_choices = [(f"{CLASS_NAMES[int(y)]} ({i})", i) for i, y in enumerate(labels)]
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            source = gr.Radio(["Test image", "First generated sample"], value="Test image", label="Image")
+            source = gr.Radio(list(FORWARD_SOURCES), value=FORWARD_SOURCES[0], label="Image")
             example = gr.Dropdown(example_choices, value=len(labels) - 1, label="Test image")
             noise_seed = gr.Number(value=0, precision=0, label="Noise seed")
             show = gr.Button("Add noise")
@@ -311,8 +308,10 @@ def build() -> Form:
             forward = gr.Gallery(label="x_t at t = 0, 50, 100, 200, 400, 600, 800, 999", columns=8,
                                  height="auto", object_fit="contain", format="png")
             forward_caption = gr.Markdown()
+    # No model: numpy on 8 small pictures, outside the queue. preprocess=False, as the compute events: the
+    # engine checks every value, with messages that name the input (gradio's would not).
     show.click(forward_view, [source, example, generated, noise_seed], [forward, forward_caption],
-               api_name="forward_fashion", queue=False)  # no model: numpy on 8 small pictures
+               api_name="forward_fashion", queue=False, preprocess=False)
     plot = gr.LinePlot(x="t", y="value", color="series", title="Noise schedule (DDPM, linear betas 1e-4 to 0.02)",
                        x_title="timestep t", y_title="level", height=300)
     gr.on(None, forward_on_arrival, None, [forward, forward_caption, plot], api_visibility="private", queue=False,

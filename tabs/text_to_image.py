@@ -309,7 +309,8 @@ def build() -> Form:
                 gr.Markdown(COLOUR_HELP, elem_classes=["explain"])
                 with gr.Row():
                     colour = gr.ColorPicker(value="#1f4fd1", label="Target colour")
-                    colour_scale = gr.Slider(0, 1000, value=0, step=10, label="Colour loss scale (0 = off)")
+                    colour_scale = gr.Slider(0, txt2img.MAX_COLOUR_SCALE, value=0, step=10,
+                                             label="Colour loss scale (0 = off)")
                     colour_every = gr.Slider(1, 10, value=5, step=1, label="Every k steps")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="t2i-generate", scale=3)

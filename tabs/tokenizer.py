@@ -127,5 +127,6 @@ def build() -> None:
     # triggers=None: on page load (the book's example is shown at once) and on every edit. It needs no model
     # and takes milliseconds: the page calls it outside the queue, and API clients (which always join the queue)
     # get its own group of 8; the compute bound (tabs.common.compute_has_room) never refuses it.
+    # preprocess=False: the engine checks the tokenizer's name, with a message that names the input.
     gr.on(None, tokenize, inputs=[prompt, tokenizer], outputs=outputs, api_name="tokenize",
-          trigger_mode="always_last", queue=False, concurrency_limit=8, show_progress="hidden")
+          trigger_mode="always_last", queue=False, concurrency_limit=8, show_progress="hidden", preprocess=False)

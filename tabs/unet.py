@@ -242,7 +242,9 @@ def _anatomy_section() -> None:
     table = gr.Markdown(elem_id="unet-anatomy-table")
     info = gr.JSON(label="total_parameters, flops_per_call, blocks, pixel_space")
     # Built on the meta device: no weights, no accelerator, so it does not wait in the compute queue.
-    run.click(unet_anatomy, [model, width, height], [table, info], api_name="unet_anatomy", concurrency_limit=2)
+    # preprocess=False, as the compute events: the engine checks the model and sizes, naming the input.
+    run.click(unet_anatomy, [model, width, height], [table, info], api_name="unet_anatomy", concurrency_limit=2,
+              preprocess=False)
 
 
 def build() -> None:

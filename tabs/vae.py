@@ -16,7 +16,7 @@ from engine.errors import UserError
 from engine.imports import lazy
 from engine.presets import default_size, get_preset, presets_for
 from engine.schedulers import SD_NOISE_SCHEDULE
-from engine.vae_inputs import SIZES
+from engine.vae_inputs import GAIN_RANGE, SIZES
 from tabs.common import COMPUTE, model_job, seed_from_box, show_on_arrival, upload_path
 
 # Imported on first use, after the page is served (engine.imports): the layout reads torch-free modules only.
@@ -92,11 +92,12 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
     Returns (reconstruction, channel images, numbers, preprocessed input, difference heatmap,
     colour bar, histogram, summary, state for the noise view).
     """
+    size, fit, seed, gain = vae_engine.check_inputs(size, fit, seed_from_box(seed), gain)
     opened, notes = images.open_image(upload_path(image))
     if not vae:
         raise UserError("Choose a VAE first.")
     model = loader.load(vae, "vae")
-    result = vae_engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=seed_from_box(seed))
+    result = vae_engine.roundtrip(opened, model, size=size, fit=fit, sample=bool(sample), seed=seed)
     numbers = {"vae": vae, **result.numbers, "notes": notes + result.numbers["notes"]}
     state = {"vae": vae, "latent": result.latent, "image": result.image}
     return (
@@ -104,7 +105,7 @@ def vae_roundtrip(image, vae: str, size: int, fit: str = "crop", sample: bool = 
         vae_engine.channel_images(result.latent),
         numbers,
         result.image,
-        figures.difference_heatmap(result.image, result.reconstruction, float(gain)),
+        figures.difference_heatmap(result.image, result.reconstruction, gain),
         figures.colorbar(figures.latent_range(result.latent)),
         figures.histogram_image(result.latent),
         summary_markdown(numbers),
@@ -148,7 +149,7 @@ def build() -> None:
             with gr.Accordion("More settings", open=False):
                 sample = gr.Checkbox(False, label="Sample the latent from the posterior (instead of its mean)")
                 seed = gr.Number(0, precision=0, minimum=0, maximum=2**32 - 1, label="Seed (posterior sample and noise)")
-                gain = gr.Slider(1, 32, value=4, step=1, label="Difference amplification (×)")
+                gain = gr.Slider(*GAIN_RANGE, value=4, step=1, label="Difference amplification (×)")
             run = gr.Button("Encode and decode", variant="primary")
     summary = gr.Markdown()
     with gr.Row():

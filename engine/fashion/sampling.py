@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +38,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from engine.errors import UserError, check_seed, whole_number
+from engine.errors import UserError, check_seed, number_in_range, one_of, whole_number_in_range
 # The limits live in configs (torch-free, for the tab's layout); requests are checked against them here.
 from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_COUNT, MAX_GUIDANCE,  # noqa: F401
                                     NULL_CLASS, NUM_CLASSES, SAMPLERS, SCHEDULER_CONFIG, STEP_RANGES,
@@ -53,26 +51,15 @@ from engine.diffusion import StepState, predict_x0
 
 
 def class_index(label: int | str) -> int:
-    """A class name (any case) or index (int or digit string) -> index 0..9; ``UserError`` otherwise."""
-    if isinstance(label, bool):
-        raise UserError(f"Unknown class {label!r}. Use a name ({', '.join(CLASS_NAMES)}) or an index 0-9.")
-    if isinstance(label, numbers.Integral):
-        index = int(label)
-    elif isinstance(label, float) and label.is_integer():
-        index = int(label)
-    elif isinstance(label, str) and label.strip().lstrip("-").isdigit():
-        index = int(label.strip())
-    elif isinstance(label, str):
-        names = {n.lower(): i for i, n in enumerate(CLASS_NAMES)}
-        key = label.strip().lower()
-        if key not in names:
-            raise UserError(f"Unknown class {label!r}. Choose one of: {', '.join(CLASS_NAMES)} (or an index 0-9).")
-        return names[key]
-    else:
-        raise UserError(f"Unknown class {label!r}. Use a name ({', '.join(CLASS_NAMES)}) or an index 0-9.")
-    if not 0 <= index < NUM_CLASSES:
-        raise UserError(f"Class index {index} is out of range: use 0-9 ({', '.join(CLASS_NAMES)}).")
-    return index
+    """A class name (any case) or index 0-9 (an int, "3" or 3.0) -> the index; ``UserError`` otherwise."""
+    names = {n.lower(): i for i, n in enumerate(CLASS_NAMES)}
+    if isinstance(label, str) and label.strip().lower() in names:
+        return names[label.strip().lower()]
+    try:
+        return whole_number_in_range(label, "label", 0, NUM_CLASSES - 1)
+    except UserError:
+        raise UserError(f"Unknown class: label must be a name ({', '.join(CLASS_NAMES)}) or an index from 0 to "
+                        f"{NUM_CLASSES - 1}, got {label!r}.") from None
 
 
 @dataclass(frozen=True)
@@ -90,21 +77,11 @@ class SampleRequest:
 def validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed) -> SampleRequest:
     """Check every user input and return them normalised; ``UserError`` with a message for the user otherwise."""
     index = class_index(label)
-    count = whole_number(count, "The number of images")
-    if not 1 <= count <= MAX_COUNT:
-        raise UserError(f"The number of images must be between 1 and {MAX_COUNT}, got {count}.")
-    if sampler not in SAMPLERS:
-        raise UserError(f"Unknown sampler {sampler!r}. Choose one of: {', '.join(SAMPLERS)}.")
-    steps = whole_number(num_inference_steps, "The number of steps")
+    count = whole_number_in_range(count, "The number of images (count)", 1, MAX_COUNT)
+    sampler = one_of(sampler, "sampler", SAMPLERS)
     low, high, _ = STEP_RANGES[sampler]
-    if not low <= steps <= high:
-        raise UserError(f"{sampler} takes between {low} and {high} steps, got {steps}.")
-    try:
-        g = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise UserError(f"The guidance scale must be a number, got {guidance_scale!r}.") from None
-    if not (math.isfinite(g) and 0.0 <= g <= MAX_GUIDANCE):
-        raise UserError(f"The guidance scale must be between 0 and {MAX_GUIDANCE:g} (1 means no guidance), got {guidance_scale!r}.")
+    steps = whole_number_in_range(num_inference_steps, "num_inference_steps", low, high, f" for {sampler}")
+    g = number_in_range(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE, " (1 means no guidance)")
     return SampleRequest(index, count, sampler, steps, g, check_seed(seed))
 
 

@@ -16,7 +16,6 @@ its limits at start-up, before the page is served (``engine.imports``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,6 +34,7 @@ DEFAULT_STEPS = 30
 DEFAULT_SIZE_LIMITS = {"sd": (64, 1024), "sdxl": (64, 2048)}
 SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
 MAX_SWEEP = 8
+MAX_COLOUR_SCALE = 1000.0
 MICRO_CONDITIONS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
                     "negative_crops_coords_top_left", "negative_target_size")
 
@@ -133,15 +133,7 @@ def get_pipeline_preset(name: str):
 
 def check_guidance(preset, guidance_scale) -> float:
     """A guidance scale as a float: finite, from 0 to 50, and at most 1 for presets without guidance."""
-    try:
-        guidance = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise UserError(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
-    if not math.isfinite(guidance) or guidance < 0:
-        raise UserError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance_scale!r}.")
-    if guidance > MAX_GUIDANCE:
-        raise UserError(f"guidance_scale {guidance:g} is above {MAX_GUIDANCE:g}; images burn out far below that "
-                        "(7.5 is typical).")
+    guidance = number_in_range(guidance_scale, "guidance_scale", 0, MAX_GUIDANCE, " (7.5 is typical)")
     if guidance > 1 and not guidance_allowed(preset):
         note = preset.options.get("guidance_note", "this model samples without guidance")
         raise UserError(f"'{preset.name}' takes no guidance: {note} Set guidance_scale to 0.")
@@ -151,7 +143,7 @@ def check_guidance(preset, guidance_scale) -> float:
 def check_side(preset, value, name: str) -> int:
     """A width or height: a whole multiple of 8 within the preset's ``size_limits``."""
     low, high = size_limits(preset)
-    value = whole_number(value, name)
+    value = whole_number(value, name, f" of pixels from {low} to {high}")
     if value % 8:
         raise UserError(f"{name} must be a multiple of 8 (the VAE downsamples by 8), got {value}; "
                         f"try {max(8, value // 8 * 8)} or {value // 8 * 8 + 8}.")
@@ -273,18 +265,11 @@ def parse_colour(value) -> torch.Tensor:
 
 
 def check_colour(colour, colour_scale, colour_every) -> ColourGuidance | None:
-    """Colour guidance settings, or None when off (no colour, or scale 0)."""
-    try:
-        scale = float(colour_scale or 0.0)
-    except (TypeError, ValueError):
-        raise UserError(f"colour_scale must be a number, got {colour_scale!r}.") from None
+    """Colour guidance settings, or None when off (no colour, or scale 0). The numbers are checked either way."""
+    scale = number_in_range(colour_scale or 0.0, "colour_scale", 0, MAX_COLOUR_SCALE, " (0 = off)")
+    every = whole_number_in_range(colour_every, "colour_every", 1, MAX_STEPS)
     if not colour or scale == 0:
         return None
-    if not (math.isfinite(scale) and 0 < scale <= 10000):
-        raise UserError(f"colour_scale must be between 0 and 10000, got {colour_scale!r}.")
-    every = whole_number(colour_every, "colour_every")
-    if every < 1:
-        raise UserError(f"colour_every must be 1 or more, got {every}.")
     return ColourGuidance(target_rgb=parse_colour(colour), scale=scale, every=every)
 
 
@@ -308,12 +293,14 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_G
     steps = check_steps(preset, num_inference_steps)
     guidance = check_guidance(preset, guidance_scale)
     images, seed = check_num_images(num_images), check_seed(seed)
-    strength = check_strength(strength) if image is not None else None
+    # strength is checked whenever it is given (an API caller's number), and used only with an image
+    strength = check_strength(strength) if image is not None or strength is not None else None
     scheduler = check_scheduler(scheduler)
     scales = (guidance,) if guidance_scales is None else check_sweep(preset, guidance_scales)
     micro = check_micro_conditioning(width, height, micro_conditioning) if preset.kind == "sdxl" else None
     return Request(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance, num_inference_steps=steps,
                    width=width, height=height, num_images=images, seed=seed, scheduler=scheduler,
-                   guidance_scales=scales, micro_conditioning=micro, image=image, strength=strength,
+                   guidance_scales=scales, micro_conditioning=micro, image=image,
+                   strength=strength if image is not None else None,
                    colour=check_colour(colour, colour_scale, colour_every), preview_every=int(preview_every or 0),
                    preview_seconds=max(0.0, float(preview_seconds or 0.0)))

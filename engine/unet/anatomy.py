@@ -47,7 +47,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.errors import UserError
+from engine.errors import UserError, whole_number
 from engine.presets import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "assets" / "configs"
@@ -145,8 +145,7 @@ def check_image_size(width, height, vae_scale_factor: int = 8) -> tuple[int, int
         raise UserError(f"vae_scale_factor must be a positive whole number, got {vae_scale_factor!r}.")
     sides = []
     for name, value in (("width", width), ("height", height)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{name} must be a whole number of pixels, got {value!r}.")
+        value = whole_number(value, name, f" of pixels from {MIN_SIDE} to {MAX_SIDE}")
         if value % 8 or value % vae_scale_factor:
             step = max(8, vae_scale_factor)
             raise UserError(f"{name} must be a multiple of {step} (the VAE downsamples by {vae_scale_factor}), "

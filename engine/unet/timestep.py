@@ -54,7 +54,7 @@ def told_timesteps(true_t: int, step: int = TOLD_STEP) -> list[int]:
 
 
 def check_true_t(true_t) -> int:
-    return whole_number_in_range(true_t, "The true timestep t", 1, NUM_TRAIN_TIMESTEPS - 1)
+    return whole_number_in_range(true_t, "The true timestep (true_t)", 1, NUM_TRAIN_TIMESTEPS - 1)
 
 
 def _alphas_cumprod() -> torch.Tensor:

@@ -58,7 +58,7 @@ def test_seeds_follow_the_one_rule_of_every_tab(client):
 @pytest.mark.parametrize("kw,message", [
     (dict(count=65), "64"),  # gradio's slider or the engine: either names the limit
     (dict(count=0), "1"),
-    (dict(sampler="DDPM", num_inference_steps=5), "DDPM takes between 10 and 1000"),
+    (dict(sampler="DDPM", num_inference_steps=5), "between 10 and 1000 for DDPM"),
     (dict(num_inference_steps=500), "between 2 and 100"),
     (dict(label="Hat"), "Unknown class"),
     (dict(seed=1.5), "whole number"),

@@ -139,7 +139,8 @@ def test_a_hub_preset_without_shipped_configs_says_so(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("width, height, message", [
     (500, 512, "multiple of 8"), (512, 36, "multiple of 8"), (32, 512, "between 64 and 2048"),
-    (512, 4096, "between 64 and 2048"), ("512", 512, "whole number"), (True, 512, "whole number"),
+    (512, 4096, "between 64 and 2048"), ("512.5", 512, "whole number"), (True, 512, "whole number"),
+    (1e12, 512, "width must be between 64 and 2048"),
 ])
 def test_bad_sizes_are_refused(width, height, message):
     with pytest.raises(ValueError, match=message):

@@ -184,19 +184,19 @@ def test_schedulers_share_one_config():
 @pytest.mark.parametrize("kwargs,message", [
     (dict(count=0), "between 1 and 64"),
     (dict(count=65), "between 1 and 64"),
-    (dict(count=2.5), "whole number"),
-    (dict(sampler="Euler"), "Unknown sampler"),
-    (dict(sampler="DDPM", num_inference_steps=5), "DDPM takes between 10 and 1000"),
+    (dict(count=2.5), "count\\) must be a whole number between 1 and 64, got 2.5"),
+    (dict(sampler="Euler"), "sampler must be one of 'DDPM', 'DDIM', 'DPM-Solver\\+\\+', got 'Euler'"),
+    (dict(sampler="DDPM", num_inference_steps=5), "num_inference_steps must be between 10 and 1000 for DDPM, got 5"),
     (dict(sampler="DPM-Solver++", num_inference_steps=101), "between 2 and 100"),
     (dict(sampler="DDIM", num_inference_steps=1), "between 2 and 500"),
-    (dict(label="Hat"), "Unknown class 'Hat'"),
-    (dict(label=10), "out of range"),
-    (dict(label=-1), "out of range"),
+    (dict(label="Hat"), "Unknown class: label must be a name .* got 'Hat'"),
+    (dict(label=10), "label must be .* an index from 0 to 9, got 10"),
+    (dict(label=-1), "label must be .* an index from 0 to 9, got -1"),
     (dict(seed=1.5), "seed must be a whole number"),
     (dict(seed="abc"), "seed must be a whole number"),
     (dict(seed=None), "seed must be a whole number"),
-    (dict(guidance_scale=11), "guidance scale must be between 0 and 10"),
-    (dict(guidance_scale=float("nan")), "guidance scale"),
+    (dict(guidance_scale=11), "guidance_scale must be between 0 and 10"),
+    (dict(guidance_scale=float("nan")), "guidance_scale must be between 0 and 10 .*got nan"),
 ])
 def test_validation_messages(unet, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -347,6 +347,11 @@ def test_long_prompt_warns_with_the_cut_text(sd_pipe):
     ({"seed": -3}, "seed"),
     ({"strength": 1.5, "image": "IMAGE"}, "strength"),
     ({"strength": -0.1, "image": "IMAGE"}, "strength"),
+    ({"strength": 1e12}, "strength must be between 0 and 1"),  # checked even without an image (an API value)
+    ({"colour_every": 0}, "colour_every must be between 1 and 150, got 0"),  # checked with colour guidance off
+    ({"colour_scale": -1, "colour": "#ff0000"}, "colour_scale must be between 0 and 1000"),
+    ({"guidance_scale": 1e12}, "guidance_scale must be between 0 and 50"),
+    ({"width": 64.5}, "width must be a whole number of pixels from 32 to 256"),
     ({"scheduler": "LMS"}, "Unknown scheduler"),
     ({"original_size": "1024"}, "original_size"),
     ({"colour": "#12", "colour_scale": 10}, "Colour"),

@@ -18,6 +18,7 @@ from PIL import Image, ImageFile
 
 from engine import figures, metrics
 from engine import vae as engine
+from engine.errors import UserError
 from engine.presets import default_size
 from engine.images import open_image, pil_to_tensor
 from tests.tiny_models import tiny_vae
@@ -242,6 +243,23 @@ def test_difference_heatmap():
     heat = np.asarray(figures.difference_heatmap(a, b, gain=4))
     assert tuple(heat[1, 1]) == figures.SEQUENTIAL[0][1]  # identical: black
     assert heat[0, 0].sum() > heat[1, 1].sum()
+    with pytest.raises(UserError, match="gain"):  # a message for the user, not the generic one (issue 20)
+        figures.difference_heatmap(a, b, gain=-3)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (dict(gain=-3), r"The difference amplification \(gain\) must be between 1 and 32, got -3"),
+    (dict(gain=float("nan")), "gain"),
+    (dict(size=100), "size must be one of 64, 128, 256, 512, 768, 1024 pixels, got 100"),
+    (dict(size=512.5), "size must be one of"),
+    (dict(fit="stretch"), "fit must be one of 'crop', 'pad', got 'stretch'"),
+    (dict(seed=2**40), "seed must be between 0 and 4294967295"),
+])
+def test_the_round_trip_settings_are_checked_before_a_model_loads(inputs, message):
+    settings = {"size": 512, "fit": "crop", "seed": 0, "gain": 4, **inputs}
+    with pytest.raises(UserError, match=message):
+        engine.check_inputs(**settings)
+    assert engine.check_inputs(512.0, "pad", "7", 2.5) == (512, "pad", 7, 2.5)
 
 
 def test_add_noise_follows_the_sd_schedule():
