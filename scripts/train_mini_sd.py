@@ -42,6 +42,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -63,6 +64,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from engine import metrics  # noqa: E402
 from engine import text_encoding as te_  # noqa: E402
 from engine.mini import data as cf  # noqa: E402
+from engine.mini import measure  # noqa: E402
 from engine.mini.cards import DEFAULT_GUIDANCE, STAGES, model_card, sample_grid, save_grid  # noqa: E402
 from engine.mini import models as ms  # noqa: E402
 from engine.schedulers import sd_noise_scheduler  # noqa: E402
@@ -98,6 +100,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--unet-init", default=None,
                    help="start the UNets from the ones in this assets folder (DIR/mini-sd/unet, DIR/mini-sdxl/unet) "
                         "instead of from scratch: a fine-tune, for when the data changed but the VAE did not")
+    p.add_argument("--vae-init", default=None,
+                   help="start the VAE from the one in this assets folder (DIR/mini-sd/vae): a fine-tune")
+    p.add_argument("--vae-train", choices=("all", "decoder"), default="all",
+                   help="decoder: train only the decoder (and post_quant_conv), so the latent space, and with it "
+                        "every UNet, stays as it is")
+    p.add_argument("--two-item-share", type=float, default=0.3,
+                   help="share of the placed pictures that hold a second item at the opposite place")
+    p.add_argument("--token-loss", type=float, default=0.0,
+                   help="weight of TokenCompose's token loss on the item and colour words (engine.mini.grounding)")
+    p.add_argument("--pixel-loss", type=float, default=0.0, help="weight of TokenCompose's pixel (BCE) loss")
+    p.add_argument("--deadline-minutes", type=float, default=None,
+                   help="stop a stage after this many minutes (it checkpoints and ships what it has)")
+    p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--snr-gamma", type=float, default=5.0,
                    help="min-SNR loss weighting gamma (Hang et al. 2023); 0 turns it off (plain MSE)")
@@ -111,6 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.out = Path(args.out or ("runs/mini_sd_smoke" if args.smoke else "runs/mini_sd"))
     args.assets = Path(args.assets or (args.out / "assets" if args.smoke else REPO_ROOT / "assets"))
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from engine.fashion.sampling import use_cpu_bf16
+
+    native = args.device.startswith("cuda") or use_cpu_bf16(args.device)
+    args.bf16 = {"auto": native, "on": True, "off": False}[args.bf16]
     return args
 
 
@@ -166,7 +186,8 @@ def mark_done(args, stage: str, info: dict) -> None:
     for folder in SHIPS_TO[stage]:
         path = args.assets / folder
         record = training_record(args, folder)
-        stale = stage in ("clip", "vae")  # a new encoder or VAE invalidates the UNet trained on the old one
+        # a new text encoder or VAE encoder invalidates the UNet trained on the old one (a decoder fine-tune does not)
+        stale = stage == "clip" or (stage == "vae" and not info.get("decoder_only"))
         if stale:
             record.pop("unet-sdxl" if folder == "mini-sdxl" else "unet-sd", None)
             for name in ("model_index.json", "eval.json", "samples.png"):
@@ -197,8 +218,15 @@ def ship_part(args, stage: str, parts: dict) -> None:
         ms.copy_tokenizers(path, ["tokenizer"] + (["tokenizer_2"] if folder == "mini-sdxl" else []))
 
 
-def dataset(args, split: str = "train") -> cf.ColourFashion:
-    return cf.make_dataset(split, seed=args.seed, num_items=args.num_items if split == "train" else 1024)
+def dataset(args, split: str = "train", positioned_share: float = cf.POSITIONED_SHARE) -> cf.ColourFashion:
+    return cf.make_dataset(split, seed=args.seed, num_items=args.num_items if split == "train" else 1024,
+                           positioned_share=positioned_share, two_item_share=args.two_item_share)
+
+
+def deadline(args) -> callable:
+    """``stop()`` for ``resumable_loop``: True once ``--deadline-minutes`` have passed (never without it)."""
+    end = None if args.deadline_minutes is None else time.time() + 60 * args.deadline_minutes
+    return lambda: end is not None and time.time() > end
 
 
 def fits_of(data: cf.ColourFashion, idx) -> torch.Tensor:
@@ -273,7 +301,7 @@ def train_clip(args) -> dict:
               f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
 
     step, running = resumable_loop(step, total, train_step, desc="clip", running=running,
-                                   every={args.checkpoint_every: checkpoint, args.sample_every: evaluate})
+                                   every=[(args.checkpoint_every, checkpoint), (args.sample_every, evaluate)])
 
     model.eval()
     acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
@@ -331,23 +359,43 @@ def latent_std(vae, data: cf.ColourFashion, device: str, count: int = 2048) -> f
     return float(torch.cat(zs).float().std())
 
 
+VAE_POSITIONED_SHARE = 0.75  # the VAE sees more placed (small) items than the UNets: they are what it loses
+
+
+def make_trainable_vae(args, device: str):
+    """A fresh VAE, or (``--vae-init``) the shipped one to fine-tune; with ``--vae-train decoder`` only the
+    decoder and ``post_quant_conv`` learn. Returns (vae, its trainable parameters)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(args.seed)
+    if args.vae_init:
+        vae = AutoencoderKL.from_pretrained(Path(args.vae_init) / "mini-sd" / "vae", dtype=torch.float32)
+    else:
+        vae = ms.make_vae(args.size)
+    vae = vae.to(device)
+    if args.vae_train == "decoder":
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    return vae, [p for p in vae.parameters() if p.requires_grad]
+
+
 def train_vae(args) -> dict:
     folder = stage_dir(args, "vae")
     device = args.device
-    data, test = dataset(args), dataset(args, "test")
+    data, test = dataset(args, positioned_share=VAE_POSITIONED_SHARE), dataset(args, "test")
     test_x = cf.to_vae_input(test.pictures(range(256)))
+    judge_check = vae_judge_check(args)
 
-    torch.manual_seed(args.seed)
-    vae = ms.make_vae(args.size).to(device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    vae, trainable = make_trainable_vae(args, device)
+    opt = torch.optim.AdamW(trainable, lr=args.vae_lr, weight_decay=0.0)
     step, running = resume(folder, device, vae, opt)
-    total = args.vae_steps
+    total, started = args.vae_steps, time.time()
 
     def train_step(step: int) -> float:
         x = vae_batch(data, batch_rng(args.seed, "vae", step), args.vae_batch).to(device)
         set_lr(opt, args.vae_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         vae.train()
-        with autocast(device):
+        with autocast(device, args.bf16):
             loss, _ = vae_loss(vae, x)
         optimizer_step(opt, loss, vae)
         return loss.item()
@@ -361,22 +409,64 @@ def train_vae(args) -> dict:
         with torch.no_grad():
             rec = vae.decode(vae.encode(test_x[:8].to(device)).latent_dist.mode()).sample.float().cpu()
         save_grid(torch.cat([test_x[:8], rec]) / 2 + 0.5, 2, folder / "samples" / f"step{step:06d}.png")
-        print(f"\nvae step {step}: loss {running:.4f}, test PSNR (8 pictures) {psnr(rec, test_x[:8]):.2f} dB",
-              flush=True)
+        print(f"\nvae step {step}: loss {running:.4f}, test PSNR (8 pictures) {psnr(rec, test_x[:8]):.2f} dB, "
+              f"judge on placed round trips {judge_check(vae)}", flush=True)
 
-    step, running = resumable_loop(step, total, train_step, desc="vae", running=running,
-                                   every={args.checkpoint_every: checkpoint, args.sample_every: evaluate})
+    step, running = resumable_loop(step, total, train_step, desc="vae", running=running, stop=deadline(args),
+                                   every=[(args.checkpoint_every, checkpoint), (args.sample_every, evaluate)])
+    return ship_vae(args, vae, data, test_x, judge_check,
+                    dict(steps=step, batch=args.vae_batch, lr=args.vae_lr, loss=round(running, 5),
+                         wall_seconds_last_run=round(time.time() - started)))
 
+
+def vae_judge_check(args, count: int = 500) -> callable:
+    """``check(vae) -> {side: judge accuracy after the round trip}`` on placed real test items (the issue's
+    measure of what the VAE keeps), or a no-op when there is no judge (smoke runs)."""
+    from engine.fashion.data import load_split
+    from engine.fashion.judge import judge_images
+
+    if args.smoke:
+        return lambda vae: {}
+    try:
+        from engine import loader
+        from engine.presets import presets_for
+
+        judge = loader.load([p.name for p in presets_for("classifier")][0], "classifier", device="cpu")
+    except (IndexError, OSError, ValueError):
+        return lambda vae: {}
+    items, labels = load_split("test")
+
+    def classes(pictures, boxes):
+        return judge_images(judge, measure.to_judge_grey(pictures, boxes))[0]
+
+    def check(vae) -> dict:
+        result = measure.judge_on_round_trips(vae.float().cpu().eval(), classes, items[:count], labels[:count],
+                                              sides=(30, 36))
+        vae.to(args.device)
+        return {side: r["vae"] for side, r in result.items()}
+    return check
+
+
+def ship_vae(args, vae, data, test_x, judge_check, info: dict) -> dict:
+    """Measure and ship the VAE; a decoder-only fine-tune keeps the scaling factor (the latents are the same)."""
+    device = args.device
     vae.eval()
     with torch.no_grad():
         rec = torch.cat([vae.decode(vae.encode(chunk.to(device)).latent_dist.mode()).sample.float().cpu()
                          for chunk in test_x.split(64)])
-    std = latent_std(vae, data, device)
-    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+    decoder_only = args.vae_train == "decoder"
+    if not decoder_only:
+        std = latent_std(vae, data, device)
+        vae.register_to_config(scaling_factor=round(1.0 / std, 5))
+        info["latent_std"] = round(std, 5)
+    if args.vae_init:  # keep the history: what the starting VAE had been trained with
+        info["previous"] = training_record(args, "mini-sd").get("vae")
     ship_part(args, "vae", {"vae": vae})
-    info = dict(steps=step, batch=args.vae_batch, lr=args.vae_lr, loss=round(running, 5),
-                test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x), latent_std=round(std, 5),
-                scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae))
+    info.update(test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x),
+                scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae),
+                judge_on_placed_round_trips=judge_check(vae), decoder_only=decoder_only,
+                initialised_from="the previous shipped VAE" if args.vae_init else "scratch",
+                data=f"{VAE_POSITIONED_SHARE:.0%} placed pictures ({args.two_item_share:.0%} of them with two items)")
     mark_done(args, "vae", info)
     return info
 
@@ -393,13 +483,17 @@ def load_vae(args, device: str):
 
 
 def frozen_parts_key(args) -> str:
-    """A fingerprint of the shipped text encoders and VAE: UNet checkpoints and latent caches made
-    with other ones are stale."""
+    """A fingerprint of the shipped text encoders and the VAE's encoder: UNet checkpoints and latent caches
+    made with other ones are stale. The VAE's decoder is left out: a decoder fine-tune keeps the latents."""
+    from safetensors.torch import load_file
+
     digest = hashlib.sha256()
     folder = args.assets / "mini-sdxl"
-    for name in ("text_encoder/model.safetensors", "text_encoder_2/model.safetensors",
-                 "vae/diffusion_pytorch_model.safetensors"):
+    for name in ("text_encoder/model.safetensors", "text_encoder_2/model.safetensors"):
         digest.update((folder / name).read_bytes())
+    vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    for key in sorted(k for k in vae if k.startswith(("encoder.", "quant_conv."))):
+        digest.update(key.encode() + vae[key].float().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -412,7 +506,7 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
     Cached in ``OUT/latents-{sd,sdxl}.pt``, keyed by the VAE's weights, the seed and the item count.
     """
     path = args.out / f"latents-{'sdxl' if sdxl else 'sd'}.pt"
-    key = f"{frozen_parts_key(args)} seed={args.seed} items={len(data)}"
+    key = f"{frozen_parts_key(args)} seed={args.seed} items={len(data)} two={args.two_item_share}"
     if path.exists():
         cached = torch.load(path, weights_only=False)
         if cached.get("key") == key:
@@ -465,9 +559,30 @@ def encode_caption_table(captions: list[str], tokenizers: dict, te, te_2, sdxl: 
     return table
 
 
+def caption_words(data: cf.ColourFashion, table: dict, tokenizer) -> torch.Tensor:
+    """``engine.mini.grounding.word_positions`` of each distinct caption of ``table``: int64 [U, 77], read
+    from the first item with that caption (the same caption always names the same classes and colours)."""
+    from engine.mini.grounding import word_positions
+
+    first = {}
+    for i, r in enumerate(table["index"].tolist()):
+        first.setdefault(r, i)
+    words = torch.full((len(table["hidden"]), 77), -1, dtype=torch.int64)
+    second = data.second
+    for r, i in first.items():
+        labels, colours = [int(data.labels[i])], [int(data.colours[i]) if data.names_colour[i] else -1]
+        if second is not None and second.labels[i] >= 0:
+            labels.append(int(second.labels[i]))
+            colours.append(int(second.colours[i]))
+        words[r] = torch.from_numpy(word_positions(tokenizer, data.captions[i], tuple(labels), tuple(colours)))
+    return words
+
+
 def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int, scaling_factor: float,
-               sdxl: bool) -> dict:
-    """One batch: scaled latents z0 [B, 4, 8, 8] (a posterior sample), hidden states, SDXL's added inputs."""
+               sdxl: bool, data: cf.ColourFashion | None = None) -> dict:
+    """One batch: scaled latents z0 [B, 4, 8, 8] (a posterior sample), hidden states, SDXL's added inputs;
+    with ``data`` and a table with "words", the grounding targets too: "words" [B, 77] and the items'
+    "shading" [B, 2, 64, 64], moved as the SDXL crop moved the picture."""
     idx = torch.from_numpy(rng.integers(0, len(latents["mean"]), batch))
     eps = torch.from_numpy(rng.standard_normal(latents["mean"][idx].shape).astype(np.float32))
     z0 = (latents["mean"][idx] + latents["std"][idx] * eps) * scaling_factor
@@ -479,6 +594,12 @@ def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int,
             "time_ids": te_.add_time_ids(latents["original_size"][idx], latents["crops_coords_top_left"][idx],
                                           (cf.IMAGE_SIZE, cf.IMAGE_SIZE)),
         }
+    if data is not None and "words" in table:
+        shading = data.shading(idx.numpy())
+        if sdxl:
+            shading = torch.cat([cf.crop_canvas(shading[i: i + 1], *map(int, latents["crops_coords_top_left"][j]),
+                                                fill=0.0) for i, j in enumerate(idx.tolist())])
+        out.update(words=table["words"][rows], shading=shading)
     return out
 
 
@@ -492,10 +613,16 @@ def min_snr_weights(noise_scheduler, t: torch.Tensor, gamma: float) -> torch.Ten
     return snr.clamp(max=gamma) / snr
 
 
-def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: str,
-              snr_gamma: float = 0.0) -> torch.Tensor:
+def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: str, snr_gamma: float = 0.0,
+              bf16: bool = False, grounding: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
     """DDPM's simple loss || eps - eps_theta(sqrt(a) z0 + sqrt(1 - a) eps, t, text) ||^2, t uniform
-    (Ho et al. 2020, Algorithm 1), each sample weighted by ``min_snr_weights``."""
+    (Ho et al. 2020, Algorithm 1), each sample weighted by ``min_snr_weights``; plus, with ``grounding`` =
+    (token weight, pixel weight) and a batch with "words", TokenCompose's two losses on the cross-attention
+    maps of the 8x8 and 4x4 layers, recorded by the app's recorder (``engine.mini.grounding``).
+    Returns {"loss": the total, "mse", and "token_loss", "pixel_loss" when grounded}."""
+    from engine.mini.grounding import GROUNDED_SIDES, grounding_losses
+    from engine.unet.attention import record_cross_attention
+
     z0 = b["z0"].to(device)
     t = torch.from_numpy(rng.integers(0, noise_scheduler.config.num_train_timesteps, len(z0))).to(device)
     noise = torch.from_numpy(rng.standard_normal(z0.shape).astype(np.float32)).to(device)
@@ -503,11 +630,19 @@ def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: 
     added = None
     if "added_cond_kwargs" in b:
         added = {k: v.to(device) for k, v in b["added_cond_kwargs"].items()}
-    with autocast(device):
+    grounded = any(grounding) and "words" in b
+    recording = (record_cross_attention(unet, layers=list(GROUNDED_SIDES), num_images=len(z0), keep_maps=True)
+                 if grounded else contextlib.nullcontext())
+    with autocast(device, bf16), recording as recorder:
         pred = unet(noisy, t, encoder_hidden_states=b["encoder_hidden_states"].to(device),
                     added_cond_kwargs=added).sample
     per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(noise_scheduler, t, snr_gamma)).mean()
+    out = {"mse": (per_sample * min_snr_weights(noise_scheduler, t, snr_gamma)).mean()}
+    out["loss"] = out["mse"]
+    if grounded:
+        out.update(grounding_losses(recorder.layer_maps, b["words"].to(device), b["shading"].to(device)))
+        out["loss"] = out["loss"] + grounding[0] * out["token_loss"] + grounding[1] * out["pixel_loss"]
+    return out
 
 
 def build_pipeline(args, unet, sdxl: bool, device: str):
@@ -536,7 +671,11 @@ def train_unet(args, sdxl: bool) -> dict:
     te, te_2 = load_text_encoders(args, device)
     vae = load_vae(args, device)
     latents = encode_latents(args, vae, data, sdxl, device)
-    table = encode_caption_table(data.captions, ms.load_tokenizers(), te, te_2, sdxl)
+    tokenizers = ms.load_tokenizers()
+    table = encode_caption_table(data.captions, tokenizers, te, te_2, sdxl)
+    grounding = (args.token_loss, args.pixel_loss)
+    if any(grounding):
+        table["words"] = caption_words(data, table, tokenizers["tokenizer"])
     scaling_factor = vae.config.scaling_factor
     noise_scheduler = sd_noise_scheduler()
 
@@ -550,16 +689,20 @@ def train_unet(args, sdxl: bool) -> dict:
     step, running = resume(folder, device, unet, opt, ema, key)
     total = args.unet_steps
     started = time.time()
+    terms: dict[str, float] = {}  # running means of the loss terms, for the log
 
     def train_step(step: int) -> float:
         rng = batch_rng(args.seed, stage, step)
-        b = unet_batch(latents, table, rng, args.unet_batch, scaling_factor, sdxl)
+        b = unet_batch(latents, table, rng, args.unet_batch, scaling_factor, sdxl, data)
         set_lr(opt, args.unet_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         unet.train()
-        loss = unet_loss(unet, noise_scheduler, b, rng, device, args.snr_gamma)
-        optimizer_step(opt, loss, unet)
+        losses = unet_loss(unet, noise_scheduler, b, rng, device, args.snr_gamma, args.bf16, grounding)
+        optimizer_step(opt, losses["loss"], unet)
         ema_update(ema, unet, step, args.ema_decay)
-        return loss.item()
+        for name, value in losses.items():
+            value = value.item()
+            terms[name] = 0.98 * terms.get(name, value) + 0.02 * value
+        return losses["loss"].item()
 
     def checkpoint(step: int, running: float, last: bool) -> None:
         save_checkpoint(folder / "checkpoint.pt", dict(model=unet.state_dict(), ema=ema.state_dict(),
@@ -570,15 +713,20 @@ def train_unet(args, sdxl: bool) -> dict:
         pipe = ms.build_sdxl_pipeline(ema, vae, te, te_2) if sdxl else ms.build_sd_pipeline(ema, vae, te)
         pipe.set_progress_bar_config(disable=True)
         sample_grid(pipe, sdxl, folder / "samples" / f"step{step:06d}.png", steps=args.grid_steps)
-        print(f"\n{stage} step {step}: loss {running:.4f}, grid saved", flush=True)
+        print(f"\n{stage} step {step}: loss {running:.4f} "
+              f"({', '.join(f'{k} {v:.4f}' for k, v in terms.items())}), grid saved", flush=True)
 
-    step, running = resumable_loop(step, total, train_step, desc=stage, running=running,
-                                   every={args.checkpoint_every: checkpoint, args.sample_every: grid})
+    step, running = resumable_loop(step, total, train_step, desc=stage, running=running, stop=deadline(args),
+                                   every=[(args.checkpoint_every, checkpoint), (args.sample_every, grid)])
 
     info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
-                initialised_from="the previous shipped UNet (centred items only)" if args.unet_init else "scratch",
+                token_loss_weight=args.token_loss, pixel_loss_weight=args.pixel_loss,
+                two_item_share=args.two_item_share, loss_terms={k: round(v, 5) for k, v in terms.items()},
+                initialised_from="the previous shipped UNet" if args.unet_init else "scratch",
                 loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
                 distinct_captions=int(len(table["hidden"])), wall_seconds_last_run=round(time.time() - started))
+    if args.unet_init:  # keep the history: what the starting UNet had been trained with
+        info["previous"] = training_record(args, "mini-sdxl" if sdxl else "mini-sd").get(stage)
     ship(args, ema, sdxl)
     mark_done(args, stage, info)
     return info
@@ -658,7 +806,7 @@ def bench(args) -> dict:
         def step(i):
             rng = batch_rng(0, "unet-sd", i)
             loss = unet_loss(unet, noise_scheduler, unet_batch(fake, table, rng, args.unet_batch, 1.0, sdxl), rng,
-                             device)
+                             device, bf16=args.bf16)["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -699,6 +847,9 @@ def quiet_libraries() -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from engine.fashion.data import require_dataset
+
+    require_dataset()  # one line saying how to install it, when it is missing
     quiet_libraries()
     torch.set_num_threads(args.threads)
     if args.device == "cpu":

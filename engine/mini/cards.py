@@ -83,6 +83,7 @@ def model_card(folder: str, record: dict, path: Path) -> str:
         f"({cf.PLACED_SIZES[0]}-{cf.PLACED_SIZES[1]} px) and sits at a named place ({', '.join(cf.PLACE_NAMES)}), "
         "jittered, and the caption says where (\"a red sneaker on the left\", \"a small blue bag in the top right "
         "corner\"). A caption without a place word means the classic centred 48 px item."
+        + two_item_sentence(unet)
         + (f" {unet['train_items']} items, {unet['distinct_captions']} distinct captions." if unet else ""),
     ]
     if sdxl:
@@ -93,6 +94,39 @@ def model_card(folder: str, record: dict, path: Path) -> str:
     lines += components_section(sdxl, record, path)
     lines += training_section(sdxl, record)
     return "\n".join(lines)
+
+
+def two_item_sentence(unet: dict | None) -> str:
+    """The data paragraph's sentence on two-item pictures, when the UNet saw them."""
+    share = (unet or {}).get("two_item_share")
+    if not share:
+        return ""
+    return (f" {share:.0%} of the placed pictures hold two items at opposite places, each of its own class and "
+            f"colour, {cf.TWO_ITEM_SIZES[0]}-{cf.TWO_ITEM_SIZES[1]} px (\"a red sneaker on the left and a blue bag "
+            "on the right\", in three phrasings).")
+
+
+def grounding_sentence(unet: dict) -> str:
+    """The UNet cell's words on TokenCompose's grounding losses, when they were on."""
+    if not unet.get("token_loss_weight") and not unet.get("pixel_loss_weight"):
+        return ""
+    return (f"; plus TokenCompose's grounding losses (Wang et al. 2024) on the item and colour words' "
+            f"cross-attention at 8x8 and 4x4, token loss x {unet['token_loss_weight']:g} and pixel (BCE) loss x "
+            f"{unet['pixel_loss_weight']:g}, each word grounded on its item's exact mask (`engine/mini/grounding.py`)")
+
+
+def vae_cell_text(vae: dict) -> str:
+    """How the VAE was trained (and, for a decoder fine-tune, on what)."""
+    text = (f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
+            f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
+    if vae.get("decoder_only"):
+        trips = vae.get("judge_on_placed_round_trips") or {}
+        text = (f"trained from scratch, then its decoder alone fine-tuned on {vae.get('data', 'placed pictures')}: "
+                f"{vae['steps']} steps of {vae['batch']}, L1 + MSE (the encoder, the latent space and "
+                f"`scaling_factor` {vae['scaling_factor']} stay, so the UNets still fit); test PSNR "
+                f"{vae['test_psnr_db']} dB" + "".join(f"; the judge reads {100 * v:.0f}% of {side} px placed real "
+                                                       "items after a round trip" for side, v in trips.items()))
+    return text
 
 
 def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
@@ -117,13 +151,11 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
                      + " (the top caption among 512 fits the picture); then frozen")
     else:
         params, clip_cell = "-", todo
-    vae_cell = todo if not vae else (
-        f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
-        f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
+    vae_cell = todo if not vae else vae_cell_text(vae)
     text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
     unet_cell = todo if not unet else (
         f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
-        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)"
+        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)" + grounding_sentence(unet)
         + (f"; initialised from {unet['initialised_from']}" if unet.get("initialised_from", "scratch") != "scratch"
            else ""))
     return [

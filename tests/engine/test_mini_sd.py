@@ -166,7 +166,8 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import train_mini_sd
 
-    args = ["all", "--smoke", "--out", str(tmp_path / "run"), "--num-items", "64", "--threads", "1"]
+    args = ["all", "--smoke", "--out", str(tmp_path / "run"), "--num-items", "64", "--threads", "1",
+            "--token-loss", "0.05", "--pixel-loss", "0.005"]
     train_mini_sd.main(args)
     for name in ("mini-sd", "mini-sdxl"):
         folder = tmp_path / "run" / "assets" / name
@@ -174,6 +175,7 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
         assert ms.load_pipeline(folder).unet.config.sample_size == 8
     record = json.loads((tmp_path / "run" / "assets" / "mini-sd" / "training.json").read_text())
     assert set(record) >= {"clip", "vae", "unet-sd"} and record["size"] == "smoke"
+    assert record["unet-sd"]["loss_terms"]["token_loss"] > 0 and record["unet-sd"]["loss_terms"]["pixel_loss"] > 0
     assert record["vae"]["scaling_factor"] == pytest.approx(1 / record["vae"]["latent_std"], rel=1e-3)
     assert ms.load_pipeline(tmp_path / "run" / "assets" / "mini-sd").vae.config.scaling_factor == pytest.approx(
         record["vae"]["scaling_factor"])
