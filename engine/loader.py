@@ -43,6 +43,7 @@ LOADERS: dict[str, str] = {
     "sdxl": "engine.loader:_load_sdxl",
     "class-unet": "engine.fashion.sampling:load_class_unet",
     "classifier": "engine.fashion.judge:load_classifier",
+    "noisy-classifier": "engine.fashion.classifier:load_noisy_classifier",
 }
 
 

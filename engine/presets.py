@@ -42,7 +42,7 @@ TOKENIZER_DIRS = {
 }
 ENV_VAR = "EXPLORER_MODELS"
 
-KINDS = ("sd", "sdxl", "vae", "tokenizer", "class-unet", "classifier")
+KINDS = ("sd", "sdxl", "vae", "tokenizer", "class-unet", "classifier", "noisy-classifier")
 PIPELINE_KINDS = ("sd", "sdxl")
 _KNOWN_KEYS = {"name", "kind", "repo", "path", "subfolder", "variant", "dtype"}
 

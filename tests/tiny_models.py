@@ -19,6 +19,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER_L = REPO_ROOT / "assets" / "tokenizers" / "clip-vit-l-14"
 TOKENIZER_G = REPO_ROOT / "assets" / "tokenizers" / "clip-vit-bigg-14"
 
+#: A tiny class-conditional UNet2DModel for the Fashion-MNIST sampler (labels 0-9 and the null class 10).
+TINY_CLASS_UNET = dict(
+    sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    norm_num_groups=4, num_class_embeds=11,
+)
+
 
 def tiny_vae():
     from diffusers import AutoencoderKL

@@ -62,6 +62,9 @@ STEP_RANGES = {
 }
 MAX_COUNT = 64
 MAX_GUIDANCE = 10.0
+#: Classifier guidance (Dhariwal & Nichol 2021): the gradient scale s, 0 = off, and the app's default.
+MAX_CLASSIFIER_SCALE = 50.0
+DEFAULT_CLASSIFIER_SCALE = 5.0
 #: Timesteps of the forward-process figure (as in the book).
 FORWARD_TIMESTEPS = (0, 50, 100, 200, 400, 600, 800, 999)
 

@@ -21,6 +21,9 @@ the same scheduler config (the book's DDPM schedule, 1000 steps, linear betas
 
 Classifier-free guidance (Ho & Salimans 2022) is written out in
 ``predict_noise``: ε = ε_uncond + g · (ε_cond − ε_uncond), skipped when g ≤ 1.
+Classifier guidance (Dhariwal & Nichol 2021, §4) is a step callback
+(``engine.fashion.classifier.ClassifierGuidance``) that changes that ε before
+the scheduler's step: ε ← ε − s · √(1−ᾱ_t) · ∇ log p(y | x_t), skipped when s = 0.
 
 Weights are loaded lazily, only through ``engine.loader.load``, which calls
 ``load_class_unet`` and ``load_classifier`` below. Nothing here imports gradio.
@@ -40,8 +43,8 @@ import torch
 
 from engine.errors import UserError, check_seed, number_in_range, one_of, whole_number_in_range
 # The limits live in configs (torch-free, for the tab's layout); requests are checked against them here.
-from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_COUNT, MAX_GUIDANCE,  # noqa: F401
-                                    NULL_CLASS, NUM_CLASSES, SAMPLERS, SCHEDULER_CONFIG, STEP_RANGES,
+from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_CLASSIFIER_SCALE, MAX_COUNT,  # noqa: F401
+                                    MAX_GUIDANCE, NULL_CLASS, NUM_CLASSES, SAMPLERS, SCHEDULER_CONFIG, STEP_RANGES,
                                     default_unet_preset)
 from engine.fashion.data import to_unit_range
 from engine.diffusion import StepState, predict_x0
@@ -64,7 +67,8 @@ def class_index(label: int | str) -> int:
 
 @dataclass(frozen=True)
 class SampleRequest:
-    """A validated request: class index, image count, sampler, steps, guidance scale, seed (0 .. 2**32-1)."""
+    """A validated request: class index, image count, sampler, steps, guidance scale, seed (0 .. 2**32-1),
+    classifier-guidance scale (0 = off)."""
 
     label: int
     count: int
@@ -72,9 +76,11 @@ class SampleRequest:
     num_inference_steps: int
     guidance_scale: float
     seed: int
+    classifier_scale: float = 0.0
 
 
-def validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed) -> SampleRequest:
+def validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed,
+                     classifier_scale=0.0) -> SampleRequest:
     """Check every user input and return them normalised; ``UserError`` with a message for the user otherwise."""
     index = class_index(label)
     count = whole_number_in_range(count, "The number of images (count)", 1, MAX_COUNT)
@@ -82,7 +88,8 @@ def validate_request(label, count, sampler, num_inference_steps, guidance_scale,
     low, high, _ = STEP_RANGES[sampler]
     steps = whole_number_in_range(num_inference_steps, "num_inference_steps", low, high, f" for {sampler}")
     g = number_in_range(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE, " (1 means no guidance)")
-    return SampleRequest(index, count, sampler, steps, g, check_seed(seed))
+    s = number_in_range(classifier_scale, "classifier_scale", 0.0, MAX_CLASSIFIER_SCALE, " (0 means off)")
+    return SampleRequest(index, count, sampler, steps, g, check_seed(seed), s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,6 +202,8 @@ def sample(
     seed: int = 0,
     scheduler_config: dict | None = None,
     cpu_bf16: bool | None = None,
+    classifier_scale: float = 0.0,
+    classifier=None,
 ) -> Iterator[StepState | SampleResult]:
     """Generate ``count`` images of class ``label``; yield each step, then the result.
 
@@ -203,16 +212,21 @@ def sample(
     Inputs are validated first (``UserError`` with a user-facing message).
     ``num_inference_steps=None`` takes the sampler's default (DDPM 1000,
     DDIM 50, DPM-Solver++ 20). ``cpu_bf16=None`` uses bf16 autocast on CPUs
-    with native bf16.
+    with native bf16. ``classifier_scale`` > 0 needs ``classifier``, a noise-aware
+    ``engine.fashion.classifier.NoisyClassifier`` (Dhariwal & Nichol 2021).
 
     The loop is Algorithm 2 of Ho et al. 2020 with the scheduler doing the
     update x_t -> x_{t-1}:
 
         x_T ~ N(0, I)
-        for t in timesteps:  ε̂ = predict_noise(x_t, t, y); x_{t-1} = scheduler.step(ε̂, t, x_t)
+        for t in timesteps:
+            ε̂ = predict_noise(x_t, t, y)
+            ε̂ = guide(x_t, t, ε̂)  (classifier guidance, when s > 0)
+            x_{t-1} = scheduler.step(ε̂, t, x_t)
     """
     steps = STEP_RANGES.get(sampler, (0, 0, 0))[2] if num_inference_steps is None else num_inference_steps
-    request = validate_request(label, count, sampler, steps, guidance_scale, seed)
+    request = validate_request(label, count, sampler, steps, guidance_scale, seed, classifier_scale)
+    guide = classifier_guidance(request.classifier_scale, classifier)
     start = time.perf_counter()
     device = unet.device
     dtype = unet.dtype
@@ -238,6 +252,8 @@ def sample(
         model_input = scheduler.scale_model_input(x, t)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             eps = predict_noise(unet, model_input.to(dtype), t, labels, request.guidance_scale)
+            if guide is not None:  # the step callback: classifier guidance on ε̂
+                eps = guide(model_input, t, alphas_cumprod[int(t)], labels, eps)
         x0 = predict_x0(x, eps, alphas_cumprod[int(t)])
         x = scheduler.step(eps, t, x, **step_kwargs(request.sampler, generator)).prev_sample
         yield StepState(index=i, timestep=int(t), num_steps=len(timesteps), latents=x, pred_original=x0)
@@ -250,6 +266,17 @@ def sample(
                        info=sample_info(request, seconds, device, dtype_name))
 
 
+def classifier_guidance(scale: float, classifier):
+    """The step callback for classifier guidance at ``scale`` (None when the scale is 0)."""
+    if scale <= 0:
+        return None
+    if classifier is None:
+        raise UserError("classifier_scale > 0 needs the noise-aware classifier, and none is installed.")
+    from engine.fashion.classifier import ClassifierGuidance
+
+    return ClassifierGuidance(classifier, scale)
+
+
 def sample_info(request: SampleRequest, seconds: float, device, dtype_name: str) -> dict:
     """The JSON panel of a finished run: the request, wall time and throughput, device and dtype."""
     return {
@@ -258,6 +285,7 @@ def sample_info(request: SampleRequest, seconds: float, device, dtype_name: str)
         "sampler": request.sampler,
         "steps": request.num_inference_steps,
         "guidance_scale": request.guidance_scale,
+        "classifier_scale": request.classifier_scale,
         "count": request.count,
         "wall_time_s": round(seconds, 3),
         "images_per_s": round(request.count / seconds, 2) if seconds > 0 else None,

@@ -18,12 +18,7 @@ from engine.fashion.configs import SCHEDULER_CONFIG
 from engine.metrics import frechet_distance
 from engine.fashion import data
 from engine.fashion.data import CLASS_NAMES, NULL_CLASS, read_idx, to_model_space, to_unit_range
-
-TINY_UNET = dict(
-    sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    norm_num_groups=4, num_class_embeds=11,
-)
+from tests.tiny_models import TINY_CLASS_UNET as TINY_UNET
 
 
 @pytest.fixture(scope="module")
