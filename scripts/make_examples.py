@@ -112,6 +112,18 @@ def colour_fashion_picture(fashion_dir: Path, index: int = 1) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def small_placed_picture(fashion_dir: Path, index: int = 2, side: int = 26) -> Image.Image:
+    """A 64 x 64 picture with one small item (``side`` px) on the left, from the test split: an 8 px latent
+    cell holds a third of the item's width, so the mini VAE blurs its details (exercise 3)."""
+    from engine.mini import data as cf
+
+    data = cf.make_dataset("test", seed=0, root=fashion_dir)
+    box = np.array([[(64 - side) // 2, 3, side]])
+    picture = cf.render(data.items[index:index + 1], data.colours[index:index + 1], box)[0]
+    arr = (picture.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO_ROOT / "assets" / "examples")
@@ -120,7 +132,8 @@ def main() -> None:
     fashion_dir = require_dataset(args.fashion_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     pictures = (("scene.png", scene()), ("fashion_collage.png", fashion_collage(fashion_dir)),
-                ("test_pattern.png", test_pattern()), ("colour_fashion_64.png", colour_fashion_picture(fashion_dir)))
+                ("test_pattern.png", test_pattern()), ("colour_fashion_64.png", colour_fashion_picture(fashion_dir)),
+                ("small_item_64.png", small_placed_picture(fashion_dir)))
     for name, img in pictures:
         path = args.out / name
         img.save(path, optimize=True)
