@@ -15,6 +15,9 @@ and ``_get_add_time_ids``.
 
 Ids are CLIP's: start token 49406, the text, end token 49407, then padding
 (49407 for ViT-L/14, "!" = 0 for OpenCLIP bigG), cut at 77 like diffusers.
+
+Prompt weights in A1111's syntax, ``(word:1.5)``, go through compel
+(``engine.prompt_weights``); ``encode_text`` picks the path per prompt.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine import prompt_weights
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int | None = None) -> torch.Tensor:
@@ -121,6 +125,25 @@ def _pipe_tokenizers(pipe) -> dict:
     return {"tokenizer": pipe.tokenizer, "tokenizer_2": pipe.tokenizer_2}
 
 
+def encode_text(pipe, kind: str, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One prompt's hidden states [1, 77, D] and, for SDXL, its pooled embedding [1, P] (else None).
+
+    A prompt with weights other than 1 in A1111's syntax, ``(word:1.5)``, goes through compel
+    (``engine.prompt_weights``); any other prompt, "(word:1.0)" included, through ``encode_sd`` /
+    ``encode_sdxl`` with the syntax taken out, so weight 1 gives exactly the plain prompt's embeddings.
+    SDXL's pooled embedding is always the plain prompt's.
+    """
+    weighted = prompt_weights.parse(text)
+    if kind != "sdxl":
+        if weighted.weighted:
+            return prompt_weights.encode_weighted(pipe, kind, weighted), None
+        return encode_sd(pipe.tokenizer, pipe.text_encoder, [weighted.text]), None
+    hidden, pooled = encode_sdxl(_pipe_tokenizers(pipe), pipe.text_encoder, pipe.text_encoder_2, [weighted.text])
+    if weighted.weighted:
+        hidden = prompt_weights.encode_weighted(pipe, kind, weighted)
+    return hidden, pooled
+
+
 def encode_prompt(pipe, kind: str, prompt: str, negative_prompt: str = "", do_classifier_free_guidance: bool = True,
                   num_images_per_prompt: int = 1) -> PromptEmbeds:
     """The prompt and the negative prompt through a pipeline's text encoder(s), as its ``encode_prompt``.
@@ -131,28 +154,27 @@ def encode_prompt(pipe, kind: str, prompt: str, negative_prompt: str = "", do_cl
     ``num_images_per_prompt`` times along the batch.
     """
     # SDXL's two tokenizers split text the same way (only their padding differs): one check is enough.
-    warnings = [note for note in (truncation_warning(pipe.tokenizer, prompt, "prompt"),
-                                  truncation_warning(pipe.tokenizer, negative_prompt or "", "negative prompt"))
+    warnings = [note for note in (truncation_warning(pipe.tokenizer, prompt_weights.parse(prompt).text, "prompt"),
+                                  truncation_warning(pipe.tokenizer, prompt_weights.parse(negative_prompt or "").text,
+                                                     "negative prompt"))
                 if note]
     n = num_images_per_prompt
     if kind != "sdxl":
         dtype = pipe.text_encoder.dtype
-        prompt_embeds = encode_sd(pipe.tokenizer, pipe.text_encoder, [prompt]).to(dtype).repeat(n, 1, 1)
+        prompt_embeds = encode_text(pipe, kind, prompt)[0].to(dtype).repeat(n, 1, 1)
         negative_embeds = None
         if do_classifier_free_guidance:
-            negative_embeds = encode_sd(pipe.tokenizer, pipe.text_encoder, [negative_prompt or ""])
-            negative_embeds = negative_embeds.to(dtype).repeat(n, 1, 1)
+            negative_embeds = encode_text(pipe, kind, negative_prompt or "")[0].to(dtype).repeat(n, 1, 1)
         return PromptEmbeds(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, warnings=warnings)
 
     dtype = pipe.text_encoder_2.dtype
-    encoders = (_pipe_tokenizers(pipe), pipe.text_encoder, pipe.text_encoder_2)
-    prompt_embeds, pooled = encode_sdxl(*encoders, [prompt])
+    prompt_embeds, pooled = encode_text(pipe, kind, prompt)
     negative_embeds = negative_pooled = None
     if do_classifier_free_guidance:
         if not negative_prompt and pipe.config.force_zeros_for_empty_prompt:
             negative_embeds, negative_pooled = torch.zeros_like(prompt_embeds), torch.zeros_like(pooled)
         else:
-            negative_embeds, negative_pooled = encode_sdxl(*encoders, [negative_prompt or ""])
+            negative_embeds, negative_pooled = encode_text(pipe, kind, negative_prompt or "")
     return PromptEmbeds(
         prompt_embeds=prompt_embeds.to(dtype).repeat(n, 1, 1),
         negative_prompt_embeds=None if negative_embeds is None else negative_embeds.to(dtype).repeat(n, 1, 1),

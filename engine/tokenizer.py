@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from engine import prompt_weights
 from engine.errors import UserError
 from engine.imports import lazy
 from engine.presets import get_preset, preset_names
@@ -129,11 +130,12 @@ def prompt_tokens(tokenizer, prompt: str) -> list[dict]:
     Each: {"position": 0-76, "id", "token": as ``convert_ids_to_tokens`` shows
     it ("red</w>": "</w>" ends a word), "text": the decoded piece ("red"),
     "special": True for the start and end tokens}. Cut at 77 like the encoder.
-    SDXL's second tokenizer has the same BPE, so the same positions.
+    SDXL's second tokenizer has the same BPE, so the same positions. Prompt weights, "(red:1.5)", are not
+    text the encoder reads (``engine.prompt_weights``): the positions are the plain prompt's.
     """
     if not isinstance(prompt, str):
         raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    ids = tokenizer(prompt_weights.parse(prompt).text, truncation=True, max_length=tokenizer.model_max_length).input_ids
     special = set(tokenizer.all_special_ids)
     out = []
     for position, (token_id, token) in enumerate(zip(ids, tokenizer.convert_ids_to_tokens(ids))):

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from engine import prompt_weights
 from engine.errors import UserError, check_seed, number_in_range, whole_number, whole_number_in_range
 from engine.presets import default_size, presets_for
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
@@ -289,6 +290,8 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_G
     if not isinstance(prompt, str):
         raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
     negative_prompt = check_text(negative_prompt, "negative_prompt")
+    for text, name in ((prompt, "prompt"), (negative_prompt, "negative_prompt")):
+        prompt_weights.parse(text, name)  # the weights of (word:1.5) within their range
     width, height = check_side(preset, width, "width"), check_side(preset, height, "height")
     steps = check_steps(preset, num_inference_steps)
     guidance = check_guidance(preset, guidance_scale)
