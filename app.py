@@ -25,6 +25,7 @@ the full text-to-image loop with classifier-free guidance, the VAE that compress
 the CLIP tokenizer that turns prompts into token ids, and the UNet inside the loop."""
 
 # Presenter view (body.presenter, set in the browser): the long explanations fold away, type and pictures grow.
+# Everywhere: the "pixelated" images (the mini models' 64 px pictures and maps) are enlarged with nearest neighbours.
 # Phones (under 640 px): nothing wider than the screen; rows wrap, columns shrink.
 CSS = """
 body.presenter .explain { display: none !important; }
@@ -36,6 +37,8 @@ body.presenter .gradio-container { max-width: 100% !important; }
 body.presenter .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(160px, 1fr)) !important; }
 body.presenter .history .grid-container { grid-template-columns: repeat(auto-fill, minmax(110px, 1fr)) !important; }
 body.presenter .image-container img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.pixelated img { image-rendering: pixelated; }
+.pixelated .image-container img { width: 100%; height: 100%; object-fit: contain; }
 #app-top { align-items: center; }
 #app-top > * { min-width: 0; }
 #presenter-view { flex: 0 0 auto !important; width: auto !important; }

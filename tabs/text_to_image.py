@@ -41,6 +41,7 @@ PREVIEW_SECONDS = 0.3
 MINI_EXAMPLES = [
     ["a blue sneaker", ""],
     ["a red sneaker on the left", ""],
+    ["a red sneaker on the left and a blue bag on the right", ""],
     ["a small yellow dress at the bottom", ""],
     ["a green bag in the top right corner", ""],
     ["a photo of red trousers", ""],
@@ -72,8 +73,9 @@ trousers*; each image takes a fraction of a second. The words they know: the col
 blue, purple, pink, black*; the items *t-shirt (tee, top), trousers (pants), pullover (sweater, jumper), dress,
 coat (jacket), sandal, shirt (blouse), sneaker (trainer, running shoe), bag (handbag, purse), ankle boot (boot)*;
 and where to put the item: *on the left, on the right, at the top, at the bottom, in the top left (top right,
-bottom left, bottom right) corner, in the centre*, optionally *small*. Without a place word the item is centred
-and large."""
+bottom left, bottom right) corner, in the centre*, optionally *small*; and two items at opposite places joined by
+*and* (*a red sneaker on the left and a blue bag on the right*). Without a place word the item is centred and
+large."""
 
 SDXL_HELP = """SDXL was trained on images of every size and crop, and was *told* each image's original size and crop
 (Podell et al. 2023, §2.2; the book's exercise 8). At sampling time you choose what to tell it:
@@ -329,9 +331,10 @@ def build() -> Form:
             form.add_link_button("t2i")
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images (PNG with the generation parameters inside)", format="png",
-                                 columns=2, height="auto", interactive=False, elem_id="t2i-gallery")
+                                 columns=2, height="auto", interactive=False, elem_id="t2i-gallery",
+                                 elem_classes=["pixelated"])
             preview = gr.Image(label="Live preview: each step's predicted x0", interactive=False,
-                               height=256, elem_id="t2i-preview")
+                               height=256, elem_id="t2i-preview", elem_classes=["pixelated"])
             info = gr.JSON(label="Run details", elem_id="t2i-info")
             form.add_history("t2i-history")
 

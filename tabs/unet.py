@@ -33,9 +33,11 @@ anatomy = lazy("engine.unet.anatomy")
 attention = lazy("engine.unet.attention")
 timestep = lazy("engine.unet.timestep")
 
-#: The first example is a positioned prompt, so the item word's map points somewhere on the first click.
+#: The first example is a positioned prompt, so the item word's map points somewhere on the first click; the
+#: two-item one shows each word landing on its own item.
 EXAMPLES = [
     ["a red sneaker on the left", ""],
+    ["a red sneaker on the left and a blue bag on the right", ""],
     ["a blue bag in the top right corner", ""],
     ["a small yellow dress at the bottom", ""],
     ["a green ankle boot", ""],
@@ -53,6 +55,11 @@ ATTENTION_HELP = """**Where each word lands.** While the loop runs, every cross-
 softmax(QKᵀ/√d): for each latent pixel, how much it reads from each token. Averaged over heads, layers and steps,
 one map per token (DAAM, Tang et al. 2023). Bright = the token steered those pixels. The start token (grey) soaks
 up most attention, as in CLIP. The same seed gives the same image as the text-to-image tab."""
+
+#: Under the maps: how the mini models learned to look where they draw (their model cards have the recipe).
+GROUNDING_NOTE = """*How our toy learned to look where it draws:* while training, the mini models' item and colour
+words were told where their item is (TokenCompose's grounding losses, Wang et al. 2024, on each item's exact
+mask), so their maps land on the item; the hub models learned it from billions of captions instead."""
 
 TIME_HELP = """**Why the UNet needs the time.** Left: the sinusoidal embedding of t = 0…999 (rows) over its channels.
 Middle: how alike two timesteps' embeddings are (cosine similarity). Then we noise a test image to a true t and ask
@@ -187,9 +194,11 @@ def _attention_section() -> None:
                 layer_choice = gr.Dropdown(LAYER_CHOICES, value="all", label="Layers to average")
             run = gr.Button("Show where each word lands", variant="primary", elem_id="unet-attention-run")
         with gr.Column(scale=3):
-            image = gr.Image(label="Image", type="pil", format="png", height=256)
+            image = gr.Image(label="Image", type="pil", format="png", height=256, elem_id="unet-image",
+                             elem_classes=["pixelated"])
             gallery = gr.Gallery(label="Per-token attention (share of attention in the caption)", columns=4, format="png",
-                                 height="auto", elem_id="unet-heatmaps")
+                                 height="auto", elem_id="unet-heatmaps", elem_classes=["pixelated"])
+            gr.Markdown(GROUNDING_NOTE, elem_classes=["explain"])
             step_slider = gr.Slider(0, 5, value=0, step=1, label="Recorded step (maps kept at a few steps)",
                                     interactive=False)
             step_note = gr.Markdown()

@@ -27,14 +27,17 @@ vae_engine = lazy("engine.vae")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 EXAMPLES = [[str(EXAMPLES_DIR / name)]
-            for name in ("colour_fashion_64.png", "scene.png", "fashion_collage.png", "test_pattern.png")]
-EXAMPLE_LABELS = ["Fashion-MNIST in colour, 64 px (the mini VAE's data)", "Geometric scene with text",
-                  "Fashion-MNIST collage", "High-frequency test pattern"]
+            for name in ("colour_fashion_64.png", "small_item_64.png", "scene.png", "fashion_collage.png",
+                         "test_pattern.png")]
+EXAMPLE_LABELS = ["Fashion-MNIST in colour, 64 px (the mini VAE's data)", "A small item, 64 px",
+                  "Geometric scene with text", "Fashion-MNIST collage", "High-frequency test pattern"]
 
 INTRO = """### How much does the VAE keep?
 Stable Diffusion does not denoise pixels. Its VAE encodes an image of 3 × H × W values into a latent of
 **4 × H/8 × W/8** values, **48 times fewer**, the UNet denoises that latent, and the VAE decodes the result.
-Upload an image (or pick an example) and see what survives the round trip."""
+Upload an image (or pick an example) and see what survives the round trip. A *small item* blurs: its 26 pixels
+span about three 8-pixel latent cells, and 4 numbers a cell cannot hold its seams and buttons. Latent diffusion
+cannot draw what its VAE cannot keep (the book's exercise 3)."""
 
 NO_OFFLINE_VAE = """**No offline VAE is installed.** The mini VAE (`assets/mini-sd/vae`) is missing from this copy.
 The presets below come from the Hugging Face Hub: they download about 330 MB on first use and need internet
@@ -125,7 +128,7 @@ def what_the_unet_sees(state: dict | None, timestep: int, seed: int = 0):
 def _output_image(label: str, height: int | None = None, elem_id: str | None = None) -> gr.Image:
     # PNG, not gradio's default WebP: lossless, so PSNR/SSIM can be checked from the downloads.
     return gr.Image(label=label, format="png", interactive=False, buttons=["download", "fullscreen"],
-                    height=height, elem_id=elem_id)
+                    height=height, elem_id=elem_id, elem_classes=["pixelated"])
 
 
 def build() -> None:
@@ -136,7 +139,7 @@ def build() -> None:
     with gr.Row():
         with gr.Column(scale=1):
             image = gr.Image(value=EXAMPLES[0][0], label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], elem_id="vae-input",
-                             height=320)
+                             height=320, elem_classes=["pixelated"])
             gr.Examples(EXAMPLES, inputs=[image], example_labels=EXAMPLE_LABELS, label="Examples (made for this app)")
         with gr.Column(scale=1):
             vae = gr.Dropdown(choices, value=choices[0] if choices else None, label="VAE",

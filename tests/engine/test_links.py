@@ -94,5 +94,14 @@ def test_copy_link_js_names_the_tab_and_keys():
 
 
 def test_every_link_key_of_the_class_tab_is_a_sampling_input():
-    assert set(links.KEYS["class"]) == {"class", "count", "sampler", "steps", "guidance", "seed", "model"}
+    assert set(links.KEYS["class"]) == {"class", "count", "sampler", "steps", "guidance", "classifier_scale", "seed",
+                                        "model"}
+    assert set(links.KEYS["guidance"]) == set(links.KEYS["class"]) - {"model"}  # the Guidance tab's panels
+
+
+def test_a_classifier_scale_in_a_link_is_checked():
+    good = links.parse_link({"tab": "guidance", "class": "Shirt", "classifier_scale": "7.5", "run": "1"})
+    assert good.values == {"class": "Shirt", "classifier_scale": 7.5} and good.run
+    bad = links.parse_link({"tab": "class", "classifier_scale": "99"})
+    assert "classifier_scale" not in bad.values and "between 0 and 50" in bad.notes[0]
     assert max(hi for _, hi, _ in sampling.STEP_RANGES.values()) == 1000
