@@ -28,12 +28,13 @@ from engine.txt2img import request as t2i
 
 sampling = lazy("engine.fashion.sampling")  # class_index; imported on first use (engine.imports)
 
-TAB_IDS = ("class", "txt2img", "vae", "tokenizer", "unet")
+TAB_IDS = ("class", "txt2img", "vae", "tokenizer", "unet", "guidance")
 #: The settings a link can carry, per tab, in the order they are checked (a model or sampler first:
 #: the ranges of the others depend on it). The same keys name the controls of the tab's form.
 KEYS = {
     "txt2img": ("model", "prompt", "negative", "guidance", "steps", "scheduler", "seed", "width", "height", "images"),
-    "class": ("sampler", "class", "count", "steps", "guidance", "seed", "model"),
+    "class": ("sampler", "class", "count", "steps", "guidance", "classifier_scale", "seed", "model"),
+    "guidance": ("sampler", "class", "count", "steps", "guidance", "classifier_scale", "seed"),
 }
 MAX_TEXT = 500  # characters of a prompt in a link (77 tokens is ~300 characters)
 MAX_RAW = 2000  # any longer value is refused before it is read
@@ -134,7 +135,8 @@ def check_txt2img(key: str, value: str, checked: dict):
 
 
 def check_class(key: str, value: str, checked: dict):
-    """One class-conditional setting from a link, by the checks of ``engine.fashion.sampling``.
+    """One class-conditional setting from a link (the Fashion tab's, or the Guidance tab's panels), by the
+    checks of ``engine.fashion.sampling``.
 
     The steps must suit the link's sampler (DPM-Solver++, the tab's default, when it names none).
     """
@@ -152,6 +154,8 @@ def check_class(key: str, value: str, checked: dict):
         return whole_number_in_range(value, "steps", low, high, f" for {sampler}")
     if key == "guidance":
         return number_in_range(value, "guidance", 0, configs.MAX_GUIDANCE)
+    if key == "classifier_scale":
+        return number_in_range(value, "classifier_scale", 0, configs.MAX_CLASSIFIER_SCALE)
     if key == "seed":
         return check_seed(value)
     if value not in [p.name for p in presets_for("class-unet")]:  # model
@@ -159,7 +163,7 @@ def check_class(key: str, value: str, checked: dict):
     return value
 
 
-CHECKERS = {"txt2img": check_txt2img, "class": check_class}
+CHECKERS = {"txt2img": check_txt2img, "class": check_class, "guidance": check_class}
 
 
 def _safe(text: str, limit: int = 160) -> str:
