@@ -114,3 +114,30 @@ def test_loader_round_trip(tmp_path, classifier):
     x = torch.randn(3, 1, 32, 32)
     assert not again.training
     assert torch.equal(again(x, torch.tensor([0, 500, 999])), classifier(x, torch.tensor([0, 500, 999])))
+
+
+def test_compare_runs_the_four_panels_from_the_same_noise(unet, classifier):
+    from engine.fashion.guidance import MODES, Panel, compare
+    from engine.fashion.judge import FashionJudge
+
+    judge = FashionJudge().eval()
+    runs = list(compare(unet, classifier, judge, "Bag", 2, "DDIM", 3, 2.0, 4.0, seed=7, cpu_bf16=False))
+    panels = [r for r in runs if isinstance(r, Panel)]
+    assert [p.mode for p in panels] == list(MODES) and len(runs) == 4 * 3 + 4
+    assert [(p.guidance_scale, p.classifier_scale) for p in panels] == [(1, 0), (2, 0), (1, 4), (2, 4)]
+    plain = run(unet, None, guidance_scale=1.0)[-1]
+    assert torch.equal(panels[0].result.images, plain.images)  # "none" is the plain sampler, same seed
+    both = run(unet, classifier, guidance_scale=2.0, classifier_scale=4.0)[-1]
+    assert torch.equal(panels[3].result.images, both.images)
+    summary = panels[2].summary()
+    assert 0 <= summary["judged_as_asked"] <= 2 and summary["seconds_per_image"] > 0
+    assert summary["class_fidelity"] == summary["judged_as_asked"] / 2
+
+
+def test_compare_checks_its_values_first(unet, classifier):
+    from engine.fashion.guidance import compare
+
+    with pytest.raises(UserError, match="classifier_scale must be between 0 and 50"):
+        next(compare(unet, classifier, None, "Bag", 2, "DDIM", 3, 2.0, 99, seed=7))
+    with pytest.raises(UserError, match="mode must be one of"):
+        next(compare(unet, classifier, None, "Bag", 2, "DDIM", 3, 2.0, 1, seed=7, modes=("none", "clip")))
