@@ -64,6 +64,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from engine import metrics  # noqa: E402
 from engine import text_encoding as te_  # noqa: E402
 from engine.mini import data as cf  # noqa: E402
+from engine.mini import micro  # noqa: E402
 from engine.mini import measure  # noqa: E402
 from engine.mini.cards import DEFAULT_GUIDANCE, STAGES, model_card, sample_grid, save_grid  # noqa: E402
 from engine.mini import models as ms  # noqa: E402
@@ -331,7 +332,7 @@ def load_text_encoders(args, device: str):
 def vae_batch(data: cf.ColourFashion, rng: np.random.Generator, batch: int) -> torch.Tensor:
     """Pictures [B, 3, 64, 64] in [-1, 1]; a quarter blurred and a quarter cropped, as mini-SDXL will see."""
     idx = rng.integers(0, len(data), batch)
-    pictures, _, _ = cf.micro_condition(data.pictures(idx), rng, size_share=0.25, crop_share=0.25,
+    pictures, _, _ = micro.micro_condition(data.pictures(idx), rng, size_share=0.25, crop_share=0.25,
                                         croppable=data.places[idx] == cf.UNPLACED)
     return cf.to_vae_input(pictures)
 
@@ -518,7 +519,7 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
         rows = np.arange(start, min(start + 500, len(data)))
         pictures = data.pictures(rows)
         if sdxl:
-            pictures, original, crop = cf.micro_condition(pictures, rng, croppable=data.places[rows] == cf.UNPLACED)
+            pictures, original, crop = micro.micro_condition(pictures, rng, croppable=data.places[rows] == cf.UNPLACED)
             originals.append(original)
             crops.append(crop)
         dist = vae.encode(cf.to_vae_input(pictures).to(device)).latent_dist
@@ -597,7 +598,7 @@ def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int,
     if data is not None and "words" in table:
         shading = data.shading(idx.numpy())
         if sdxl:
-            shading = torch.cat([cf.crop_canvas(shading[i: i + 1], *map(int, latents["crops_coords_top_left"][j]),
+            shading = torch.cat([micro.crop_canvas(shading[i: i + 1], *map(int, latents["crops_coords_top_left"][j]),
                                                 fill=0.0) for i, j in enumerate(idx.tolist())])
         out.update(words=table["words"][rows], shading=shading)
     return out
@@ -789,7 +790,7 @@ def bench(args) -> dict:
 
     def encode_step(i):
         with torch.no_grad():
-            pictures, _, _ = cf.micro_condition(data.pictures(np.arange(500)), np.random.default_rng(i))
+            pictures, _, _ = micro.micro_condition(data.pictures(np.arange(500)), np.random.default_rng(i))
             vae.encode(cf.to_vae_input(pictures).to(device))
 
     noise_scheduler = sd_noise_scheduler()

@@ -13,6 +13,7 @@ import torch
 
 from engine.figures import image_grid
 from engine.mini import data as cf
+from engine.mini import micro
 from engine.mini import models as ms
 
 #: The training stages, in order.
@@ -88,9 +89,9 @@ def model_card(folder: str, record: dict, path: Path) -> str:
     ]
     if sdxl:
         lines += ["", "Micro-conditioning (Podell et al. 2023, §2.2): each UNet training picture is, with probability "
-                  f"1/2, downscaled to an `original_size` in {list(cf.SIZE_CHOICES)} and upscaled back (blurry), "
+                  f"1/2, downscaled to an `original_size` in {list(micro.SIZE_CHOICES)} and upscaled back (blurry), "
                   "and, independently with probability 1/2, cut from a larger canvas at a `crops_coords_top_left` "
-                  f"uniform in 0..{cf.MAX_CROP} (the item moves up and left by that much). The UNet is told both."]
+                  f"uniform in 0..{micro.MAX_CROP} (the item moves up and left by that much). The UNet is told both."]
     lines += components_section(sdxl, record, path)
     lines += training_section(sdxl, record)
     return "\n".join(lines)

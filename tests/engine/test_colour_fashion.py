@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from engine.mini import data as cf
+from engine.mini import micro
 
 from engine.mini import measure
 from engine.fashion.data import data_dir
@@ -145,8 +146,8 @@ def test_place_regions():
 
 def test_degrade_resolution_blurs_and_keeps_the_size():
     x = torch.rand(2, 3, 64, 64)
-    assert torch.equal(cf.degrade_resolution(x, 64), x)
-    y = cf.degrade_resolution(x, 16)
+    assert torch.equal(micro.degrade_resolution(x, 64), x)
+    y = micro.degrade_resolution(x, 16)
     assert y.shape == x.shape
     high = lambda z: (z[..., 1:] - z[..., :-1]).abs().mean()  # noqa: E731
     assert high(y) < 0.5 * high(x)
@@ -155,8 +156,8 @@ def test_degrade_resolution_blurs_and_keeps_the_size():
 def test_crop_canvas_shifts_the_item_up_and_left():
     x = torch.ones(1, 3, 64, 64) * torch.tensor(cf.BACKGROUND).view(1, 3, 1, 1)
     x[:, :, 30:34, 40:44] = 0.0  # a dark square at rows 30-33, columns 40-43
-    assert torch.equal(cf.crop_canvas(x, 0, 0), x)
-    y = cf.crop_canvas(x, 10, 20)
+    assert torch.equal(micro.crop_canvas(x, 0, 0), x)
+    y = micro.crop_canvas(x, 10, 20)
     assert y.shape == x.shape
     assert float(y[0, 0, 20:24, 20:24].max()) == 0.0  # moved by (10, 20)
     assert torch.allclose(y[0, :, -10:, :], torch.tensor(cf.BACKGROUND).view(3, 1, 1).expand(3, 10, 64))
@@ -164,14 +165,14 @@ def test_crop_canvas_shifts_the_item_up_and_left():
 
 def test_micro_condition_returns_true_sizes_and_crops():
     x = torch.rand(64, 3, 64, 64)
-    out, original_size, crops = cf.micro_condition(x, np.random.default_rng(0))
+    out, original_size, crops = micro.micro_condition(x, np.random.default_rng(0))
     assert out.shape == x.shape
     assert original_size.shape == (64, 2) and crops.shape == (64, 2)
-    assert set(original_size[:, 0].tolist()) <= set(cf.SIZE_CHOICES) | {64}
+    assert set(original_size[:, 0].tolist()) <= set(micro.SIZE_CHOICES) | {64}
     assert torch.equal(original_size[:, 0], original_size[:, 1])
-    assert int(crops.min()) >= 0 and int(crops.max()) <= cf.MAX_CROP
+    assert int(crops.min()) >= 0 and int(crops.max()) <= micro.MAX_CROP
     untouched = (original_size[:, 0] == 64) & (crops.sum(1) == 0)
     assert 5 < int(untouched.sum()) < 30  # about a quarter
     assert torch.equal(out[untouched], x[untouched])
-    again = cf.micro_condition(x, np.random.default_rng(0))
+    again = micro.micro_condition(x, np.random.default_rng(0))
     assert torch.equal(again[0], out) and torch.equal(again[2], crops)
