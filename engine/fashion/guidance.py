@@ -22,7 +22,8 @@ import torch
 
 from engine.diffusion import StepState
 from engine.errors import one_of
-from engine.fashion.sampling import SampleResult, sample, validate_request
+from engine.fashion.configs import STEP_RANGES
+from engine.fashion.sampling import SampleResult, generate, sample, validate_request
 
 #: The panels, in the order shown.
 MODES = ("none", "classifier-free", "classifier", "both")
@@ -74,8 +75,12 @@ def judged_hits(judge, images01: torch.Tensor, label: int) -> int | None:
 
 def compare(unet, classifier, judge, label, count: int, sampler: str, num_inference_steps: int,
             guidance_scale: float, classifier_scale: float, seed: int, modes=MODES,
-            scheduler_config: dict | None = None, cpu_bf16: bool | None = None) -> Iterator[StepState | Panel]:
+            scheduler_config: dict | None = None, cpu_bf16: bool | None = None,
+            warm_up: bool = True) -> Iterator[StepState | Panel]:
     """Sample the same class from the same seed once per mode; yield every step, and a ``Panel`` after each mode.
+
+    ``warm_up``: first one untimed image at the sampler's fewest steps, with both guidances on, so that the
+    first panel's time does not carry the first calls' set-up (the CPU's kernels, autocast).
 
     Every value is checked first (``UserError`` naming the input), as the Fashion sampler checks its request
     (``guidance_scale`` is used by "classifier-free" and "both", ``classifier_scale`` by "classifier" and
@@ -83,6 +88,11 @@ def compare(unet, classifier, judge, label, count: int, sampler: str, num_infere
     """
     request = validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed, classifier_scale)
     modes = [one_of(mode, "mode", MODES) for mode in modes]
+    if warm_up:
+        steps = STEP_RANGES[request.sampler][0]
+        generate(unet, request.label, 1, request.sampler, steps, max(request.guidance_scale, 1.5), request.seed,
+                 scheduler_config=scheduler_config, cpu_bf16=cpu_bf16, classifier_scale=request.classifier_scale,
+                 classifier=classifier if request.classifier_scale > 0 else None)
     for mode in modes:
         g, s = mode_scales(mode, request.guidance_scale, request.classifier_scale)
         for state in sample(unet, request.label, request.count, request.sampler, request.num_inference_steps, g,

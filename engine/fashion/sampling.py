@@ -192,19 +192,10 @@ def use_cpu_bf16(device: str | torch.device) -> bool:
 
 
 @torch.no_grad()
-def sample(
-    unet,
-    label: int | str,
-    count: int = 16,
-    sampler: str = "DPM-Solver++",
-    num_inference_steps: int | None = None,
-    guidance_scale: float = 2.0,
-    seed: int = 0,
-    scheduler_config: dict | None = None,
-    cpu_bf16: bool | None = None,
-    classifier_scale: float = 0.0,
-    classifier=None,
-) -> Iterator[StepState | SampleResult]:
+def sample(unet, label: int | str, count: int = 16, sampler: str = "DPM-Solver++",
+           num_inference_steps: int | None = None, guidance_scale: float = 2.0, seed: int = 0,
+           scheduler_config: dict | None = None, cpu_bf16: bool | None = None, classifier_scale: float = 0.0,
+           classifier=None) -> Iterator[StepState | SampleResult]:
     """Generate ``count`` images of class ``label``; yield each step, then the result.
 
     Yields ``StepState`` after every scheduler step and finally one
@@ -239,12 +230,8 @@ def sample(
     alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
 
     # 2. Initial noise x_T, from a CPU generator so a seed gives the same images on every device
-    from diffusers.utils.torch_utils import randn_tensor
-
     generator = torch.Generator("cpu").manual_seed(request.seed)
-    shape = (request.count, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    x = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=torch.float32)
-    x = x * scheduler.init_noise_sigma
+    x = initial_noise(unet, request.count, generator) * scheduler.init_noise_sigma
     labels = torch.full((request.count,), request.label, device=device, dtype=torch.long)
 
     # 3. Denoising loop
@@ -264,6 +251,15 @@ def sample(
     dtype_name = "bfloat16 (autocast)" if autocast else str(dtype).replace("torch.", "")
     yield SampleResult(images=images, request=request, seconds=seconds,
                        info=sample_info(request, seconds, device, dtype_name))
+
+
+def initial_noise(unet, count: int, generator: torch.Generator) -> torch.Tensor:
+    """x_T ~ N(0, I), ``(count, C, H, W)`` float32 on the UNet's device, drawn on the CPU by ``generator``
+    (diffusers' ``randn_tensor``), so a seed gives the same images on every device."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (count, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return randn_tensor(shape, generator=generator, device=torch.device(unet.device), dtype=torch.float32)
 
 
 def classifier_guidance(scale: float, classifier):
