@@ -25,7 +25,8 @@ class StepState:
     clean sample x0 made at this step (same shape as ``latents``: [B, 1, 32, 32]
     in model space for Fashion-MNIST, [B, 4, h, w] scaled latents for SD);
     unet_calls: UNet calls so far; colour_loss: the colour-guidance loss when it
-    ran at this step.
+    ran at this step; guidance_losses: every step callback's loss at this step, by
+    name ("colour", "clip"), for those that ran.
     """
 
     index: int
@@ -35,6 +36,7 @@ class StepState:
     pred_original: torch.Tensor
     unet_calls: int = 0
     colour_loss: float | None = None
+    guidance_losses: dict | None = None
 
 
 def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float | torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ LOADERS: dict[str, str] = {
     "class-unet": "engine.fashion.sampling:load_class_unet",
     "classifier": "engine.fashion.judge:load_classifier",
     "noisy-classifier": "engine.fashion.classifier:load_noisy_classifier",
+    "clip-image": "engine.clip_image:load_image_encoder",
 }
 
 

@@ -57,6 +57,8 @@ def png_settings(preset, request, scheduler, guidance_scale: float) -> dict:
         rgb = (request.colour.target_rgb * 255).round().int().tolist()
         settings["Colour guidance"] = "#{:02x}{:02x}{:02x} x{:g} every {}".format(*rgb, request.colour.scale,
                                                                                   request.colour.every)
+    if request.clip_guidance_scale:
+        settings["CLIP guidance"] = f"{request.clip_guidance_scale:g}"
     return settings
 
 
@@ -101,6 +103,8 @@ def run_info(preset, request, runs: list[RunInfo], unet, seconds: float, warning
         info["add_time_ids_order"] = "original (h, w), crop (top, left), target (h, w)"
     if request.image is not None:
         info["strength"] = request.strength
+    if request.clip_guidance_scale:
+        info["clip_guidance_scale"] = request.clip_guidance_scale
     if warnings:
         info["warnings"] = warnings
     return info

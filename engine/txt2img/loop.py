@@ -8,7 +8,8 @@
   eps~ = (1 + w) eps(x, c) - w eps(x); diffusers (and we) write it with
   g = 1 + w as eps(x) + g (eps(x, c) - eps(x)), so g = 1 is no guidance.
 * Colour guidance (the book's exercise 9): the "additional guidance" of
-  Whitaker's Stable Diffusion deep dive.
+  Whitaker's Stable Diffusion deep dive; CLIP guidance (``clip_guidance.py``).
+  Both are step callbacks that ``denoise`` calls after classifier-free guidance.
 
 Shapes: B images, latents [B, 4, h, w] (h = height / 8) in the scaled space the
 UNet works in (VAE latents times ``vae.config.scaling_factor``).
@@ -19,7 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -147,9 +148,25 @@ def colour_guidance(vae, scheduler, latents, noise_pred, t, target_rgb: torch.Te
     return (latents - step * grad).detach(), float(loss)
 
 
+class ColourGuidanceStep:
+    """Colour guidance as a step callback for ``denoise`` (named "colour", every ``colour.every`` steps):
+    ``step(scheduler, latents, noise_pred, t)`` -> (guided latents, noise_pred, loss), by ``colour_guidance``."""
+
+    name = "colour"
+
+    def __init__(self, vae, colour):
+        self.vae, self.colour, self.every = vae, colour, colour.every
+
+    def __call__(self, scheduler, latents, noise_pred, t):
+        latents, loss = colour_guidance(self.vae, scheduler, latents, noise_pred, t, self.colour.target_rgb,
+                                        self.colour.scale)
+        return latents, noise_pred, loss
+
+
 @torch.no_grad()
 def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-            guidance_scale: float, extra_step_kwargs: dict, colour=None, vae=None) -> Iterator[StepState]:
+            guidance_scale: float, extra_step_kwargs: dict, colour=None, vae=None,
+            guides: Sequence = ()) -> Iterator[StepState]:
     """The denoising loop, one ``StepState`` per timestep.
 
     At each timestep t:
@@ -158,9 +175,12 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
       3. one UNet call predicts the noise eps for the whole batch,
       4. classifier-free guidance: eps = eps_uncond + g * (eps_cond - eps_uncond)
          (Ho & Salimans 2022); with g <= 1 there is no unconditional half at all,
-      5. optional colour guidance every k steps (``colour``: a ``ColourGuidance``, with ``vae``),
+      5. the step callbacks ``guides`` (CLIP guidance: ``engine.txt2img.clip_guidance``), each every
+         ``guide.every`` steps: ``guide(scheduler, latents, eps, t)`` -> (latents, eps, loss); then colour
+         guidance (``colour``: a ``ColourGuidance``, with ``vae``), the same kind of callback,
       6. ``scheduler.step``: x_t -> x_{t-1}.
     """
+    steps = list(guides) + ([ColourGuidanceStep(vae, colour)] if colour is not None else [])
     unet_calls = 0
     for i, t in enumerate(timesteps):
         # expand the latents if we are doing classifier-free guidance
@@ -178,11 +198,12 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
             noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
 
         x0 = pred_original_sample(scheduler, latents, noise_pred, t)
-        loss = None
-        if colour is not None and i % colour.every == 0:
-            latents, loss = colour_guidance(vae, scheduler, latents, noise_pred, t, colour.target_rgb, colour.scale)
+        losses = {}
+        for step in steps:  # model-based guidance: colour, CLIP
+            if i % step.every == 0:
+                latents, noise_pred, losses[step.name] = step(scheduler, latents, noise_pred, t)
 
         # compute the previous noisy sample x_t -> x_t-1
         latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
         yield StepState(index=i, timestep=float(t), num_steps=len(timesteps), latents=latents, pred_original=x0,
-                        unet_calls=unet_calls, colour_loss=loss)
+                        unet_calls=unet_calls, colour_loss=losses.get("colour"), guidance_losses=losses or None)

@@ -8,7 +8,8 @@ call ``pipe(...)``. ``run`` reads like the pipeline's ``__call__``:
 2. Encode input prompt (``engine.text_encoding.encode_prompt``), once even for a sweep.
 3. SDXL micro-conditioning (``get_add_time_ids``).
 4. Prepare timesteps, 5. prepare latent variables (seeded noise, or the noised image for img2img).
-6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight.
+6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight; colour and
+   CLIP guidance (``engine.txt2img.clip_guidance``) are step callbacks.
 7. Decode (``decode_latents``): VAE decoder, safety checker, post-processing.
 
 References: Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
@@ -30,6 +31,7 @@ from engine.errors import UserError
 from engine.loader import free_memory
 from engine.schedulers import make_scheduler
 from engine.text_encoding import encode_prompt, get_add_time_ids
+from engine.txt2img.clip_guidance import make_clip_guidance
 from engine.txt2img.info import Result, RunInfo, png_parameters, run_info
 from engine.txt2img.latents import (decode_latents, encode_image, get_img2img_timesteps, image_to_tensor, numpy_to_pil,
                                     prepare_img2img_latents, preview)
@@ -63,19 +65,20 @@ GPU_MAX_SECONDS = 300
 
 
 def gpu_seconds(pipe=None, preset=None, *, num_inference_steps=30, width=512, height=512, num_images=1,
-                guidance_scales=None, colour=None, **_) -> int:
+                guidance_scales=None, colour=None, clip_guidance_scale=0, **_) -> int:
     """ZeroGPU time to reserve for one ``text_to_image`` call (``spaces.GPU`` calls it with the same arguments).
 
     ``GPU_FIXED_SECONDS`` + ``GPU_MARGIN`` x the measured rate
     (``SECONDS_PER_MEGAPIXEL_STEP``) x megapixels x steps x images x runs,
-    capped at ``GPU_MAX_SECONDS``; colour guidance decodes and backpropagates
-    through the VAE at every guided step, so it counts double. Monotone in
-    steps and pixels.
+    capped at ``GPU_MAX_SECONDS``; colour guidance and CLIP guidance decode and
+    backpropagate through the VAE at every guided step, so each counts double.
+    Monotone in steps and pixels.
     """
     try:
         megapixels = max(0.25, float(width) * float(height) / 1e6)
         runs = len(guidance_scales) if guidance_scales else 1
-        work = float(num_inference_steps) * megapixels * float(num_images) * runs * (2 if colour else 1)
+        extra = (2 if colour else 1) * (2 if clip_guidance_scale and float(clip_guidance_scale) > 0 else 1)
+        work = float(num_inference_steps) * megapixels * float(num_images) * runs * extra
     except (TypeError, ValueError):
         return 60  # bad input: make_request will say why, quickly
     rate = SECONDS_PER_MEGAPIXEL_STEP.get(getattr(preset, "kind", "sdxl"), max(SECONDS_PER_MEGAPIXEL_STEP.values()))
@@ -158,8 +161,9 @@ def show_preview(request: Request, index: int, num_steps: int, seconds_since_las
     return index % every == 0 and seconds_since_last >= request.preview_seconds
 
 
-def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int):
-    """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``."""
+def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int, guides=()):
+    """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``. ``guides``: the step
+    callbacks of model-based guidance (CLIP) for ``denoise``."""
     unet = pipe.unet
     g = request.guidance_scales[run_index]
     do_cfg = g > 1 and unet.config.time_cond_proj_dim is None
@@ -173,11 +177,12 @@ def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tens
     extra_step_kwargs = prepare_extra_step_kwargs(scheduler, generator)
 
     # 6. Denoising loop
-    start, calls, losses, last_preview = time.perf_counter(), 0, [], -math.inf
-    for state in denoise(unet, scheduler, latents, timesteps, cond, g, extra_step_kwargs, request.colour, pipe.vae):
+    start, calls, losses, last_preview = time.perf_counter(), 0, {}, -math.inf
+    for state in denoise(unet, scheduler, latents, timesteps, cond, g, extra_step_kwargs, request.colour, pipe.vae,
+                         guides):
         latents, calls = state.latents, state.unet_calls
-        if state.colour_loss is not None:
-            losses.append(round(state.colour_loss, 5))
+        for name, loss in (state.guidance_losses or {}).items():
+            losses.setdefault(f"{name}_loss", []).append(round(loss, 5))
         show = show_preview(request, state.index, state.num_steps, time.perf_counter() - last_preview)
         if show:
             last_preview = time.perf_counter()
@@ -193,8 +198,7 @@ def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tens
             "loop_seconds": round(loop_seconds, 3)}
     if has_nsfw is not None:
         info["nsfw_filtered"] = has_nsfw
-    if losses:
-        info["colour_loss"] = losses
+    info.update(losses)  # colour_loss, clip_loss: one value per guided step
     return RunInfo(images=images, info=info, scheduler=scheduler)
 
 
@@ -214,10 +218,15 @@ def run(pipe, preset, request: Request) -> Iterator[dict | Result]:
     if request.image is not None:
         image_tensor = image_to_tensor(request.image, request.width, request.height)
 
+    # CLIP guidance's image model (loaded on first use) and the prompt's CLIP embedding, once
+    clip = make_clip_guidance(pipe, preset, request.prompt, request.num_images, request.clip_guidance_scale)
+    guides = [clip] if clip is not None else []
+
     # 4-7, once per guidance scale
     runs = []
     for run_index in range(len(request.guidance_scales)):
-        runs.append((yield from denoise_one_run(pipe, preset, request, embeds, time_ids, image_tensor, run_index)))
+        runs.append((yield from denoise_one_run(pipe, preset, request, embeds, time_ids, image_tensor, run_index,
+                                                guides)))
 
     images = np.concatenate([r.images for r in runs])
     info = run_info(preset, request, runs, pipe.unet, time.perf_counter() - start, embeds.warnings, *time_ids)

@@ -36,6 +36,7 @@ DEFAULT_SIZE_LIMITS = {"sd": (64, 1024), "sdxl": (64, 2048)}
 SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
 MAX_SWEEP = 8
 MAX_COLOUR_SCALE = 1000.0
+MAX_CLIP_GUIDANCE = 1000.0
 MICRO_CONDITIONS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
                     "negative_crops_coords_top_left", "negative_target_size")
 
@@ -56,7 +57,7 @@ class Request:
     or the guidance sweep. ``micro_conditioning`` (SDXL only) maps each name of ``MICRO_CONDITIONS`` to a
     pair in diffusers' order or None; ``image`` and ``strength`` make it img2img. Live previews come every
     ``preview_every`` steps (0: none), and at least ``preview_seconds`` of wall-clock time apart (0: no pacing),
-    always including the last step."""
+    always including the last step. ``clip_guidance_scale`` > 0 turns on CLIP guidance (0: off)."""
 
     prompt: str
     negative_prompt: str
@@ -74,6 +75,7 @@ class Request:
     colour: ColourGuidance | None = None
     preview_every: int = 1
     preview_seconds: float = 0.0
+    clip_guidance_scale: float = 0.0
 
 
 # ----------------------------------------------------------------------------
@@ -274,10 +276,15 @@ def check_colour(colour, colour_scale, colour_every) -> ColourGuidance | None:
     return ColourGuidance(target_rgb=parse_colour(colour), scale=scale, every=every)
 
 
+def check_clip_guidance(clip_guidance_scale) -> float:
+    """CLIP guidance's scale as a float from 0 (off) to ``MAX_CLIP_GUIDANCE``; empty means 0."""
+    return number_in_range(clip_guidance_scale or 0.0, "clip_guidance_scale", 0, MAX_CLIP_GUIDANCE, " (0 = off)")
+
+
 def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_GUIDANCE,
                  num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT, seed=0, width=512, height=512, num_images=1,
                  image=None, strength=None, colour=None, colour_scale=0.0, colour_every=5, preview_every=1,
-                 preview_seconds=0.0, guidance_scales=None, **micro_conditioning) -> Request:
+                 preview_seconds=0.0, guidance_scales=None, clip_guidance_scale=0.0, **micro_conditioning) -> Request:
     """Check every input of a text-to-image (or img2img, or sweep) request and return it as a ``Request``.
 
     Raises ``UserError`` naming the first bad value. ``micro_conditioning``
@@ -306,4 +313,5 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_G
                    guidance_scales=scales, micro_conditioning=micro, image=image,
                    strength=strength if image is not None else None,
                    colour=check_colour(colour, colour_scale, colour_every), preview_every=int(preview_every or 0),
-                   preview_seconds=max(0.0, float(preview_seconds or 0.0)))
+                   preview_seconds=max(0.0, float(preview_seconds or 0.0)),
+                   clip_guidance_scale=check_clip_guidance(clip_guidance_scale))
