@@ -152,13 +152,14 @@ def _stream(preset, progress, **kwargs):
 def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
              width, height, num_images, original_size, crops_coords_top_left, target_size,
              negative_original_size, negative_crops_coords_top_left, negative_target_size, image=None,
-             strength=0.6, colour=None, colour_scale=0.0, colour_every=5, caller: gr.Request = None,
-             progress=gr.Progress()):
+             strength=0.6, colour=None, colour_scale=0.0, colour_every=5, clip_guidance_scale=0.0,
+             caller: gr.Request = None, progress=gr.Progress()):
     """Event handler (API ``/generate``): returns the gallery of PNGs, the JSON panel, then the live preview
     (on the page; None for API callers, see ``shows_live_pictures``).
 
     Sizes for SDXL are "W,H" and crops "x,y" strings (or one number). ``image`` + ``strength``
-    make it image to image; ``colour`` ("#rrggbb") + ``colour_scale`` > 0 turn on colour guidance.
+    make it image to image; ``colour`` ("#rrggbb") + ``colour_scale`` > 0 turn on colour guidance;
+    ``clip_guidance_scale`` > 0 turns on CLIP guidance (the last input, so older positional callers still fit).
     """
     preset = txt2img.get_pipeline_preset(model)
     init_image, notes = (None, [])
@@ -172,7 +173,7 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
                   negative_crops_coords_top_left=negative_crops_coords_top_left,
                   negative_target_size=negative_target_size, image=init_image, strength=strength,
                   colour=colour, colour_scale=colour_scale, colour_every=colour_every,
-                  **_previews_for(caller))
+                  clip_guidance_scale=clip_guidance_scale, **_previews_for(caller))
     txt2img.make_request(preset, **kwargs)
     for gallery, info, preview in _stream(preset, progress, **kwargs):
         if isinstance(info, dict) and notes:
@@ -314,6 +315,9 @@ def build() -> Form:
                     colour_scale = gr.Slider(0, txt2img.MAX_COLOUR_SCALE, value=0, step=10,
                                              label="Colour loss scale (0 = off)")
                     colour_every = gr.Slider(1, 10, value=5, step=1, label="Every k steps")
+                clip_guidance_scale = gr.Slider(0, txt2img.MAX_CLIP_GUIDANCE, value=0, step=5,
+                                                label="CLIP guidance scale (0 = off): a CLIP image model judges "
+                                                      "each step's decoded x0 against the prompt")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="t2i-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop", scale=1)
@@ -325,7 +329,7 @@ def build() -> Form:
                 negative_original_size=negative_original_size,
                 negative_crops_coords_top_left=negative_crops_coords_top_left,
                 negative_target_size=negative_target_size, strength=strength, colour=colour,
-                colour_scale=colour_scale, colour_every=colour_every),
+                colour_scale=colour_scale, colour_every=colour_every, clip_guidance_scale=clip_guidance_scale),
                 run_id="t2i-generate",
                 follow=("model", model_settings, [guidance_scale, num_inference_steps, width, height, sdxl_box, note]))
             form.add_link_button("t2i")
@@ -359,7 +363,7 @@ def build() -> Form:
     inputs = [prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
               width, height, num_images, original_size, crops_coords_top_left, target_size,
               negative_original_size, negative_crops_coords_top_left, negative_target_size, image, strength,
-              colour, colour_scale, colour_every]
+              colour, colour_scale, colour_every, clip_guidance_scale]
     event = run.click(generate, inputs, [gallery, info, preview], api_name="generate", **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
     # Enter in the prompt box runs the same job; Stop cancels it at the next step and frees the queue.
