@@ -137,3 +137,18 @@ def test_the_offline_mini_sdxl_draws_the_asked_colour_and_obeys_original_size(cl
     assert measure.item_colours(sharp).count("red") >= 3
     blurry = _as_pictures(_paths(client.predict(**request, original_size="16,16", api_name="/generate")[0]))
     assert high_frequency_energy(blurry) < high_frequency_energy(sharp)
+
+
+def test_clip_guidance_through_the_api(client):
+    """Issue 22: ``clip_guidance_scale`` (the last input of /generate) checked, and run on the offline mini-SD,
+    whose folder ships a CLIP image tower; a model without one says so."""
+    with pytest.raises(Exception, match="clip_guidance_scale must be between 0 and 1000"):
+        client.predict(**BASE, clip_guidance_scale=-1, api_name="/generate")
+    with pytest.raises(Exception, match="no CLIP image model"):
+        client.predict(**BASE, clip_guidance_scale=10, api_name="/generate")
+    mini = {**BASE, "model": "mini-SD (offline)", "prompt": "a red sneaker", "guidance_scale": 1.0,
+            "num_inference_steps": 4}
+    plain = np.asarray(Image.open(_paths(client.predict(**mini, api_name="/generate")[0])[0]))
+    gallery, info, _ = client.predict(**mini, clip_guidance_scale=10, api_name="/generate")
+    assert info["clip_guidance_scale"] == 10 and len(info["clip_loss"]) == info["timesteps"]
+    assert not np.array_equal(plain, np.asarray(Image.open(_paths(gallery)[0])))
