@@ -15,14 +15,14 @@ import gradio as gr
 
 from engine.device import limit_malloc_arenas
 from engine.imports import import_engine
-from tabs import class_conditional, status, text_to_image, tokenizer, unet, vae
+from tabs import class_conditional, guidance, status, text_to_image, tokenizer, unet, vae
 from tabs.common import DELETE_CACHE
 from tabs.settings import PRESENTER_JS, wire_links
 
 TITLE = "Stable Diffusion Explorer"
 INTRO = """See how Stable Diffusion works, one component at a time: a class-conditional diffusion model,
 the full text-to-image loop with classifier-free guidance, the VAE that compresses images into latents,
-the CLIP tokenizer that turns prompts into token ids, and the UNet inside the loop."""
+the CLIP tokenizer that turns prompts into token ids, the UNet inside the loop, and the ways to guide it."""
 
 # Presenter view (body.presenter, set in the browser): the long explanations fold away, type and pictures grow.
 # Everywhere: the "pixelated" images (the mini models' 64 px pictures and maps) are enlarged with nearest neighbours.
@@ -84,6 +84,8 @@ with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
             tokenizer.build()
         with gr.Tab("Inside the UNet", id="unet"):
             unet.build()
+        with gr.Tab("Guidance", id="guidance"):
+            forms.append(guidance.build())
     status.build()
     # A link (?tab=txt2img&prompt=...&run=1) fills a tab and may run it; Presenter view is the browser's alone.
     wire_links(demo, tabs, forms, link_note)

@@ -92,7 +92,7 @@ def sweep_prompts(prompt: str, word: str, weights) -> list[str]:
     ``(word:w)``: "a red sneaker", "red", "0, 1" -> ["a (red:0) sneaker", "a (red:1) sneaker"]. ``UserError``
     naming the bad value otherwise."""
     items = weights.split(",") if isinstance(weights, str) else list(weights or [])
-    items = [item for item in items if str(item).strip()]
+    items = [item.strip() if isinstance(item, str) else item for item in items if str(item).strip()]
     if not 1 <= len(items) <= MAX_SWEEP:
         raise UserError(f"weights must be 1 to {MAX_SWEEP} comma-separated numbers, got {weights!r}.")
     values = [number_in_range(item, "Each weight", MIN_WEIGHT, MAX_WEIGHT) for item in items]

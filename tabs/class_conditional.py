@@ -85,6 +85,13 @@ def _judge():
     return loader.load(presets[0]) if presets else None
 
 
+def noisy_classifier():
+    """The shipped noise-aware classifier (classifier guidance), or None when no 'noisy-classifier' preset is
+    installed."""
+    presets = presets_for("noisy-classifier")
+    return loader.load(presets[0]) if presets else None
+
+
 # --------------------------------------------------------------------------------------------
 # Pictures
 
@@ -122,7 +129,8 @@ def trajectory_picture(columns: list[tuple[str, torch.Tensor]]) -> Image.Image:
 
 @model_job
 def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, seed,
-                   randomize_seed=False, model=None, caller: gr.Request = None, progress=gr.Progress()):
+                   randomize_seed=False, model=None, classifier_scale=0.0, caller: gr.Request = None,
+                   progress=gr.Progress()):
     """Event handler (API ``/sample_fashion``): generate ``count`` images of class ``label``.
 
     A generator: on the page, while it runs, it streams the trajectory picture (x_t
@@ -130,18 +138,22 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
     see ``shows_live_pictures``); its last output is (the samples as one grid
     picture, the trajectory picture, info JSON, the samples for the forward-process
     view). One picture each, not a gallery of 16 and of 18: each file is a PNG, a
-    cache file and a download (issue 11).
+    cache file and a download (issue 11). ``classifier_scale`` > 0 adds classifier
+    guidance (Dhariwal & Nichol 2021) with the shipped noise-aware classifier.
     """
     seed = seed_from_box(seed, randomize_seed)
-    request = sampling.validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed)
+    request = sampling.validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed,
+                                        classifier_scale)
     progress(0, desc="Loading the model")
     unet, schedule = _unet_and_schedule(model)
+    classifier = noisy_classifier() if request.classifier_scale > 0 else None
     keep = set(sampling.trajectory_indices(request.num_inference_steps))
     live = shows_live_pictures(caller)
     columns = []
     result, last_yield = None, time.monotonic()
     for state in sampling.sample(unet, request.label, request.count, request.sampler, request.num_inference_steps,
-                                request.guidance_scale, request.seed, scheduler_config=schedule):
+                                request.guidance_scale, request.seed, scheduler_config=schedule,
+                                classifier_scale=request.classifier_scale, classifier=classifier):
         if isinstance(state, sampling.SampleResult):
             result = state
             break
@@ -248,6 +260,10 @@ def build() -> Form:
             guidance = gr.Slider(0, configs.MAX_GUIDANCE, value=FIRST["guidance_scale"], step=0.5,
                                  label="Guidance scale",
                                  info="1 = no guidance (one model call per step); above 1, two calls per step.")
+            classifier_scale = gr.Slider(0, configs.MAX_CLASSIFIER_SCALE, value=0, step=0.5,
+                                         label="Classifier guidance scale (s)", elem_id="fashion-classifier-scale",
+                                         info="0 = off. Above 0, a noise-aware classifier steers each step "
+                                              "(Dhariwal & Nichol 2021); see the Guidance tab.")
             with gr.Row():
                 seed = gr.Number(value=FIRST["seed"], label="Seed", info="A whole number from 0 to 4294967295.")
                 randomize = gr.Checkbox(value=False, label="Randomize seed")
@@ -257,7 +273,8 @@ def build() -> Form:
                 run = gr.Button("Generate", variant="primary", elem_id="fashion-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="fashion-stop", scale=1)
             form = Form("class", dict(sampler=sampler, steps=steps, count=count, guidance=guidance, seed=seed,
-                                      randomize=randomize, model=model, **{"class": label}),
+                                      randomize=randomize, model=model, classifier_scale=classifier_scale,
+                                      **{"class": label}),
                         run_id="fashion-generate", follow=("sampler", steps_for_sampler, [steps]))
             form.add_link_button("fashion")
         with gr.Column(scale=2):
@@ -269,7 +286,7 @@ def build() -> Form:
             info = gr.JSON(label="Run", elem_id="fashion-info")
             form.add_history("fashion-history")
 
-    inputs = [label, count, sampler, steps, guidance, seed, randomize, model]
+    inputs = [label, count, sampler, steps, guidance, seed, randomize, model, classifier_scale]
     event = run.click(sample_fashion, inputs, [samples, trajectory, info, generated], api_name="sample_fashion",
                       **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
