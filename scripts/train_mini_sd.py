@@ -106,6 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-train", choices=("all", "decoder"), default="all",
                    help="decoder: train only the decoder (and post_quant_conv), so the latent space, and with it "
                         "every UNet, stays as it is")
+    p.add_argument("--vae-item-weight", type=float, default=0.0,
+                   help="extra loss weight on the items' pixels (0: plain L1 + MSE over the picture)")
     p.add_argument("--two-item-share", type=float, default=0.3,
                    help="share of the placed pictures that hold a second item at the opposite place")
     p.add_argument("--token-loss", type=float, default=0.0,
@@ -337,11 +339,24 @@ def vae_batch(data: cf.ColourFashion, rng: np.random.Generator, batch: int) -> t
     return cf.to_vae_input(pictures)
 
 
-def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """L1 + MSE reconstruction of a posterior sample, plus ``kl_weight`` x KL(q(z|x) || N(0, I)) per picture."""
+def item_weights(x: torch.Tensor, item_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights [B, 1, H, W] for pictures x [B, 3, H, W] in [-1, 1]: 1 + ``item_weight`` on the
+    items' pixels (off the background colour, grown by 1 px), normalised to mean 1 per picture, so a small
+    item's details count as much as the empty canvas around it."""
+    background = cf.to_vae_input(cf.rgb_tensor(cf.BACKGROUND)).to(x)
+    ink = ((x - background).abs().amax(1, keepdim=True) > 0.1).float()
+    w = 1 + item_weight * F.max_pool2d(ink, 3, stride=1, padding=1)
+    return w / w.mean((2, 3), keepdim=True)
+
+
+def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6, item_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE reconstruction of a posterior sample (each pixel weighted by ``item_weights``), plus
+    ``kl_weight`` x KL(q(z|x) || N(0, I)) per picture."""
     posterior = vae.encode(x).latent_dist
     reconstruction = vae.decode(posterior.sample()).sample
-    rec = F.l1_loss(reconstruction.float(), x) + F.mse_loss(reconstruction.float(), x)
+    diff = reconstruction.float() - x
+    w = item_weights(x, item_weight) if item_weight else torch.ones_like(diff[:, :1])
+    rec = (w * diff.abs()).mean() + (w * diff ** 2).mean()
     return rec + kl_weight * posterior.kl().mean(), reconstruction
 
 
@@ -397,7 +412,7 @@ def train_vae(args) -> dict:
         set_lr(opt, args.vae_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         vae.train()
         with autocast(device, args.bf16):
-            loss, _ = vae_loss(vae, x)
+            loss, _ = vae_loss(vae, x, item_weight=args.vae_item_weight)
         optimizer_step(opt, loss, vae)
         return loss.item()
 
@@ -466,6 +481,7 @@ def ship_vae(args, vae, data, test_x, judge_check, info: dict) -> dict:
     info.update(test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x),
                 scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae),
                 judge_on_placed_round_trips=judge_check(vae), decoder_only=decoder_only,
+                item_loss_weight=args.vae_item_weight,
                 initialised_from="the previous shipped VAE" if args.vae_init else "scratch",
                 data=f"{VAE_POSITIONED_SHARE:.0%} placed pictures ({args.two_item_share:.0%} of them with two items)")
     mark_done(args, "vae", info)

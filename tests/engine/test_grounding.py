@@ -37,7 +37,10 @@ def test_word_positions_ground_each_items_noun_and_colour(tokenizer):
     # the place word "top" is not the item "top" (a t-shirt): the noun follows its colour
     assert grounded(tokenizer, "in the top left corner a red top and in the bottom right corner a blue bag",
                     (0, 8), (0, 4)) == [("red", "colour"), ("top", "item"), ("blue", "colour_2"), ("bag", "item_2")]
-    assert grounded(tokenizer, "sneakers in red at the top", (7,), (0,)) == [("sneakers", "item"), ("red", "colour")]
+    assert grounded(tokenizer, "sneakers in red at the top", (7,), (0,)) == [("sneakers", "item"), ("red", "colour"),
+                                                                             ("top", "place")]
+    assert grounded(tokenizer, "a pink top in the top left corner", (0,), (6,)) == [
+        ("pink", "colour"), ("top", "item"), ("top", "place"), ("left", "place"), ("corner", "place")]
     assert grounded(tokenizer, "a black ankle boot", (9,), (7,)) == [("black", "colour"), ("ankle", "item"),
                                                                      ("boot", "item")]
     assert grounded(tokenizer, "a photo of a coat", (4,), (-1,)) == [("coat", "item")]
