@@ -85,7 +85,7 @@ with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
         with gr.Tab("Inside the UNet", id="unet"):
             unet.build()
         with gr.Tab("Guidance", id="guidance"):
-            forms.append(guidance.build())
+            forms += guidance.build()
     status.build()
     # A link (?tab=txt2img&prompt=...&run=1) fills a tab and may run it; Presenter view is the browser's alone.
     wire_links(demo, tabs, forms, link_note)

@@ -4,7 +4,9 @@ Fashion-MNIST, one class and one seed, four panels: no guidance, classifier-free
 2022), classifier guidance with our noise-aware classifier (Dhariwal & Nichol 2021, §4), and both; each
 with the judge's class fidelity and its time per image (``engine.fashion.guidance``). Below, a row of one
 prompt with one word weighted 0 … 2 (A1111's ``(word:w)``, through compel: ``engine.prompt_weights``).
-API: ``/guidance_panels`` and ``/prompt_weight_sweep``.
+Between them, the text-to-image half (``tabs.guidance_t2i``): none, classifier-free, CLIP and colour
+guidance; negative prompts; the guidance sweep. API: ``/guidance_panels`` and ``/prompt_weight_sweep`` here,
+``/guidance_t2i_panels``, ``/negative_prompt_pair`` and ``/guidance_sweep`` there.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from engine.errors import MAX_SEED, UserError
 from engine.fashion import configs
 from engine.fashion.data import CLASS_NAMES
 from engine.imports import lazy
-from tabs import text_to_image
+from tabs import guidance_t2i, text_to_image
 from tabs.class_conditional import _judge, _unet_and_schedule, noisy_classifier
 from tabs.common import COMPUTE, model_job, seed_from_box, show_on_arrival, show_used_seed, shows_live_pictures
 from tabs.settings import Form
@@ -212,10 +214,12 @@ def _weights_section() -> None:
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
 
 
-def build() -> Form:
-    """The tab's layout and events; returns the panels' form (the named controls that history and links fill)."""
+def build() -> list[Form]:
+    """The tab's layout and events: Fashion-MNIST's panels, the text-to-image half (``tabs.guidance_t2i``) and
+    the prompt weights; returns the forms (the named controls that history and links fill)."""
     gr.Markdown(INTRO, elem_classes=["explain"])
-    form = _panels_section()
+    forms = [_panels_section()]
+    forms += guidance_t2i.build_text_to_image()
     gr.Markdown(WEIGHTS_INTRO, elem_classes=["explain"])
     _weights_section()
-    return form
+    return forms

@@ -28,13 +28,18 @@ from engine.txt2img import request as t2i
 
 sampling = lazy("engine.fashion.sampling")  # class_index; imported on first use (engine.imports)
 
-TAB_IDS = ("class", "txt2img", "vae", "tokenizer", "unet", "guidance")
+TAB_IDS = ("class", "txt2img", "vae", "tokenizer", "unet", "guidance", "guidance_t2i", "guidance_neg")
+#: Links to a section of a tab: the tab the page opens (the others are tabs themselves).
+SECTION_OF = {"guidance_t2i": "guidance", "guidance_neg": "guidance"}
 #: The settings a link can carry, per tab, in the order they are checked (a model or sampler first:
 #: the ranges of the others depend on it). The same keys name the controls of the tab's form.
 KEYS = {
     "txt2img": ("model", "prompt", "negative", "guidance", "steps", "scheduler", "seed", "width", "height", "images"),
     "class": ("sampler", "class", "count", "steps", "guidance", "classifier_scale", "seed", "model"),
     "guidance": ("sampler", "class", "count", "steps", "guidance", "classifier_scale", "seed"),
+    "guidance_t2i": ("model", "prompt", "guidance", "clip_scale", "colour", "colour_scale", "colour_every", "steps",
+                     "seed"),
+    "guidance_neg": ("model", "prompt", "negative", "guidance", "steps", "seed"),
 }
 MAX_TEXT = 500  # characters of a prompt in a link (77 tokens is ~300 characters)
 MAX_RAW = 2000  # any longer value is refused before it is read
@@ -163,7 +168,29 @@ def check_class(key: str, value: str, checked: dict):
     return value
 
 
-CHECKERS = {"txt2img": check_txt2img, "class": check_class, "guidance": check_class}
+def check_guidance_t2i(key: str, value: str, checked: dict):
+    """One setting of the Guidance tab's text-to-image panels from a link: CLIP and colour guidance's by the
+    checks of ``engine.txt2img.request`` (the colour as #rrggbb text: no torch here), the rest as text to image's."""
+    if key == "clip_scale":
+        return t2i.check_clip_guidance(value)
+    if key == "colour":
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):
+            raise UserError("not a colour like #1f4fd1.")
+        return value
+    if key == "colour_scale":
+        return number_in_range(value, "colour_scale", 0, t2i.MAX_COLOUR_SCALE)
+    if key == "colour_every":
+        return whole_number_in_range(value, "colour_every", 1, 10)
+    return check_txt2img(key, value, checked)
+
+
+def tab_of(link_tab: str | None) -> str | None:
+    """The page's tab id for a link's ``tab`` (a section's link opens its tab)."""
+    return SECTION_OF.get(link_tab, link_tab)
+
+
+CHECKERS = {"txt2img": check_txt2img, "class": check_class, "guidance": check_class,
+            "guidance_t2i": check_guidance_t2i, "guidance_neg": check_txt2img}
 
 
 def _safe(text: str, limit: int = 160) -> str:

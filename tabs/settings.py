@@ -119,7 +119,7 @@ def wire_links(demo: gr.Blocks, tabs: gr.Tabs, forms: list, note: gr.Markdown) -
     def open_link(request: gr.Request):
         link = links.parse_link(dict(request.query_params) if request else {})
         text = links.note_markdown(link.notes)
-        out = [gr.Tabs(selected=link.tab) if link.tab else gr.skip(),
+        out = [gr.Tabs(selected=links.tab_of(link.tab)) if link.tab else gr.skip(),
                gr.update(value=text, visible=True) if text else gr.skip(), ""]
         for form in forms:
             if form.tab == link.tab:

@@ -2,9 +2,11 @@
 
 Prompt, negative prompt, guidance, steps, scheduler, seed, size; SDXL's
 micro-conditioning; a live preview of every step's predicted x0; PNGs that
-carry their generation parameters; the book's guidance sweep; image to image;
-and colour guidance (the book's exercise 9). API: ``/generate`` and
-``/guidance_sweep``, with diffusers' parameter names.
+carry their generation parameters; image to image. API: ``/generate``, with
+diffusers' parameter names. Colour and CLIP guidance and the guidance sweep are
+shown in the Guidance tab (``tabs.guidance_t2i``); ``/generate`` keeps their
+inputs (``colour``, ``colour_scale``, ``colour_every``, ``clip_guidance_scale``)
+for API callers, as hidden controls here.
 """
 
 from __future__ import annotations
@@ -89,15 +91,6 @@ SDXL_HELP = """SDXL was trained on images of every size and crop, and was *told*
 
 Leave a box empty for the diffusers default. diffusers itself takes (height, width) and (top, left); the
 JSON panel shows `add_time_ids` in that order."""
-
-SWEEP_HELP = """### Guidance sweep
-The book's figure: the same prompt and seed at several guidance scales, in one row. The prompt is encoded once
-and the embeddings are reused for every scale; guidance ≤ 1 runs only the conditional half."""
-
-COLOUR_HELP = """The book's exercise 9: every *k* steps, decode the predicted clean image, measure how far its pixels
-are from the target colour, and nudge the latents down the gradient of that loss. Each nudge costs a VAE decode
-and its backward pass, so it is slow on CPU."""
-
 
 GUIDANCE_INFO = "1 = no guidance (one UNet pass per step); 7.5 is typical for SD, 2 for the mini models."
 
@@ -191,26 +184,6 @@ def example_result(**settings):
     return kept, info, preview
 
 
-@model_job
-def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
-                   randomize_seed, width, height, original_size, crops_coords_top_left, target_size,
-                   caller: gr.Request = None, progress=gr.Progress()):
-    """Event handler (API ``/guidance_sweep``): one image per guidance scale, same prompt and seed.
-
-    ``guidance_scales`` is a comma-separated list ("1, 2, 4, 12"). Returns the gallery, the JSON panel
-    (one entry per scale under "sweep"), then the live preview.
-    """
-    preset = txt2img.get_pipeline_preset(model)
-    kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scales=guidance_scales,
-                  num_inference_steps=num_inference_steps, scheduler=scheduler or DEFAULT,
-                  seed=seed_from_box(seed, randomize_seed), width=width, height=height, num_images=1,
-                  original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size,
-                  **_previews_for(caller))
-    kwargs["guidance_scale"] = 1.0  # checked per scale by the sweep
-    txt2img.make_request(preset, **kwargs)
-    yield from _stream(preset, progress, **kwargs)
-
-
 def model_settings(model: str):
     """When the model changes: size bounds and default, steps, guidance (off for Turbo), SDXL box, note."""
     try:
@@ -251,6 +224,42 @@ def model_note(preset) -> str:
     return note
 
 
+def _sdxl_controls(preset):
+    """SDXL's micro-conditioning boxes, in an accordion shown for SDXL: (the accordion, the six boxes by name in
+    ``MICRO_CONDITIONS`` order)."""
+    with gr.Accordion("SDXL micro-conditioning", open=False,
+                      visible=bool(preset and preset.kind == "sdxl")) as sdxl_box:
+        gr.Markdown(SDXL_HELP, elem_classes=["explain"])
+        boxes = {}
+        with gr.Row():
+            for name, label, hint in (("original_size", "original_size (W,H)", "image size"),
+                                      ("crops_coords_top_left", "crops_coords_top_left (x,y)", "0,0"),
+                                      ("target_size", "target_size (W,H)", "image size")):
+                boxes[name] = gr.Textbox("", label=label, placeholder=hint)
+        with gr.Row():
+            for name in ("negative_original_size", "negative_crops_coords_top_left", "negative_target_size"):
+                boxes[name] = gr.Textbox("", label=name, placeholder="same")
+    return sdxl_box, boxes
+
+
+def _image_and_hidden_controls() -> dict:
+    """Image to image (an accordion), then /generate's colour and CLIP guidance inputs, kept for API callers but
+    hidden: the Guidance tab shows them. By ``generate``'s parameter names, in its order."""
+    with gr.Accordion("Image to image", open=False):
+        gr.Markdown("Upload an image: the VAE encodes it, noise is added up to `strength`, and the loop "
+                    "starts part-way through the schedule (strength 1 ignores the image, 0 keeps it).")
+        controls = {"image": gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"]),
+                    "strength": gr.Slider(0, 1, value=0.6, step=0.05, label="Strength")}
+    controls.update(
+        colour=gr.ColorPicker(value="#1f4fd1", label="Target colour", visible=False),
+        colour_scale=gr.Slider(0, txt2img.MAX_COLOUR_SCALE, value=0, step=10, label="Colour loss scale (0 = off)",
+                               visible=False),
+        colour_every=gr.Slider(1, 10, value=5, step=1, label="Every k steps", visible=False),
+        clip_guidance_scale=gr.Slider(0, txt2img.MAX_CLIP_GUIDANCE, value=0, step=5,
+                                      label="CLIP guidance scale (0 = off)", visible=False))
+    return controls
+
+
 def build() -> Form:
     """The tab's layout and events; returns its form (the named controls that history and links fill)."""
     gr.Markdown(INTRO, elem_classes=["explain"], elem_id="t2i-intro")
@@ -258,13 +267,10 @@ def build() -> Form:
     first = choices[0] if choices else None
     preset = txt2img.get_pipeline_preset(first) if first else None
     low, high = txt2img.size_limits(preset) if preset else (64, 1024)
-    size = txt2img.start_size(preset) if preset else 512
-    steps = txt2img.default_steps(preset) if preset else 30
-    steps_max = txt2img.max_steps(preset) if preset else txt2img.MAX_STEPS
+    size, steps_max = (txt2img.start_size(preset), txt2img.max_steps(preset)) if preset else (512, txt2img.MAX_STEPS)
+    steps, guidance = (txt2img.default_steps(preset), txt2img.default_guidance(preset)) if preset else (30, 7.5)
     guidance_on = txt2img.guidance_allowed(preset) if preset else True
-    guidance = txt2img.default_guidance(preset) if preset else 7.5
     mini = bool(preset and not preset.is_hub)
-
     with gr.Row():
         with gr.Column(scale=1):
             model = gr.Dropdown(choices, value=first, label="Model", elem_id="t2i-model",
@@ -291,45 +297,15 @@ def build() -> Form:
                 width = gr.Slider(low, high, value=size, step=8, label="Width")
                 height = gr.Slider(low, high, value=size, step=8, label="Height")
             num_images = gr.Slider(1, txt2img.MAX_IMAGES, value=1, step=1, label="Number of images")
-            with gr.Accordion("SDXL micro-conditioning", open=False,
-                              visible=bool(preset and preset.kind == "sdxl")) as sdxl_box:
-                gr.Markdown(SDXL_HELP, elem_classes=["explain"])
-                with gr.Row():
-                    original_size = gr.Textbox("", label="original_size (W,H)", placeholder="image size")
-                    crops_coords_top_left = gr.Textbox("", label="crops_coords_top_left (x,y)", placeholder="0,0")
-                    target_size = gr.Textbox("", label="target_size (W,H)", placeholder="image size")
-                with gr.Row():
-                    negative_original_size = gr.Textbox("", label="negative_original_size", placeholder="same")
-                    negative_crops_coords_top_left = gr.Textbox("", label="negative_crops_coords_top_left",
-                                                                placeholder="same")
-                    negative_target_size = gr.Textbox("", label="negative_target_size", placeholder="same")
-            with gr.Accordion("Image to image", open=False):
-                gr.Markdown("Upload an image: the VAE encodes it, noise is added up to `strength`, and the loop "
-                            "starts part-way through the schedule (strength 1 ignores the image, 0 keeps it).")
-                image = gr.Image(label="Start image", type="filepath", sources=["upload", "clipboard"])
-                strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength")
-            with gr.Accordion("Colour guidance", open=False):
-                gr.Markdown(COLOUR_HELP, elem_classes=["explain"])
-                with gr.Row():
-                    colour = gr.ColorPicker(value="#1f4fd1", label="Target colour")
-                    colour_scale = gr.Slider(0, txt2img.MAX_COLOUR_SCALE, value=0, step=10,
-                                             label="Colour loss scale (0 = off)")
-                    colour_every = gr.Slider(1, 10, value=5, step=1, label="Every k steps")
-                clip_guidance_scale = gr.Slider(0, txt2img.MAX_CLIP_GUIDANCE, value=0, step=5,
-                                                label="CLIP guidance scale (0 = off): a CLIP image model judges "
-                                                      "each step's decoded x0 against the prompt")
+            sdxl_box, micro = _sdxl_controls(preset)
+            extra = _image_and_hidden_controls()
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="t2i-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop", scale=1)
             form = Form("txt2img", dict(
                 model=model, prompt=prompt, negative=negative_prompt, guidance=guidance_scale,
                 steps=num_inference_steps, scheduler=scheduler, seed=seed, randomize=randomize_seed, width=width,
-                height=height, images=num_images, original_size=original_size,
-                crops_coords_top_left=crops_coords_top_left, target_size=target_size,
-                negative_original_size=negative_original_size,
-                negative_crops_coords_top_left=negative_crops_coords_top_left,
-                negative_target_size=negative_target_size, strength=strength, colour=colour,
-                colour_scale=colour_scale, colour_every=colour_every, clip_guidance_scale=clip_guidance_scale),
+                height=height, images=num_images, **micro, **{k: v for k, v in extra.items() if k != "image"}),
                 run_id="t2i-generate",
                 follow=("model", model_settings, [guidance_scale, num_inference_steps, width, height, sdxl_box, note]))
             form.add_link_button("t2i")
@@ -346,24 +322,11 @@ def build() -> Form:
                 label="Prompts the mini models know (colour + clothing; try the negative prompt 'red')")
     gr.Examples(EXAMPLES, inputs=[prompt, negative_prompt], label="The book's prompts (for SD 1.5 and SDXL)")
 
-    gr.Markdown(SWEEP_HELP)
-    with gr.Row():
-        guidance_scales = gr.Textbox(value="1, 2, 4, 12", label="Guidance scales (comma-separated)", scale=3)
-        sweep = gr.Button("Run the sweep", scale=1, elem_id="t2i-sweep")
-    sweep_gallery = gr.Gallery(label="Guidance sweep", format="png", columns=4, height="auto", interactive=False,
-                               elem_id="t2i-sweep-gallery")
-    with gr.Row():
-        sweep_preview = gr.Image(label="Live preview", interactive=False, height=192)
-        sweep_info = gr.JSON(label="Sweep details")
-
-    settings_outputs = [guidance_scale, num_inference_steps, width, height, sdxl_box, note]
     # .input (the user's choice), not .change: a model restored from the history or a link comes with its settings.
-    model.input(model_settings, model, settings_outputs, api_visibility="private", queue=False)
+    model.input(model_settings, model, form.follow[2], api_visibility="private", queue=False)
 
     inputs = [prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
-              width, height, num_images, original_size, crops_coords_top_left, target_size,
-              negative_original_size, negative_crops_coords_top_left, negative_target_size, image, strength,
-              colour, colour_scale, colour_every, clip_guidance_scale]
+              width, height, num_images, *micro.values(), *extra.values()]
     event = run.click(generate, inputs, [gallery, info, preview], api_name="generate", **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
     # Enter in the prompt box runs the same job; Stop cancels it at the next step and frees the queue.
@@ -371,12 +334,7 @@ def build() -> Form:
     enter.success(show_used_seed, info, seed, api_visibility="private", queue=False)
     form.record([event, enter], gallery, info, lambda s: f"seed {s['seed']} · {s['prompt']}")
 
-    sweep_inputs = [prompt, negative_prompt, model, guidance_scales, num_inference_steps, scheduler, seed,
-                    randomize_seed, width, height, original_size, crops_coords_top_left, target_size]
-    sweep_event = sweep.click(guidance_sweep, sweep_inputs, [sweep_gallery, sweep_info, sweep_preview],
-                              api_name="guidance_sweep", **COMPUTE)
-    sweep_event.success(show_used_seed, sweep_info, seed, api_visibility="private", queue=False)
-    stop.click(None, None, None, cancels=[event, enter, sweep_event], api_visibility="private", queue=False)
+    stop.click(None, None, None, cancels=[event, enter], api_visibility="private", queue=False)
     if first:
         show_on_arrival(example_result, dict(zip(GENERATE_ARGS, [c.value for c in inputs[:len(GENERATE_ARGS)]])),
                         [gallery, info, preview])

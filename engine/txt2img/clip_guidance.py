@@ -153,3 +153,19 @@ def make_clip_guidance(pipe, preset, prompt: str, num_images: int, scale: float)
 
     encoder = loader.load(image_encoder_preset(preset), device=str(pipe.unet.device))
     return ClipGuidanceStep(pipe.vae, encoder, prompt_clip_embeds(pipe, encoder, prompt, num_images), scale)
+
+
+@torch.no_grad()
+def clip_scores(pipe, preset, prompt: str, images) -> list[float]:
+    """The CLIP score (cosine similarity) of each finished picture with the prompt, by the image model CLIP
+    guidance follows: ``images`` [B, H, W, 3] in [0, 1] (numpy, as ``Result.images``) -> B floats. The Guidance
+    tab scores every panel with it, guided or not; ``UserError`` when the preset has no CLIP image model."""
+    import numpy as np
+
+    from engine import loader
+
+    device = pipe.unet.device
+    encoder = loader.load(image_encoder_preset(preset), device=str(device))
+    pictures = torch.from_numpy(np.asarray(images, dtype=np.float32)).permute(0, 3, 1, 2).to(device)
+    text_embeds = prompt_clip_embeds(pipe, encoder, prompt, len(pictures))
+    return (encoder.embed_images(pictures) * text_embeds.to(device)).sum(-1).tolist()
