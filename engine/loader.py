@@ -41,6 +41,7 @@ LOADERS: dict[str, str] = {
     "vae": "engine.loader:_load_vae",
     "sd": "engine.loader:_load_sd",
     "sdxl": "engine.loader:_load_sdxl",
+    "sdxl-refiner": "engine.loader:_load_sdxl_refiner",
     "class-unet": "engine.fashion.sampling:load_class_unet",
     "classifier": "engine.fashion.judge:load_classifier",
     "noisy-classifier": "engine.fashion.classifier:load_noisy_classifier",
@@ -221,12 +222,12 @@ def _load_vae(preset: Preset, device: str, dtype: torch.dtype, local_only: bool)
     return vae.to(device).eval()
 
 
-def _load_pipeline(cls, preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
-    kwargs = _pretrained_kwargs(preset, local_only)
+def _load_pipeline(cls, preset: Preset, device: str, dtype: torch.dtype, local_only: bool, **components):
+    kwargs = {**_pretrained_kwargs(preset, local_only), **components}
     if preset.variant:
         kwargs["variant"] = preset.variant
     vae_repo = preset.options.get("vae")
-    if vae_repo:
+    if vae_repo and "vae" not in components:
         AutoencoderKL = _import("diffusers").AutoencoderKL
         kwargs["vae"] = AutoencoderKL.from_pretrained(vae_repo, dtype=dtype, local_files_only=local_only)
     pipe = cls.from_pretrained(preset.source, dtype=dtype, **kwargs)
@@ -240,6 +241,16 @@ def _load_sd(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
 
 def _load_sdxl(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
     return _load_pipeline(_import("diffusers").StableDiffusionXLPipeline, preset, device, dtype, local_only)
+
+
+def _load_sdxl_refiner(preset: Preset, device: str, dtype: torch.dtype, local_only: bool):
+    """SDXL's refiner as a ``StableDiffusionXLImg2ImgPipeline`` that shares its paired base's ``text_encoder_2``,
+    ``tokenizer_2`` and VAE (the base is loaded, or reused, through ``load``): the refiner works in the base's
+    latent space (Podell et al. 2023, §2.5), and the shared parts are neither downloaded nor held twice."""
+    base = load(get_preset(preset.options["base"], "sdxl"), device=device, dtype=dtype)
+    shared = {"text_encoder_2": base.text_encoder_2, "tokenizer_2": base.tokenizer_2, "vae": base.vae}
+    return _load_pipeline(_import("diffusers").StableDiffusionXLImg2ImgPipeline, preset, device, dtype, local_only,
+                          **shared)
 
 
 # ----------------------------------------------------------------------------

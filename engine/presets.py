@@ -12,7 +12,9 @@ Required keys: ``name``, ``kind`` and exactly one of ``repo`` (a hub repo id)
 or ``path`` (a folder, relative to the repository root or absolute). Optional:
 ``subfolder``, ``variant``, ``dtype``; any other key (``min_size``,
 ``max_size``, ``vae``, ``description``...) is kept in ``options`` for the
-engine part that uses that kind.
+engine part that uses that kind. An ``sdxl-refiner`` preset (SDXL's second
+stage, ``engine.txt2img.refiner``) names the ``sdxl`` preset it pairs with in
+``base``: it shares that model's ``text_encoder_2`` and VAE.
 
 A pipeline preset (``sd``, ``sdxl``) also counts as a ``vae`` preset (its
 ``vae`` subfolder) and as a ``tokenizer`` preset (``tokenizer``, and for SDXL
@@ -42,7 +44,7 @@ TOKENIZER_DIRS = {
 }
 ENV_VAR = "EXPLORER_MODELS"
 
-KINDS = ("sd", "sdxl", "vae", "tokenizer", "class-unet", "classifier", "noisy-classifier")
+KINDS = ("sd", "sdxl", "sdxl-refiner", "vae", "tokenizer", "class-unet", "classifier", "noisy-classifier")
 PIPELINE_KINDS = ("sd", "sdxl")
 _KNOWN_KEYS = {"name", "kind", "repo", "path", "subfolder", "variant", "dtype"}
 
@@ -110,6 +112,8 @@ def parse_presets(entries: object, base: Path, origin: str) -> list[Preset]:
         for key in ("repo", "path", "subfolder", "variant", "dtype"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
                 raise ValueError(f"{where} ({name}): '{key}' must be a string.")
+        if kind == "sdxl-refiner" and not isinstance(entry.get("base"), str):
+            raise ValueError(f"{where} ({name}): a refiner needs 'base', the name of the SDXL preset it refines.")
         presets.append(
             Preset(
                 name=name.strip(),

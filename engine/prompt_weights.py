@@ -106,10 +106,12 @@ def _providers(pipe, kind: str) -> list:
     state; SDXL's penultimate hidden states, not normalised (as ``StableDiffusionXLPipeline``)."""
     from compel import DownweightMode, EmbeddingsProvider, ReturnedEmbeddingsType
 
-    if kind != "sdxl":
+    penultimate = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+    if kind == "sdxl-refiner":  # the refiner reads the second encoder only
+        pairs = [(pipe.tokenizer_2, pipe.text_encoder_2, penultimate)]
+    elif kind != "sdxl":
         pairs = [(pipe.tokenizer, pipe.text_encoder, ReturnedEmbeddingsType.LAST_HIDDEN_STATES_NORMALIZED)]
     else:
-        penultimate = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
         pairs = [(pipe.tokenizer, pipe.text_encoder, penultimate), (pipe.tokenizer_2, pipe.text_encoder_2, penultimate)]
     return [EmbeddingsProvider(tokenizer, encoder, truncate=True, downweight_mode=DownweightMode.MASK,
                                returned_embeddings_type=returned, device=encoder.device)

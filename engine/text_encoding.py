@@ -56,6 +56,18 @@ def encode_sdxl(tokenizers: dict, text_encoder, text_encoder_2, texts: list[str]
     return torch.cat([hidden_1, out_2.hidden_states[-2]], dim=-1), out_2.text_embeds
 
 
+@torch.no_grad()
+def encode_sdxl_refiner(tokenizer_2, text_encoder_2, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SDXL refiner: the second encoder alone, its penultimate hidden state [B, 77, D2] and pooled [B, P].
+
+    The refiner conditions on OpenCLIP bigG only (Podell et al. 2023, §2.5); as
+    ``StableDiffusionXLImg2ImgPipeline.encode_prompt`` when ``text_encoder`` is None.
+    """
+    ids_2 = tokenize(tokenizer_2, texts).to(text_encoder_2.device)
+    out_2 = text_encoder_2(ids_2, output_hidden_states=True)
+    return out_2.hidden_states[-2], out_2.text_embeds
+
+
 def add_time_ids(original_size, crops_coords_top_left, target_size) -> torch.Tensor:
     """SDXL's six numbers per image [B, 6] float32: (orig h, orig w, crop top, crop left, target h, target w).
 
@@ -85,6 +97,24 @@ def get_add_time_ids(unet, original_size, crops_coords_top_left, target_size, dt
     if passed != expected:
         raise ValueError(f"This SDXL UNet expects an added embedding of {expected} numbers, but the time ids and "
                          f"pooled text make {passed}: the model's configs do not match.")
+    return time_ids.to(dtype)
+
+
+def get_refiner_add_time_ids(unet, original_size, crops_coords_top_left, aesthetic_score: float, dtype,
+                             text_encoder_projection_dim: int) -> torch.Tensor:
+    """The SDXL refiner's micro-conditioning for one image, [1, 5] in ``dtype``: (orig h, orig w, crop top,
+    crop left, aesthetic score), checked against the UNet.
+
+    The refiner swaps the target size for an aesthetic score (0-10, LAION's aesthetic predictor), so a high
+    score asks for the look of the best-rated training pictures (Podell et al. 2023, §2.5). As diffusers'
+    ``StableDiffusionXLImg2ImgPipeline._get_add_time_ids`` with ``requires_aesthetics_score=True``.
+    """
+    time_ids = torch.tensor([list(original_size) + list(crops_coords_top_left) + [float(aesthetic_score)]])
+    passed = unet.config.addition_time_embed_dim * time_ids.shape[1] + text_encoder_projection_dim
+    expected = unet.add_embedding.linear_1.in_features
+    if passed != expected:
+        raise ValueError(f"This refiner UNet expects an added embedding of {expected} numbers, but the five time "
+                         f"ids (with the aesthetic score) and pooled text make {passed}: its configs do not match.")
     return time_ids.to(dtype)
 
 
@@ -134,6 +164,11 @@ def encode_text(pipe, kind: str, text: str) -> tuple[torch.Tensor, torch.Tensor 
     SDXL's pooled embedding is always the plain prompt's.
     """
     weighted = prompt_weights.parse(text)
+    if kind == "sdxl-refiner":
+        hidden, pooled = encode_sdxl_refiner(pipe.tokenizer_2, pipe.text_encoder_2, [weighted.text])
+        if weighted.weighted:
+            hidden = prompt_weights.encode_weighted(pipe, kind, weighted)
+        return hidden, pooled
     if kind != "sdxl":
         if weighted.weighted:
             return prompt_weights.encode_weighted(pipe, kind, weighted), None
@@ -151,15 +186,16 @@ def encode_prompt(pipe, kind: str, prompt: str, negative_prompt: str = "", do_cl
     An empty negative prompt is the unconditional input: the embedding of ""
     for SD; for SDXL presets with ``force_zeros_for_empty_prompt`` (SDXL base)
     a tensor of zeros, as diffusers does. Returns embeddings repeated
-    ``num_images_per_prompt`` times along the batch.
+    ``num_images_per_prompt`` times along the batch. ``kind`` "sdxl-refiner": the second encoder only.
     """
     # SDXL's two tokenizers split text the same way (only their padding differs): one check is enough.
-    warnings = [note for note in (truncation_warning(pipe.tokenizer, prompt_weights.parse(prompt).text, "prompt"),
-                                  truncation_warning(pipe.tokenizer, prompt_weights.parse(negative_prompt or "").text,
+    tokenizer = pipe.tokenizer if kind != "sdxl-refiner" else pipe.tokenizer_2
+    warnings = [note for note in (truncation_warning(tokenizer, prompt_weights.parse(prompt).text, "prompt"),
+                                  truncation_warning(tokenizer, prompt_weights.parse(negative_prompt or "").text,
                                                      "negative prompt"))
                 if note]
     n = num_images_per_prompt
-    if kind != "sdxl":
+    if kind not in ("sdxl", "sdxl-refiner"):
         dtype = pipe.text_encoder.dtype
         prompt_embeds = encode_text(pipe, kind, prompt)[0].to(dtype).repeat(n, 1, 1)
         negative_embeds = None

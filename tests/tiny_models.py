@@ -124,6 +124,35 @@ def tiny_sdxl_components() -> dict:
     }
 
 
+def tiny_sdxl_refiner_unet():
+    """A tiny SDXL refiner UNet: cross-attention on the second encoder only (32 wide), and five time ids
+    (the aesthetic score in place of the target size): 5 * 8 + pooled 32 = 72, as the refiner's config."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(2)
+    return UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=72, cross_attention_dim=32, norm_num_groups=4,
+    )
+
+
+def tiny_sdxl_refiner(base):
+    """A tiny ``StableDiffusionXLImg2ImgPipeline`` refiner for the SDXL pipeline ``base``: its own UNet and
+    scheduler, the base's ``text_encoder_2``, ``tokenizer_2`` and VAE (as diffusers' refiner example)."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+
+    scheduler = EulerDiscreteScheduler.from_config(base.scheduler.config)
+    pipe = StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae, text_encoder=None, text_encoder_2=base.text_encoder_2, tokenizer=None,
+        tokenizer_2=base.tokenizer_2, unet=tiny_sdxl_refiner_unet(), scheduler=scheduler,
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def save_tiny_sd(path: Path) -> Path:
     from diffusers import StableDiffusionPipeline
 

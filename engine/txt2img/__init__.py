@@ -8,6 +8,7 @@ the style of diffusers' ``StableDiffusionPipeline.__call__`` and
 * ``engine.text_encoding`` (shared with the mini models' training): ``encode_prompt``, ``get_add_time_ids``.
 * ``loop``: ``prepare_latents``, the conditioning batch, and ``denoise``, with classifier-free guidance.
 * ``clip_guidance``: CLIP guidance, a step callback for ``denoise``.
+* ``refiner``: SDXL's refiner, the expert for the end of the schedule (``denoising_end``, Podell et al. 2023, §2.5).
 * ``latents``: img2img's starting latents, the live preview, ``decode_latents``.
 * ``info``: the run's JSON and the PNG settings.
 * ``pipeline``: ``text_to_image``, the numbered steps in order.
@@ -24,16 +25,18 @@ VAE and in [0, 1] after post-processing.
 # names (torch, diffusers) resolve on first use, after engine.imports.import_engine (PEP 562 ``__getattr__``).
 import importlib
 
-from engine.txt2img.request import (MAX_CLIP_GUIDANCE, MAX_COLOUR_SCALE, MAX_IMAGES, MAX_STEPS, SWEEP_DEFAULT, Request,
-                                    default_guidance, default_steps, get_pipeline_preset, guidance_allowed,
-                                    make_request, max_steps, pipeline_presets, size_limits, start_size)
+from engine.txt2img.request import (DEFAULT_DENOISING_END, DENOISING_END_UI, MAX_CLIP_GUIDANCE, MAX_COLOUR_SCALE,
+                                    MAX_IMAGES, MAX_STEPS, NO_REFINER, SWEEP_DEFAULT, Request, default_guidance,
+                                    default_steps, get_pipeline_preset, guidance_allowed, make_request, max_steps,
+                                    pipeline_presets, refiner_choices, size_limits, start_size)
 
 _LOOP_NAMES = {"Result": "engine.txt2img.info", "gpu_seconds": "engine.txt2img.pipeline",
                "run_to_end": "engine.txt2img.pipeline", "text_to_image": "engine.txt2img.pipeline"}
 
-__all__ = ["MAX_CLIP_GUIDANCE", "MAX_COLOUR_SCALE", "MAX_IMAGES", "MAX_STEPS", "SWEEP_DEFAULT", "Request", "Result", "default_guidance",
-           "default_steps", "get_pipeline_preset", "gpu_seconds", "guidance_allowed", "make_request", "max_steps",
-           "pipeline_presets", "run_to_end", "size_limits", "start_size", "text_to_image"]
+__all__ = ["DEFAULT_DENOISING_END", "DENOISING_END_UI", "MAX_CLIP_GUIDANCE", "MAX_COLOUR_SCALE", "MAX_IMAGES",
+           "MAX_STEPS", "NO_REFINER", "SWEEP_DEFAULT", "Request", "Result", "default_guidance", "default_steps",
+           "get_pipeline_preset", "gpu_seconds", "guidance_allowed", "make_request", "max_steps", "pipeline_presets",
+           "refiner_choices", "run_to_end", "size_limits", "start_size", "text_to_image"]
 
 
 def __getattr__(name: str):

@@ -59,6 +59,9 @@ def png_settings(preset, request, scheduler, guidance_scale: float) -> dict:
                                                                                   request.colour.every)
     if request.clip_guidance_scale:
         settings["CLIP guidance"] = f"{request.clip_guidance_scale:g}"
+    if request.refiner is not None:  # A1111's names for SDXL's refiner
+        settings["Refiner"] = request.refiner
+        settings["Refiner switch at"] = f"{request.denoising_end:g}"
     return settings
 
 

@@ -10,6 +10,8 @@ call ``pipe(...)``. ``run`` reads like the pipeline's ``__call__``:
 4. Prepare timesteps, 5. prepare latent variables (seeded noise, or the noised image for img2img).
 6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight; colour and
    CLIP guidance (``engine.txt2img.clip_guidance``) are step callbacks.
+   With SDXL's refiner (``engine.txt2img.refiner``), the base runs to ``denoising_end`` and the refiner
+   from there (Podell et al. 2023, §2.5; eDiff-I's expert denoisers, Balaji et al. 2022).
 7. Decode (``decode_latents``): VAE decoder, safety checker, post-processing.
 
 References: Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
@@ -36,6 +38,7 @@ from engine.txt2img.info import Result, RunInfo, png_parameters, run_info
 from engine.txt2img.latents import (decode_latents, encode_image, get_img2img_timesteps, image_to_tensor, numpy_to_pil,
                                     prepare_img2img_latents, preview)
 from engine.txt2img.loop import denoise, prepare_conditioning, prepare_extra_step_kwargs, prepare_latents
+from engine.txt2img.refiner import base_timesteps, load_refiner, prepare_refiner, refiner_info, refiner_loop
 from engine.txt2img.request import Request, make_request
 
 try:  # ZeroGPU on Hugging Face Spaces; off a ZeroGPU Space spaces.GPU returns the function unchanged
@@ -91,18 +94,20 @@ def _oom_message(request: Request) -> str:
 
 
 @gpu(duration=gpu_seconds)
-def text_to_image(pipe, preset, **inputs) -> Iterator[dict | Result]:
+def text_to_image(pipe, preset, refiner_pipe=None, **inputs) -> Iterator[dict | Result]:
     """Text (or image) to image, as a generator: progress dicts, then one ``Result``.
 
     ``inputs`` are ``make_request``'s (diffusers' names: prompt, negative_prompt,
     guidance_scale, num_inference_steps, seed, width, height, ...). Progress
     dicts: {"step", "num_steps", "preview" (PIL, every ``preview_every`` steps,
     else None), "run", "runs"}. With ``guidance_scales`` (the guidance sweep)
-    the loop runs once per scale, same seed, reusing the prompt embeddings.
+    the loop runs once per scale, same seed, reusing the prompt embeddings. With ``refiner`` (a refiner
+    preset's name) the base hands over at ``denoising_end``; ``refiner_pipe`` is that refiner's pipeline
+    when the caller has it already (tests), else it comes from the loader.
     """
     request = make_request(preset, **inputs)
     try:
-        yield from run(pipe, preset, request)
+        yield from run(pipe, preset, request, refiner_pipe)
     except torch.cuda.OutOfMemoryError:
         free_memory()
         raise UserError(_oom_message(request)) from None
@@ -161,9 +166,31 @@ def show_preview(request: Request, index: int, num_steps: int, seconds_since_las
     return index % every == 0 and seconds_since_last >= request.preview_seconds
 
 
-def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int, guides=()):
+def run_stage(pipe, preset, request: Request, unet, scheduler, latents, timesteps, cond, guidance_scale: float,
+              extra_step_kwargs: dict, guides, run_index: int, offset: int, total: int):
+    """One model's stretch of the denoising loop (the whole loop, or the base's or the refiner's share): yields
+    progress dicts numbered ``offset + 1`` .. of ``total``; returns (latents [B, 4, h, w], {"steps", "calls",
+    "seconds", "losses"})."""
+    start, calls, losses, last_preview = time.perf_counter(), 0, {}, -math.inf
+    for state in denoise(unet, scheduler, latents, timesteps, cond, guidance_scale, extra_step_kwargs,
+                         request.colour, pipe.vae, guides):
+        latents, calls, index = state.latents, state.unet_calls, offset + state.index
+        for name, loss in (state.guidance_losses or {}).items():
+            losses.setdefault(f"{name}_loss", []).append(round(loss, 5))
+        show = show_preview(request, index, total, time.perf_counter() - last_preview)
+        if show:
+            last_preview = time.perf_counter()
+        yield {"step": index + 1, "num_steps": total, "run": run_index + 1, "runs": len(request.guidance_scales),
+               "preview": preview(pipe, preset, state.pred_original, preview_size(request)) if show else None}
+    return latents, {"steps": len(timesteps), "calls": calls, "seconds": round(time.perf_counter() - start, 3),
+                     "losses": losses}
+
+
+def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int, guides=(),
+                    refiner=None):
     """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``. ``guides``: the step
-    callbacks of model-based guidance (CLIP) for ``denoise``."""
+    callbacks of model-based guidance (CLIP) for ``denoise``. With a ``refiner`` (``engine.txt2img.refiner``)
+    the base stops at ``request.denoising_end`` and the refiner denoises the rest (Podell et al. 2023, §2.5)."""
     unet = pipe.unet
     g = request.guidance_scales[run_index]
     do_cfg = g > 1 and unet.config.time_cond_proj_dim is None
@@ -175,35 +202,39 @@ def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tens
     timesteps, latents = prepare_timesteps_and_latents(pipe, preset.kind, request, scheduler, generator,
                                                        embeds.prompt_embeds.dtype, image_tensor)
     extra_step_kwargs = prepare_extra_step_kwargs(scheduler, generator)
+    refine = refiner_loop(refiner, request, g) if refiner is not None else None
+    if refine is not None:  # 5.1 Apply denoising_end: the base's share of the schedule
+        timesteps = base_timesteps(scheduler, timesteps, request.denoising_end)
+    total = len(timesteps) + (len(refine["timesteps"]) if refine is not None else 0)
 
-    # 6. Denoising loop
-    start, calls, losses, last_preview = time.perf_counter(), 0, {}, -math.inf
-    for state in denoise(unet, scheduler, latents, timesteps, cond, g, extra_step_kwargs, request.colour, pipe.vae,
-                         guides):
-        latents, calls = state.latents, state.unet_calls
-        for name, loss in (state.guidance_losses or {}).items():
-            losses.setdefault(f"{name}_loss", []).append(round(loss, 5))
-        show = show_preview(request, state.index, state.num_steps, time.perf_counter() - last_preview)
-        if show:
-            last_preview = time.perf_counter()
-        yield {"step": state.index + 1, "num_steps": state.num_steps, "run": run_index + 1,
-               "runs": len(request.guidance_scales),
-               "preview": preview(pipe, preset, state.pred_original, preview_size(request)) if show else None}
-    loop_seconds = time.perf_counter() - start
+    # 6. Denoising loop (with a refiner: the base from T down to the switch point)
+    latents, base = yield from run_stage(pipe, preset, request, unet, scheduler, latents, timesteps, cond, g,
+                                         extra_step_kwargs, guides, run_index, 0, total)
+    stages = [base]
+    if refine is not None:  # 6.1 The refiner, from the switch point to t = 0, on the base's latents as they are
+        latents, refined = yield from run_stage(pipe, preset, request, refine["unet"], refine["scheduler"], latents,
+                                                refine["timesteps"], refine["cond"], g, refine["extra_step_kwargs"],
+                                                guides, run_index, len(timesteps), total)
+        stages.append(refined)
 
-    # 7. Decode
+    # 7. Decode (the VAE is the base's; a refiner shares it)
     images, has_nsfw = decode_latents(pipe, preset.kind, latents)
-    info = {"guidance_scale": g, "classifier_free_guidance": do_cfg, "timesteps": len(timesteps),
-            "unet_calls": calls, "unet_batch": (2 if do_cfg else 1) * request.num_images,
-            "loop_seconds": round(loop_seconds, 3)}
+    info = {"guidance_scale": g, "classifier_free_guidance": do_cfg, "timesteps": total,
+            "unet_calls": sum(s["calls"] for s in stages), "unet_batch": (2 if do_cfg else 1) * request.num_images,
+            "loop_seconds": round(sum(s["seconds"] for s in stages), 3)}
     if has_nsfw is not None:
         info["nsfw_filtered"] = has_nsfw
-    info.update(losses)  # colour_loss, clip_loss: one value per guided step
+    for stage in stages:  # colour_loss, clip_loss: one value per guided step
+        for name, values in stage["losses"].items():
+            info.setdefault(name, []).extend(values)
+    if refine is not None:
+        info["refiner"] = refiner_info(refiner, request, refine, base, refined)
     return RunInfo(images=images, info=info, scheduler=scheduler)
 
 
-def run(pipe, preset, request: Request) -> Iterator[dict | Result]:
-    """The whole request, in the pipeline's numbered steps; yields progress dicts, then a ``Result``."""
+def run(pipe, preset, request: Request, refiner_pipe=None) -> Iterator[dict | Result]:
+    """The whole request, in the pipeline's numbered steps; yields progress dicts, then a ``Result``.
+    ``refiner_pipe``: the refiner's pipeline, when the caller has it (else the loader's, by the request's name)."""
     start = time.perf_counter()
 
     # 2. Encode input prompt (once, even for a sweep)
@@ -222,11 +253,17 @@ def run(pipe, preset, request: Request) -> Iterator[dict | Result]:
     clip = make_clip_guidance(pipe, preset, request.prompt, request.num_images, request.clip_guidance_scale)
     guides = [clip] if clip is not None else []
 
+    # SDXL's refiner (loaded on first use, sharing the base's text_encoder_2 and VAE): its prompt and time ids, once
+    refiner = None
+    if request.refiner is not None:
+        refiner_pipe = refiner_pipe if refiner_pipe is not None else load_refiner(preset, request.refiner)
+        refiner = prepare_refiner(refiner_pipe, request.refiner, request)
+
     # 4-7, once per guidance scale
     runs = []
     for run_index in range(len(request.guidance_scales)):
         runs.append((yield from denoise_one_run(pipe, preset, request, embeds, time_ids, image_tensor, run_index,
-                                                guides)))
+                                                guides, refiner)))
 
     images = np.concatenate([r.images for r in runs])
     info = run_info(preset, request, runs, pipe.unet, time.perf_counter() - start, embeds.warnings, *time_ids)

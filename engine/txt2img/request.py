@@ -37,6 +37,9 @@ SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
 MAX_SWEEP = 8
 MAX_COLOUR_SCALE = 1000.0
 MAX_CLIP_GUIDANCE = 1000.0
+DEFAULT_DENOISING_END = 0.8  # SDXL's refiner takes over for the last 20% of the noise (Podell et al. 2023, §2.5)
+DENOISING_END_UI = (0.6, 0.95)  # the tab's slider; the engine takes any fraction strictly between 0 and 1
+NO_REFINER = "none"
 MICRO_CONDITIONS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
                     "negative_crops_coords_top_left", "negative_target_size")
 
@@ -57,7 +60,9 @@ class Request:
     or the guidance sweep. ``micro_conditioning`` (SDXL only) maps each name of ``MICRO_CONDITIONS`` to a
     pair in diffusers' order or None; ``image`` and ``strength`` make it img2img. Live previews come every
     ``preview_every`` steps (0: none), and at least ``preview_seconds`` of wall-clock time apart (0: no pacing),
-    always including the last step. ``clip_guidance_scale`` > 0 turns on CLIP guidance (0: off)."""
+    always including the last step. ``clip_guidance_scale`` > 0 turns on CLIP guidance (0: off). ``refiner``
+    (an ``sdxl-refiner`` preset's name, or None) takes over at ``denoising_end`` (a fraction of the schedule, in
+    (0, 1)), with the aesthetic scores of its time ids (``engine.txt2img.refiner``)."""
 
     prompt: str
     negative_prompt: str
@@ -76,6 +81,10 @@ class Request:
     preview_every: int = 1
     preview_seconds: float = 0.0
     clip_guidance_scale: float = 0.0
+    refiner: str | None = None
+    denoising_end: float = DEFAULT_DENOISING_END
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
 
 
 # ----------------------------------------------------------------------------
@@ -128,6 +137,25 @@ def get_pipeline_preset(name: str):
             return p
     choices = ", ".join(repr(p.name) for p in presets) or "none"
     raise UserError(f"Unknown model {name!r}. Choose one of: {choices}.")
+
+
+def refiner_presets(preset) -> list:
+    """The ``sdxl-refiner`` presets paired with this pipeline preset (their ``base`` names it)."""
+    return [p for p in presets_for("sdxl-refiner") if p.options.get("base") == preset.name]
+
+
+def refiner_choices(preset) -> list[str]:
+    """The tab's refiner choices for a model: "none", then the refiners paired with it."""
+    return [NO_REFINER] + [p.name for p in refiner_presets(preset)]
+
+
+def get_refiner_preset(preset, name: str):
+    """The refiner called ``name`` paired with ``preset``; ``UserError`` listing the choices otherwise."""
+    for p in refiner_presets(preset):
+        if p.name == name:
+            return p
+    choices = ", ".join(repr(n) for n in refiner_choices(preset))
+    raise UserError(f"Unknown refiner {name!r} for '{preset.name}'. Choose one of: {choices}.")
 
 
 # ----------------------------------------------------------------------------
@@ -281,10 +309,27 @@ def check_clip_guidance(clip_guidance_scale) -> float:
     return number_in_range(clip_guidance_scale or 0.0, "clip_guidance_scale", 0, MAX_CLIP_GUIDANCE, " (0 = off)")
 
 
+def check_refiner(preset, refiner, denoising_end, aesthetic_score, negative_aesthetic_score) -> dict:
+    """The refiner's name (None for "none") and its numbers: ``denoising_end`` strictly between 0 and 1, the
+    aesthetic scores from 0 to 10. The numbers are checked even without a refiner (an API caller's values)."""
+    end = number_in_range(denoising_end, "denoising_end", 0, 1, " (the fraction of the schedule the base model "
+                          "runs before the refiner takes over; 0.6-0.95 is typical, 0.8 the default)")
+    if not 0 < end < 1:
+        raise UserError(f"denoising_end must be between 0 and 1, not equal to either (0.8 is the default), "
+                        f"got {denoising_end!r}.")
+    scores = {name: number_in_range(value, name, 0, 10, " (LAION aesthetic scores)")
+              for name, value in (("aesthetic_score", aesthetic_score),
+                                  ("negative_aesthetic_score", negative_aesthetic_score))}
+    name = None if refiner in (None, "", NO_REFINER) else get_refiner_preset(preset, refiner).name
+    return dict(refiner=name, denoising_end=end, **scores)
+
+
 def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_GUIDANCE,
                  num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT, seed=0, width=512, height=512, num_images=1,
                  image=None, strength=None, colour=None, colour_scale=0.0, colour_every=5, preview_every=1,
-                 preview_seconds=0.0, guidance_scales=None, clip_guidance_scale=0.0, **micro_conditioning) -> Request:
+                 preview_seconds=0.0, guidance_scales=None, clip_guidance_scale=0.0, refiner=NO_REFINER,
+                 denoising_end=DEFAULT_DENOISING_END, aesthetic_score=6.0, negative_aesthetic_score=2.5,
+                 **micro_conditioning) -> Request:
     """Check every input of a text-to-image (or img2img, or sweep) request and return it as a ``Request``.
 
     Raises ``UserError`` naming the first bad value. ``micro_conditioning``
@@ -308,10 +353,11 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_G
     scheduler = check_scheduler(scheduler)
     scales = (guidance,) if guidance_scales is None else check_sweep(preset, guidance_scales)
     micro = check_micro_conditioning(width, height, micro_conditioning) if preset.kind == "sdxl" else None
+    refining = check_refiner(preset, refiner, denoising_end, aesthetic_score, negative_aesthetic_score)
     return Request(prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance, num_inference_steps=steps,
                    width=width, height=height, num_images=images, seed=seed, scheduler=scheduler,
                    guidance_scales=scales, micro_conditioning=micro, image=image,
                    strength=strength if image is not None else None,
                    colour=check_colour(colour, colour_scale, colour_every), preview_every=int(preview_every or 0),
                    preview_seconds=max(0.0, float(preview_seconds or 0.0)),
-                   clip_guidance_scale=check_clip_guidance(clip_guidance_scale))
+                   clip_guidance_scale=check_clip_guidance(clip_guidance_scale), **refining)
