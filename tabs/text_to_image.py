@@ -146,13 +146,15 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
              width, height, num_images, original_size, crops_coords_top_left, target_size,
              negative_original_size, negative_crops_coords_top_left, negative_target_size, image=None,
              strength=0.6, colour=None, colour_scale=0.0, colour_every=5, clip_guidance_scale=0.0,
+             refiner=txt2img.NO_REFINER, denoising_end=txt2img.DEFAULT_DENOISING_END,
              caller: gr.Request = None, progress=gr.Progress()):
     """Event handler (API ``/generate``): returns the gallery of PNGs, the JSON panel, then the live preview
     (on the page; None for API callers, see ``shows_live_pictures``).
 
     Sizes for SDXL are "W,H" and crops "x,y" strings (or one number). ``image`` + ``strength``
     make it image to image; ``colour`` ("#rrggbb") + ``colour_scale`` > 0 turn on colour guidance;
-    ``clip_guidance_scale`` > 0 turns on CLIP guidance (the last input, so older positional callers still fit).
+    ``clip_guidance_scale`` > 0 turns on CLIP guidance; ``refiner`` (a refiner preset paired with the model, or
+    "none") takes over at ``denoising_end`` (SDXL's refiner; the last inputs, so older positional callers still fit).
     """
     preset = txt2img.get_pipeline_preset(model)
     init_image, notes = (None, [])
@@ -166,7 +168,8 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
                   negative_crops_coords_top_left=negative_crops_coords_top_left,
                   negative_target_size=negative_target_size, image=init_image, strength=strength,
                   colour=colour, colour_scale=colour_scale, colour_every=colour_every,
-                  clip_guidance_scale=clip_guidance_scale, **_previews_for(caller))
+                  clip_guidance_scale=clip_guidance_scale, refiner=refiner, denoising_end=denoising_end,
+                  **_previews_for(caller))
     txt2img.make_request(preset, **kwargs)
     for gallery, info, preview in _stream(preset, progress, **kwargs):
         if isinstance(info, dict) and notes:
@@ -256,7 +259,11 @@ def _image_and_hidden_controls() -> dict:
                                visible=False),
         colour_every=gr.Slider(1, 10, value=5, step=1, label="Every k steps", visible=False),
         clip_guidance_scale=gr.Slider(0, txt2img.MAX_CLIP_GUIDANCE, value=0, step=5,
-                                      label="CLIP guidance scale (0 = off)", visible=False))
+                                      label="CLIP guidance scale (0 = off)", visible=False),
+        # SDXL's refiner (issue 23), for API callers until its view comes; the engine checks both values
+        refiner=gr.Dropdown(txt2img.refiner_names(), value=txt2img.NO_REFINER, label="Refiner",
+                            allow_custom_value=True, visible=False),
+        denoising_end=gr.Number(value=txt2img.DEFAULT_DENOISING_END, label="denoising_end", visible=False))
     return controls
 
 

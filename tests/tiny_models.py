@@ -169,6 +169,19 @@ def save_tiny_sdxl(path: Path) -> Path:
     return path
 
 
+def save_tiny_sdxl_refiner(path: Path, base_dir: Path) -> Path:
+    """The tiny refiner for the tiny SDXL saved in ``base_dir``: only its UNet, scheduler and model_index.json,
+    as the loader takes ``text_encoder_2``, ``tokenizer_2`` and the VAE from the paired base."""
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+
+    tiny_sdxl_refiner(StableDiffusionXLPipeline.from_pretrained(base_dir)).save_pretrained(path)
+    for shared in ("text_encoder_2", "tokenizer_2", "vae"):
+        shutil.rmtree(Path(path) / shared)
+    return path
+
+
 def save_tiny_vae(path: Path) -> Path:
     tiny_vae().save_pretrained(path)
     return path
@@ -177,7 +190,7 @@ def save_tiny_vae(path: Path) -> Path:
 def write_test_presets(root: Path) -> Path:
     """Save the tiny models under ``root`` and write a presets file for ``EXPLORER_MODELS``.
 
-    Besides the tiny SD, SDXL and VAE, it lists a hub preset whose repo does
+    Besides the tiny SD, SDXL (with its refiner) and VAE, it lists a hub preset whose repo does
     not exist, to check that a broken preset fails politely.
     """
     root = Path(root)
@@ -186,6 +199,8 @@ def write_test_presets(root: Path) -> Path:
          "min_size": 32, "max_size": 256, "default_size": 64},
         {"name": "tiny-SDXL (test)", "kind": "sdxl", "path": str(save_tiny_sdxl(root / "tiny-sdxl")),
          "min_size": 32, "max_size": 256, "default_size": 64},
+        {"name": "tiny-SDXL refiner (test)", "kind": "sdxl-refiner", "base": "tiny-SDXL (test)",
+         "path": str(save_tiny_sdxl_refiner(root / "tiny-sdxl-refiner", root / "tiny-sdxl"))},
         {"name": "tiny-VAE (test)", "kind": "vae", "path": str(save_tiny_vae(root / "tiny-vae"))},
         {"name": "Missing hub model (test)", "kind": "sd", "repo": "explorer-tests/this-repo-does-not-exist"},
     ]

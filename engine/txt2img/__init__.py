@@ -28,7 +28,8 @@ import importlib
 from engine.txt2img.request import (DEFAULT_DENOISING_END, DENOISING_END_UI, MAX_CLIP_GUIDANCE, MAX_COLOUR_SCALE,
                                     MAX_IMAGES, MAX_STEPS, NO_REFINER, SWEEP_DEFAULT, Request, default_guidance,
                                     default_steps, get_pipeline_preset, guidance_allowed, make_request, max_steps,
-                                    pipeline_presets, refiner_choices, size_limits, start_size)
+                                    pipeline_presets, refiner_choices, refiner_names, size_limits,
+                                    start_size)
 
 _LOOP_NAMES = {"Result": "engine.txt2img.info", "gpu_seconds": "engine.txt2img.pipeline",
                "run_to_end": "engine.txt2img.pipeline", "text_to_image": "engine.txt2img.pipeline"}
@@ -36,7 +37,7 @@ _LOOP_NAMES = {"Result": "engine.txt2img.info", "gpu_seconds": "engine.txt2img.p
 __all__ = ["DEFAULT_DENOISING_END", "DENOISING_END_UI", "MAX_CLIP_GUIDANCE", "MAX_COLOUR_SCALE", "MAX_IMAGES",
            "MAX_STEPS", "NO_REFINER", "SWEEP_DEFAULT", "Request", "Result", "default_guidance", "default_steps",
            "get_pipeline_preset", "gpu_seconds", "guidance_allowed", "make_request", "max_steps", "pipeline_presets",
-           "refiner_choices", "run_to_end", "size_limits", "start_size", "text_to_image"]
+           "refiner_choices", "refiner_names", "run_to_end", "size_limits", "start_size", "text_to_image"]
 
 
 def __getattr__(name: str):

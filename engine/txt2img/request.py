@@ -149,6 +149,11 @@ def refiner_choices(preset) -> list[str]:
     return [NO_REFINER] + [p.name for p in refiner_presets(preset)]
 
 
+def refiner_names() -> list[str]:
+    """Every refiner choice of any model: "none", then each ``sdxl-refiner`` preset (``/generate``'s input)."""
+    return [NO_REFINER] + [p.name for p in presets_for("sdxl-refiner")]
+
+
 def get_refiner_preset(preset, name: str):
     """The refiner called ``name`` paired with ``preset``; ``UserError`` listing the choices otherwise."""
     for p in refiner_presets(preset):

@@ -1,4 +1,5 @@
-"""``/generate`` and ``/guidance_sweep`` through gradio_client, on the tiny test presets."""
+"""``/generate`` through gradio_client, on the tiny test presets (``/guidance_sweep``, now in the Guidance tab: in
+test_guidance_api.py)."""
 
 from __future__ import annotations
 
@@ -77,18 +78,6 @@ def test_missing_hub_preset_gives_the_friendly_message(client):
     assert len(_paths(gallery)) == 1
 
 
-def test_guidance_sweep(client):
-    gallery, info, _ = client.predict(prompt=BASE["prompt"], negative_prompt="", model="tiny-SD (test)",
-                                      guidance_scales="1, 4, 12", num_inference_steps=2, scheduler="DDIM", seed=3,
-                                      randomize_seed=False, width=64, height=64, api_name="/guidance_sweep")
-    paths = _paths(gallery)
-    assert len(paths) == 3
-    assert [run["guidance_scale"] for run in info["sweep"]] == [1.0, 4.0, 12.0]
-    assert [run["unet_batch"] for run in info["sweep"]] == [1, 2, 2]
-    cfgs = [parse_parameters(read_parameters(Image.open(p)))["CFG scale"] for p in paths]
-    assert cfgs == ["1", "4", "12"]
-
-
 def test_image_to_image_through_the_api(client, tmp_path):
     from gradio_client import handle_file
 
@@ -152,3 +141,22 @@ def test_clip_guidance_through_the_api(client):
     gallery, info, _ = client.predict(**mini, clip_guidance_scale=10, api_name="/generate")
     assert info["clip_guidance_scale"] == 10 and len(info["clip_loss"]) == info["timesteps"]
     assert not np.array_equal(plain, np.asarray(Image.open(_paths(gallery)[0])))
+
+
+def test_generate_with_the_sdxl_refiner(client):
+    """Issue 23: ``refiner`` and ``denoising_end``, the last inputs of /generate, checked by the engine; the run
+    details give both models' steps and times; the PNG names the refiner."""
+    sdxl = {**BASE, "model": "tiny-SDXL (test)", "num_inference_steps": 5}
+    with pytest.raises(Exception, match="denoising_end must be between 0 and 1"):
+        client.predict(**sdxl, refiner="tiny-SDXL refiner (test)", denoising_end=1.5, api_name="/generate")
+    with pytest.raises(Exception, match="Unknown refiner 'nope'"):
+        client.predict(**sdxl, refiner="nope", api_name="/generate")
+    with pytest.raises(Exception, match="Unknown refiner"):  # paired with tiny-SDXL only
+        client.predict(**BASE, refiner="tiny-SDXL refiner (test)", api_name="/generate")
+    gallery, info, _ = client.predict(**sdxl, refiner="tiny-SDXL refiner (test)", denoising_end=0.8,
+                                      api_name="/generate")
+    details = info["refiner"]
+    assert details["base_steps"] == 4 and details["refiner_steps"] == 1 and info["timesteps"] == 5
+    assert details["base_seconds"] >= 0 and details["refiner_seconds"] >= 0
+    params = parse_parameters(read_parameters(Image.open(_paths(gallery)[0])))
+    assert params["Refiner"] == "tiny-SDXL refiner (test)" and params["Refiner switch at"] == "0.8"

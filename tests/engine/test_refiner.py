@@ -9,7 +9,6 @@ the same pixels within 1e-4.
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -112,15 +111,10 @@ def test_the_refiner_changes_the_picture_and_the_sampler_carries_over(pipes, ref
 def test_the_refiner_loads_through_the_cached_loader_sharing_the_base_parts(tmp_path, monkeypatch):
     """A refiner folder with only its UNet and scheduler loads as a StableDiffusionXLImg2ImgPipeline whose
     text_encoder_2, tokenizer_2 and VAE are the paired base's very objects."""
-    from tests.tiny_models import save_tiny_sdxl, tiny_sdxl_refiner
-
-    from diffusers import StableDiffusionXLPipeline
+    from tests.tiny_models import save_tiny_sdxl, save_tiny_sdxl_refiner
 
     base_dir = save_tiny_sdxl(tmp_path / "tiny-sdxl")
-    tiny = tiny_sdxl_refiner(StableDiffusionXLPipeline.from_pretrained(base_dir))
-    tiny.save_pretrained(tmp_path / "tiny-refiner")
-    for shared in ("text_encoder_2", "tokenizer_2", "vae"):
-        shutil.rmtree(tmp_path / "tiny-refiner" / shared)
+    save_tiny_sdxl_refiner(tmp_path / "tiny-refiner", base_dir)
     presets = tmp_path / "presets.json"
     presets.write_text(json.dumps([
         {"name": "tiny-SDXL (test)", "kind": "sdxl", "path": str(base_dir), "min_size": 32, "max_size": 256},
