@@ -41,6 +41,7 @@ EXAMPLES = [
     ["a blue bag in the top right corner", ""],
     ["a small yellow dress at the bottom", ""],
     ["a green ankle boot", ""],
+    ["a (red:1.5) sneaker", ""],
 ]
 STEP_CHOICES = list(STEP_RANGES)
 LAYER_CHOICES = ["all", "down", "mid", "up"]
@@ -54,7 +55,8 @@ saves most of the compute, because attention grows with the square of the number
 ATTENTION_HELP = """**Where each word lands.** While the loop runs, every cross-attention layer (`attn2`) records
 softmax(QKᵀ/√d): for each latent pixel, how much it reads from each token. Averaged over heads, layers and steps,
 one map per token (DAAM, Tang et al. 2023). Bright = the token steered those pixels. The start token (grey) soaks
-up most attention, as in CLIP. The same seed gives the same image as the text-to-image tab."""
+up most attention, as in CLIP. The same seed gives the same image as the text-to-image tab. A weighted word,
+`(red:1.5)` or `(red:0.5)` (the Guidance tab's prompt weights), takes a visibly larger or smaller share."""
 
 #: Under the maps: how the mini models learned to look where they draw (their model cards have the recipe).
 GROUNDING_NOTE = """*How our toy learned to look where it draws:* while training, the mini models' item and colour

@@ -105,3 +105,23 @@ def test_a_classifier_scale_in_a_link_is_checked():
     bad = links.parse_link({"tab": "class", "classifier_scale": "99"})
     assert "classifier_scale" not in bad.values and "between 0 and 50" in bad.notes[0]
     assert max(hi for _, hi, _ in sampling.STEP_RANGES.values()) == 1000
+
+
+def test_the_guidance_tabs_text_to_image_sections_have_their_own_checked_links():
+    """The Guidance tab's text-to-image panels and negative-prompt pair: ``tab=guidance_t2i`` / ``guidance_neg``
+    open the Guidance tab, CLIP and colour guidance are checked like /generate's inputs."""
+    model = first_model()
+    good = links.parse_link({"tab": "guidance_t2i", "model": model, "prompt": "a red sneaker", "guidance": "2",
+                             "clip_scale": "10", "colour": "#1f4fd1", "colour_scale": "400", "colour_every": "5",
+                             "steps": "20", "seed": "42", "run": "1"})
+    assert good.notes == [] and good.run and links.tab_of(good.tab) == "guidance"
+    assert good.values == {"model": model, "prompt": "a red sneaker", "guidance": 2.0, "clip_scale": 10.0,
+                           "colour": "#1f4fd1", "colour_scale": 400.0, "colour_every": 5, "steps": 20, "seed": 42}
+    bad = links.parse_link({"tab": "guidance_t2i", "colour": "url(x)", "clip_scale": "-3", "colour_scale": "1e9",
+                            "run": "1"})
+    assert bad.values == {} and not bad.run and len(bad.notes) == 3
+    assert "clip\\_guidance\\_scale must be between 0 and 1000" in " ".join(bad.notes)  # escaped for Markdown
+    neg = links.parse_link({"tab": "guidance_neg", "prompt": "a sneaker", "negative": "red", "clip_scale": "3"})
+    assert neg.values == {"prompt": "a sneaker", "negative": "red"} and links.tab_of("guidance_neg") == "guidance"
+    assert "clip\\_scale" in neg.notes[0]
+    assert links.tab_of("txt2img") == "txt2img"

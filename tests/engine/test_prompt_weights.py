@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,6 +62,22 @@ def test_weight_one_gives_the_plain_image(sd_pipe):  # noqa: F811
     plain = ours(sd_pipe, "sd", prompt=PROMPT, guidance_scale=3.0)
     weighted = ours(sd_pipe, "sd", prompt="a (red:1.0) sneaker on a white background", guidance_scale=3.0)
     assert (plain.images == weighted.images).all()
+
+
+def test_weight_one_gives_the_plain_sweep_and_attention_maps(sd_pipe):  # noqa: F811
+    """The guidance sweep and Inside the UNet's maps read weights through the same encoder path: weight 1.0 is
+    the plain prompt's output exactly, in every picture of the sweep and in every map."""
+    from engine.unet.attention import attention_maps
+
+    weighted = "a (red:1.0) sneaker on a white background"
+    plain = ours(sd_pipe, "sd", prompt=PROMPT, guidance_scales=(1, 3), negative_prompt="(dark:1)")
+    one = ours(sd_pipe, "sd", prompt=weighted, guidance_scales=(1, 3), negative_prompt="dark")
+    assert (plain.images == one.images).all()
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=3, seed=0, width=64, height=64)
+    maps = attention_maps(sd_pipe, preset("sd"), prompt=PROMPT, **kwargs)
+    maps_one = attention_maps(sd_pipe, preset("sd"), prompt=weighted, **kwargs)
+    assert maps["json"]["maps"] == maps_one["json"]["maps"] and maps["tokens"] == maps_one["tokens"]
+    assert (np.asarray(maps["image"]) == np.asarray(maps_one["image"])).all()
 
 
 def test_down_weighting_reaches_the_later_tokens(sd_pipe):  # noqa: F811
