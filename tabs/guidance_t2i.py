@@ -31,9 +31,10 @@ MINI = "mini-SD (offline)"
 PANELS = ("none", "classifier-free", "CLIP guidance", "colour guidance")
 # The panels' starting values on mini-SD: g = 2 for the classifier-free panel, 1 (none) for the others; CLIP
 # guidance at about 10 (scripts/eval_clip_guidance.py); colour guidance towards blue, against the prompt's red, so
-# that its pull shows (on seed 42, 2 images: both blue at scale 400 every 5 steps, and at 100 every step).
+# that its pull shows: on seed 42 a clean blue sneaker at scale 100 every 5 steps (at 400, or every step, the
+# picture breaks up; at 30 every step it stays a dark red).
 FIRST = dict(prompt="a red sneaker", guidance_scale=2.0, clip_guidance_scale=10.0, colour="#1f4fd1",
-             colour_scale=400.0, colour_every=5, seed=42)
+             colour_scale=100.0, colour_every=5, seed=42)
 # The negative-prompt pairs: (model, prompt, negative prompt, guidance scale, steps). The hub one runs where the
 # hub is reachable (the Space); elsewhere it answers that the model is not available.
 NEGATIVE_EXAMPLES = [[MINI, "a sneaker", "red", 2.0, 25],
@@ -41,19 +42,20 @@ NEGATIVE_EXAMPLES = [[MINI, "a sneaker", "red", 2.0, 25],
 
 T2I_INTRO = """### Text to image: four ways to steer the same noise
 One prompt, one seed, four runs of the same loop. **None** (g = 1): the conditional noise prediction alone.
-**Classifier-free** (Ho & Salimans 2022): ε = ε(x_t, ∅) + g · (ε(x_t, c) − ε(x_t, ∅)), a second UNet pass per step.
-**CLIP guidance** (Nichol et al. 2021, *GLIDE*, §2.3; diffusers' community pipeline `clip_guided_stable_diffusion`):
-each step decodes the predicted x̂0, a CLIP image model embeds it, and the noise prediction moves along the
-gradient of its distance to the prompt's CLIP text embedding, ε ← ε + √(1 − ᾱ_t) · s · ∇_{x_t} d(CLIP(x̂0), text)
-(classifier guidance with CLIP as the classifier). **Colour guidance** (the book's exercise 9) changes the loss
-instead (as Whitaker's *Stable Diffusion deep dive*): every k steps, x_t ← x_t − σ_t² · s · ∇_{x_t} mean |x̂0 − colour|,
-towards any colour, even against the prompt (blue here). Each panel shows its time and the CLIP
-score (cosine) of its picture with the prompt, by the same CLIP image model: on mini-SD a small tower we trained
-against its frozen text encoder, so the score is a toy judge too."""
+**Classifier-free** (Ho & Salimans 2022): `ε = ε(x_t, ∅) + g · (ε(x_t, c) − ε(x_t, ∅))`, a second UNet pass per
+step. **CLIP guidance** (Nichol et al. 2021, *GLIDE*; diffusers' community pipeline
+`clip_guided_stable_diffusion`): each step decodes the predicted x̂0, a CLIP image model embeds it, and the noise
+prediction moves along the gradient of its distance to the prompt's CLIP text embedding,
+`ε ← ε + √(1 − ᾱ_t) · s · ∇ d(CLIP(x̂0), text)`: classifier guidance with CLIP as the classifier, one VAE decode and
+its backward pass per step. **Colour guidance** (the book's exercise 9, after Whitaker's *Stable Diffusion deep
+dive*) changes the loss instead: every k steps, `x_t ← x_t − σ_t² · s · ∇ mean|x̂0 − colour|`, towards any
+colour, even against the prompt (blue here). Each panel shows its loop's time and the CLIP score (cosine) of its
+picture with the prompt, by the same CLIP image model: on mini-SD a small tower we trained against its frozen text
+encoder, so the score is a toy judge too."""
 
 NEGATIVE_INTRO = """### Negative prompts (exercises 6 and 7)
 Classifier-free guidance pushes away from its unconditional prediction; a negative prompt *replaces* the empty
-prompt there: ε = ε(x_t, neg) + g · (ε(x_t, c) − ε(x_t, neg)). So "a sneaker" with the negative "red" steers
+prompt there: `ε = ε(x_t, neg) + g · (ε(x_t, c) − ε(x_t, neg))`. So "a sneaker" with the negative "red" steers
 away from red, and needs g > 1 to act at all. The book's example, "a dog wearing a white hat" with the negative
 "a white hat", is for SD 1.5 and runs where the model hub is reachable."""
 
