@@ -318,11 +318,16 @@ def train_clip(args) -> dict:
     return info
 
 
-def load_text_encoders(args, device: str):
+def load_text_encoders(args, device: str, sdxl: bool = True):
+    """The frozen shipped text encoders a UNet stage trains against: mini-SDXL's pair, or for mini-SD
+    (``sdxl=False``) its own ``text_encoder`` (the two folders' first encoders may differ: mini-SD's was
+    retrained on positioned captions, mini-SDXL's was not) and no second one."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    shipped = args.assets / "mini-sdxl"
+    shipped = args.assets / ("mini-sdxl" if sdxl else "mini-sd")
     te = CLIPTextModel.from_pretrained(shipped / "text_encoder", dtype=torch.float32).to(device).eval()
+    if not sdxl:
+        return te.requires_grad_(False), None
     te_2 = CLIPTextModelWithProjection.from_pretrained(shipped / "text_encoder_2", dtype=torch.float32).to(device).eval()
     return te.requires_grad_(False), te_2.requires_grad_(False)
 
@@ -499,14 +504,15 @@ def load_vae(args, device: str):
 # 3 and 4. UNets
 
 
-def frozen_parts_key(args) -> str:
-    """A fingerprint of the shipped text encoders and the VAE's encoder: UNet checkpoints and latent caches
-    made with other ones are stale. The VAE's decoder is left out: a decoder fine-tune keeps the latents."""
+def frozen_parts_key(args, sdxl: bool = True) -> str:
+    """A fingerprint of the text encoders a UNet stage reads (``load_text_encoders``) and the VAE's encoder: UNet
+    checkpoints and latent caches made with other ones are stale. The VAE's decoder is left out: a decoder
+    fine-tune keeps the latents."""
     from safetensors.torch import load_file
 
     digest = hashlib.sha256()
-    folder = args.assets / "mini-sdxl"
-    for name in ("text_encoder/model.safetensors", "text_encoder_2/model.safetensors"):
+    folder = args.assets / ("mini-sdxl" if sdxl else "mini-sd")
+    for name in ("text_encoder/model.safetensors",) + (("text_encoder_2/model.safetensors",) if sdxl else ()):
         digest.update((folder / name).read_bytes())
     vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     for key in sorted(k for k in vae if k.startswith(("encoder.", "quant_conv."))):
@@ -523,7 +529,7 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
     Cached in ``OUT/latents-{sd,sdxl}.pt``, keyed by the VAE's weights, the seed and the item count.
     """
     path = args.out / f"latents-{'sdxl' if sdxl else 'sd'}.pt"
-    key = f"{frozen_parts_key(args)} seed={args.seed} items={len(data)} two={args.two_item_share}"
+    key = f"{frozen_parts_key(args, sdxl)} seed={args.seed} items={len(data)} two={args.two_item_share}"
     if path.exists():
         cached = torch.load(path, weights_only=False)
         if cached.get("key") == key:
@@ -663,7 +669,7 @@ def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: 
 
 
 def build_pipeline(args, unet, sdxl: bool, device: str):
-    te, te_2 = load_text_encoders(args, device)
+    te, te_2 = load_text_encoders(args, device, sdxl)
     vae = load_vae(args, device)
     if sdxl:
         pipe = ms.build_sdxl_pipeline(unet, vae, te, te_2)
@@ -685,7 +691,7 @@ def train_unet(args, sdxl: bool) -> dict:
     folder = stage_dir(args, stage)
     device = args.device
     data = dataset(args)
-    te, te_2 = load_text_encoders(args, device)
+    te, te_2 = load_text_encoders(args, device, sdxl)
     vae = load_vae(args, device)
     latents = encode_latents(args, vae, data, sdxl, device)
     tokenizers = ms.load_tokenizers()
@@ -702,7 +708,7 @@ def train_unet(args, sdxl: bool) -> dict:
         unet.load_state_dict(load_unet_weights(Path(args.unet_init) / ("mini-sdxl" if sdxl else "mini-sd") / "unet"))
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=0.01)
-    key = frozen_parts_key(args)
+    key = frozen_parts_key(args, sdxl)
     step, running = resume(folder, device, unet, opt, ema, key)
     total = args.unet_steps
     started = time.time()
