@@ -84,8 +84,8 @@ with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
             tokenizer.build()
         with gr.Tab("Inside the UNet", id="unet"):
             unet.build()
-        with gr.Tab("Guidance", id="guidance"):
-            forms += guidance.build()
+        with gr.Tab("Guidance", id="guidance") as guidance_tab:
+            forms += guidance.build(guidance_tab)
     status.build()
     # A link (?tab=txt2img&prompt=...&run=1) fills a tab and may run it; Presenter view is the browser's alone.
     wire_links(demo, tabs, forms, link_note)

@@ -181,13 +181,16 @@ def last_output(outputs):
     return result
 
 
-def show_on_arrival(handler, settings: dict, outputs: list) -> None:
+def show_on_arrival(handler, settings: dict, outputs: list, when=None) -> None:
     """Results on arrival: when a visitor opens the page, show ``handler``'s result for ``settings`` (the
     controls' starting values, so pressing the button reproduces it) in ``outputs``.
 
     The result is computed by the first visit, in the compute queue, and kept for the life of the server
     process (a function of the shipped weights and fixed settings, like the weights themselves): every later
     visitor gets it at once. If it cannot be computed (no model installed), the outputs stay empty.
+    ``when``: the events that show it instead of the page's load, e.g. ``[tab.select]`` for a costly example
+    that would otherwise hold the queue on a fresh server; then it is shown once per page, so a visitor's own
+    result is never replaced by the example.
     """
     @functools.cache
     def result():
@@ -200,5 +203,13 @@ def show_on_arrival(handler, settings: dict, outputs: list) -> None:
             log.exception("the example result of %s failed", getattr(handler, "__name__", handler))
             return [gr.skip()] * len(outputs)
 
-    gr.on(None, arrive, None, outputs, api_visibility="private", show_progress="minimal",
-          concurrency_id=COMPUTE["concurrency_id"], concurrency_limit=COMPUTE["concurrency_limit"])
+    queue = dict(concurrency_id=COMPUTE["concurrency_id"], concurrency_limit=COMPUTE["concurrency_limit"])
+    if when is None:
+        gr.on(None, arrive, None, outputs, api_visibility="private", show_progress="minimal", **queue)
+        return
+    shown = gr.State(False)
+
+    def arrive_once(already: bool):
+        return [gr.skip()] * len(outputs) + [True] if already else list(arrive()) + [True]
+
+    gr.on(when, arrive_once, shown, outputs + [shown], api_visibility="private", show_progress="minimal", **queue)

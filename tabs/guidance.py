@@ -214,12 +214,13 @@ def _weights_section() -> None:
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
 
 
-def build() -> list[Form]:
-    """The tab's layout and events: Fashion-MNIST's panels, the text-to-image half (``tabs.guidance_t2i``) and
-    the prompt weights; returns the forms (the named controls that history and links fill)."""
+def build(tab=None) -> list[Form]:
+    """The tab's layout and events: Fashion-MNIST's panels, the text-to-image half (``tabs.guidance_t2i``, its
+    examples shown when ``tab`` is first selected) and the prompt weights; returns the forms (the named controls
+    that history and links fill)."""
     gr.Markdown(INTRO, elem_classes=["explain"])
     forms = [_panels_section()]
-    forms += guidance_t2i.build_text_to_image()
+    forms += guidance_t2i.build_text_to_image(tab)
     gr.Markdown(WEIGHTS_INTRO, elem_classes=["explain"])
     _weights_section()
     return forms

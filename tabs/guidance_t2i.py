@@ -303,7 +303,7 @@ def _panel_controls(preset) -> dict:
     return c
 
 
-def _panels_section(preset) -> tuple[Form, dict]:
+def _panels_section(preset, when) -> tuple[Form, dict]:
     """The four text-to-image panels: controls, gallery, table, JSON, history and link; returns the form and
     its controls (the sweep shares the model, prompt, steps and seed)."""
     with gr.Row():
@@ -331,11 +331,12 @@ def _panels_section(preset) -> tuple[Form, dict]:
     if preset is not None:
         names = ("prompt", "model", "guidance_scale", "clip_guidance_scale", "colour", "colour_scale",
                  "colour_every", "num_inference_steps", "seed")
-        show_on_arrival(guidance_t2i_panels, dict(zip(names, [i.value for i in inputs])), [gallery, table, info])
+        show_on_arrival(guidance_t2i_panels, dict(zip(names, [i.value for i in inputs])), [gallery, table, info],
+                        when=when)
     return form, c
 
 
-def _negative_section(preset) -> Form:
+def _negative_section(preset, when) -> Form:
     """The negative-prompt pair: controls with the two examples, gallery, JSON, history and link."""
     choices = text_to_image.model_choices()
     mini = NEGATIVE_EXAMPLES[0] if preset is not None and preset.name == MINI else None
@@ -373,7 +374,7 @@ def _negative_section(preset) -> Form:
     c["model"].input(model_defaults, c["model"], [c["guidance"], c["steps"]], api_visibility="private", queue=False)
     if preset is not None:
         names = ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "seed")
-        show_on_arrival(negative_prompt_pair, dict(zip(names, [i.value for i in inputs])), [gallery, info])
+        show_on_arrival(negative_prompt_pair, dict(zip(names, [i.value for i in inputs])), [gallery, info], when=when)
     return form
 
 
@@ -410,12 +411,15 @@ def _sweep_section(preset, shared: dict) -> None:
                            queue=False)
 
 
-def build_text_to_image() -> list[Form]:
-    """The text-to-image half of the Guidance tab; returns its forms (panels, negative prompts)."""
+def build_text_to_image(tab=None) -> list[Form]:
+    """The text-to-image half of the Guidance tab; returns its forms (panels, negative prompts). Its examples
+    (five runs of the text-to-image loop, CLIP guidance among them) are computed when ``tab`` is first selected,
+    not on the page's load, so a fresh server's first visitor does not wait behind them in the queue."""
     preset = _first_preset()
+    when = [tab.select] if tab is not None else None
     gr.Markdown(T2I_INTRO, elem_classes=["explain"])
-    form, controls = _panels_section(preset)
+    form, controls = _panels_section(preset, when)
     gr.Markdown(SWEEP_INTRO, elem_classes=["explain"])
     _sweep_section(preset, controls)
     gr.Markdown(NEGATIVE_INTRO, elem_classes=["explain"])
-    return [form, _negative_section(preset)]
+    return [form, _negative_section(preset, when)]

@@ -115,6 +115,8 @@ PHONE_CONTROLS = {
     "VAE compression": ["#vae-input"],
     "Tokenizer": ["#tok-chips"],
     "Inside the UNet": ["#unet-prompt", "#unet-attention-run"],
+    "Guidance": ["#guide-run", "#gt2i-prompt", "#gt2i-run", "#gt2i-copy-link", "#gt2i-panels", "#guide-sweep",
+                 "#neg-run"],
 }
 
 

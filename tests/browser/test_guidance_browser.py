@@ -23,6 +23,7 @@ def test_guidance_tab_opens_on_a_finished_comparison(page, artifacts):
         assert t2i_table.get_by_role("cell", name=panel, exact=True).count() == 1
     assert page.locator("#gt2i-clip-scale input[type=number]").input_value() == "10"
     page.locator("#neg-info").get_by_text("with the negative prompt").first.wait_for(timeout=240_000)
+    page.locator("#neg-gallery img").nth(1).wait_for()
     assert page.locator("#neg-gallery img").count() == 2
     assert page.locator("#guide-sweep").is_visible()  # the guidance sweep moved here
     page.screenshot(path=str(artifacts / "guidance_tab.png"), full_page=True)
