@@ -61,28 +61,3 @@ def test_a_generator_advances_on_the_torch_thread_and_closing_it_closes_the_inne
     device.on_torch_thread(lambda: None)  # the close was queued before this call
     assert closed.is_set()
     assert list(device.iterate_on_torch_thread(iter([1, 2]))) == [1, 2]
-
-
-def test_the_tabs_model_jobs_run_there_and_other_events_do_not():
-    from tabs.common import model_job, user_errors
-
-    torch_thread = device.on_torch_thread(threading.get_ident)
-
-    @model_job
-    def job():
-        return threading.get_ident()
-
-    @model_job
-    def steps():
-        yield threading.get_ident()
-        yield threading.get_ident()
-
-    @user_errors
-    def cheap():
-        return threading.get_ident()
-
-    out = []
-    caller = threading.Thread(target=lambda: out.extend([job(), *steps(), cheap()]))
-    caller.start()
-    caller.join()
-    assert out[:3] == [torch_thread] * 3 and out[3] == caller.ident
