@@ -34,6 +34,16 @@ CHROMIUM_ARGS = [
 sys.path.insert(0, str(REPO_ROOT))
 
 
+SLOW_FOLDERS = ("api", "browser")  # every test there starts the app
+
+
+def pytest_collection_modifyitems(items):
+    """Tests in tests/api and tests/browser are ``slow`` as a whole; elsewhere a test says so itself."""
+    for item in items:
+        if item.path.parent.name in SLOW_FOLDERS and item.path.parent.parent == REPO_ROOT / "tests":
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -31,6 +31,7 @@ def tiny_run(tmp_path_factory):
     return done.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_tiny_run_has_every_row_and_column(bench, tiny_run):
     stdout, _ = tiny_run
     lines = [line for line in stdout.splitlines() if line.startswith("|")]
@@ -44,6 +45,7 @@ def test_tiny_run_has_every_row_and_column(bench, tiny_run):
     assert "Random weights" in stdout and "FLOPs per UNet call" in stdout
 
 
+@pytest.mark.slow
 def test_tiny_run_times_the_same_work_on_both_paths(tiny_run):
     _, report = tiny_run
     assert report["peak_tflops"] == 1.0 and report["device"].startswith("CPU")

@@ -148,6 +148,7 @@ def test_a_hub_style_clip_model_guides_through_the_same_step(sd_pipe, tmp_path):
     assert loss > 0 and float((guided - eps).abs().max()) > 0
 
 
+@pytest.mark.slow
 def test_training_script_smoke_run_ships_a_loadable_tower(tmp_path):
     from engine.fashion.data import DatasetMissing, load_split
 

@@ -27,6 +27,7 @@ def models():
     return unet, judge, fashion.scheduler_config_of(UNETS[0].source)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label", ["Sandal", "Trouser", "Bag"])
 def test_shipped_model_makes_the_class_asked_for(models, label):
     unet, judge, schedule = models

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine import loader
 from engine.presets import get_preset
 from engine.txt2img import gpu_seconds
@@ -29,6 +31,7 @@ def test_preload_of_an_unavailable_model_is_a_note_not_a_crash(tiny_presets):
     assert len(notes) == 1 and "not available" in notes[0]
 
 
+@pytest.mark.slow
 def test_the_app_serves_with_a_bad_preload_name():
     code = "import app; print('DEMO', type(app.demo).__name__)"
     env = dict(os.environ, EXPLORER_PRELOAD="Not a model", GRADIO_ANALYTICS_ENABLED="False")

@@ -37,6 +37,7 @@ def test_the_refiner_unet_starts_as_the_base_where_shapes_allow():
     assert len(notes["fresh"]) == len([n for n in notes["fresh"] if "attn2.to_" in n]) > 0
 
 
+@pytest.mark.slow
 def test_smoke_run_ships_a_refiner_that_loads_and_hands_off(tmp_path, monkeypatch):
     import train_mini_refiner as tr
     from diffusers import StableDiffusionXLImg2ImgPipeline
