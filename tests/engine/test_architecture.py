@@ -77,3 +77,21 @@ def test_engine_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "build":
                 length = node.end_lineno - node.lineno + 1
                 assert length <= 65, f"{path.relative_to(REPO_ROOT)}:{node.name} is {length} lines"  # about 60
+
+
+def test_scripts_import_only_the_engine():
+    """scripts/ reaches the project through engine/ alone, never tabs/ or app. The one stated exception:
+    bench_serving.py times the tab handlers themselves, so it imports tabs/."""
+    import ast
+
+    exceptions = {"bench_serving.py": {"tabs"}}
+    for path in sorted((REPO_ROOT / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                tops = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                tops = {node.module.split(".")[0]}
+            else:
+                continue
+            banned = tops & {"app", "tabs"} - exceptions.get(path.name, set())
+            assert not banned, f"scripts/{path.name}:{node.lineno} imports {banned.pop()}: go through engine/"
