@@ -171,7 +171,7 @@ SWEEP = dict(prompt="An oil painting of a collie in a top hat", negative_prompt=
 
 
 def test_guidance_sweep(client):
-    from engine.pngmeta import parse_parameters, read_parameters
+    from tests.png_parameters import parse_parameters, read_parameters
     from PIL import Image
 
     gallery, info, _ = client.predict(**SWEEP, api_name="/guidance_sweep")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.pngmeta import parse_parameters, read_parameters
+from tests.png_parameters import parse_parameters, read_parameters
 
 BASE = dict(prompt="An oil painting of a collie in a top hat", negative_prompt="", model="tiny-SD (test)",
             guidance_scale=7.5, num_inference_steps=2, scheduler="default", seed=7, randomize_seed=False,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from engine.pngmeta import format_parameters, parse_parameters, read_parameters, save_png
+from engine.pngmeta import format_parameters, save_png
+from tests.png_parameters import parse_parameters, read_parameters
 
 
 def test_png_metadata_round_trips(tmp_path):
