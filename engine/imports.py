@@ -57,10 +57,6 @@ def import_engine() -> None:
         _done.set()
 
 
-def engine_imported() -> bool:
-    return _done.is_set()
-
-
 class lazy(ModuleType):
     """An engine module, imported (with the whole engine, see ``import_engine``) on first attribute access.
 

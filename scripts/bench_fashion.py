@@ -2,7 +2,7 @@
 """Benchmark the class-conditional sampler: CPU wall time for 16 images per sampler and step count.
 
 Each row is the median of ``--repeats`` timed runs after one warm-up run,
-through ``engine.fashion.sample`` exactly as the tab calls it (classifier-free
+through ``engine.fashion.sampling.sample`` exactly as the tab calls it (classifier-free
 guidance on, so two UNet evaluations per step when the guidance scale is > 1).
 The last column is the speed-up over the book's 1000-step DDPM loop.
 

@@ -121,11 +121,6 @@ def model_job(fn):
     return user_errors(fn, torch_thread=True)
 
 
-def not_built_yet(what: str) -> None:
-    """Say plainly that a tab's engine part does not exist yet (no fake results)."""
-    gr.Markdown(f"**Not built yet.** {what}")
-
-
 def seed_from_box(seed, randomize: bool = False):
     """The seed to use: a random one when ``randomize``, 0 for an empty box, else the box's value as
     gradio sends it (4.0 for 4); ``engine.errors.check_seed`` then checks it in the engine."""

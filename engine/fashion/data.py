@@ -134,18 +134,8 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
 
 
 #: The test images the app shows (two per class, in class order), shipped so that it needs no data set:
-#: the forward process, the timestep experiment. Written by ``save_examples``.
+#: the forward process, the timestep experiment: the first two test images of each class.
 EXAMPLES_FILE = Path(__file__).resolve().parents[2] / "assets" / "fashion" / "test_examples.npz"
-
-
-def save_examples(path: str | os.PathLike = EXAMPLES_FILE, per_class: int = 2) -> Path:
-    """Save the first ``per_class`` test images of each class as ``images`` (uint8 (N, 28, 28)) + ``labels``."""
-    images, labels = load_split("test")
-    picks = [i for c in range(NUM_CLASSES) for i in np.flatnonzero(labels == c)[:per_class]]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=images[picks], labels=labels[picks])
-    return path
 
 
 def example_images() -> tuple[np.ndarray, np.ndarray]:

@@ -388,29 +388,6 @@ def unet_anatomy(config: dict, width: int, height: int, vae_scale_factor: int = 
     }
 
 
-def attention_scaling(config: dict, sides=(256, 512, 1024), vae_scale_factor: int = 8) -> list[dict]:
-    """The UNet's cost at square images of each side (latent space, batch 1), and each row over the previous.
-
-    Twice the side gives 4x the tokens and 16x the self-attention matrix and
-    its Q Kᵀ FLOPs (tokens²), while the convolutions, linears and
-    cross-attention (77 text tokens) grow 4x: the whole UNet call grows by less than 16x.
-    """
-    rows = []
-    for side in sides:
-        side, _ = check_image_size(side, side, vae_scale_factor)
-        m = _measure(config, side // vae_scale_factor, side // vae_scale_factor, blocks=False)
-        row = {"side": side, "latent_side": side // vae_scale_factor,
-               **{k: m[k] for k in ("flops_per_call", "self_attention_score_flops", "attention_tokens",
-                                    "attention_heads", "attention_matrix_bytes")}}
-        if rows:
-            prev = rows[-1]
-            row["over_previous"] = {k: _ratio(row[k], prev[k]) for k in (
-                "side", "attention_tokens", "attention_matrix_bytes", "self_attention_score_flops",
-                "flops_per_call")}
-        rows.append(row)
-    return rows
-
-
 def anatomy_for_preset(preset_name: str, width: int, height: int) -> dict:
     """``unet_anatomy`` of a preset's UNet (by preset name), with the preset's VAE factor."""
     anatomy = unet_anatomy(unet_config_for(preset_name), width, height, vae_scale_factor_for(preset_name))
@@ -479,19 +456,4 @@ def anatomy_table(anatomy: dict) -> str:
               f"| heads there | {a['attention_heads']} | {p['attention_heads']} | |",
               (f"| one attention matrix ({a['attention_dtype']}, batch 1) | {_bytes(a['attention_matrix_bytes'])} "
               f"| {_bytes(p['attention_matrix_bytes'])} | {_times(r['attention_matrix_bytes'])} |")]
-    return "\n".join(lines)
-
-
-def scaling_table(rows: list[dict]) -> str:
-    """``attention_scaling``'s rows as markdown: each size next to its ratio to the previous row."""
-    lines = [(f"| image side | latent side | self-attention tokens | × | attention matrix ({ATTENTION_DTYPE}) | × "
-             "| self-attention FLOPs | × | UNet FLOPs per call | × |"),
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for row in rows:
-        o = row.get("over_previous", {})
-        lines.append(f"| {row['side']} | {row['latent_side']} | {row['attention_tokens']:,} "
-                     f"| {_times(o.get('attention_tokens'))} | {_bytes(row['attention_matrix_bytes'])} "
-                     f"| {_times(o.get('attention_matrix_bytes'))} | {_flops(row['self_attention_score_flops'])} "
-                     f"| {_times(o.get('self_attention_score_flops'))} | {_flops(row['flops_per_call'])} "
-                     f"| {_times(o.get('flops_per_call'))} |")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ Control", §3.1; Tang et al. 2023, "What the DAAM: Interpreting Stable Diffusion
 Using Cross Attention", §3, who upsample and sum the maps over layers and steps
 as we do here).
 
-How it is recorded, without touching the loop (``engine.txt2img.denoise``):
+How it is recorded, without touching the loop (``engine.txt2img.loop.denoise``):
 
 * ``record_cross_attention(unet, ...)`` swaps the processor of every ``attn2``
   layer (``unet.attn_processors`` / ``unet.set_attn_processor``) for a

@@ -84,19 +84,6 @@ def test_latent_space_saves_orders_of_magnitude_over_pixel_space(sd15, sdxl):
     assert sd15["pixel_space"]["attention_matrix_bytes"] == 2**40  # 1 TiB for one matrix
 
 
-def test_twice_the_side_is_sixteen_times_the_attention_cost():
-    rows = A.attention_scaling(A.shipped_config("sd15", "unet"), (256, 512, 1024))
-    assert [r["side"] for r in rows] == [256, 512, 1024]
-    for row in rows[1:]:
-        ratio = row["over_previous"]
-        assert ratio["attention_tokens"] == 4
-        assert ratio["attention_matrix_bytes"] == 16
-        assert ratio["self_attention_score_flops"] == pytest.approx(16)
-        assert 4 < ratio["flops_per_call"] < 16  # convolutions and cross-attention grow only 4x
-    table = A.scaling_table(rows)
-    assert table.count("\n") == 1 + len(rows) and "| 16× |" in table and "| 1024 | 128 | 16,384 |" in table
-
-
 def test_anatomy_table_shows_the_figures(sd15):
     table = A.anatomy_table(sd15)
     assert "859,520,964 parameters" in table and "803.3 GFLOP per call" in table
