@@ -71,7 +71,7 @@ def tokenizer_names() -> list[str]:
     return preset_names("tokenizer")
 
 
-def tokenize(prompt: str | None, tokenizer: str) -> dict:
+def token_view(prompt: str | None, tokenizer: str) -> dict:
     """Tokenize ``prompt`` with the tokenizer preset named ``tokenizer``.
 
     Returns a dict (all plain JSON values):

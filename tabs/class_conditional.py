@@ -41,7 +41,7 @@ FORWARD_SOURCES = ("Test image", "First generated sample")
 STOP_SECONDS = 0.5  # a long run yields at least this often, so Stop cancels it within about this long
 # The controls' starting values: the result of these settings is on the page when a visitor arrives.
 FIRST = dict(label="Sandal", count=16, sampler="DPM-Solver++",
-             num_inference_steps=configs.STEP_RANGES["DPM-Solver++"][2], guidance_scale=2.0, seed=42)
+             num_inference_steps=configs.SAMPLER_STEPS["DPM-Solver++"][2], guidance_scale=2.0, seed=42)
 
 INTRO = """### A diffusion model at work
 The book's first step towards Stable Diffusion: a UNet that predicts the noise in a 32×32 image, **given a class
@@ -174,7 +174,7 @@ def sample_fashion(label, count, sampler, num_inference_steps, guidance_scale, s
 
 
 def steps_for_sampler(sampler: str):
-    low, high, default = configs.STEP_RANGES.get(sampler, configs.STEP_RANGES["DPM-Solver++"])
+    low, high, default = configs.SAMPLER_STEPS.get(sampler, configs.SAMPLER_STEPS["DPM-Solver++"])
     return gr.update(minimum=low, maximum=high, value=default, step=1)
 
 

@@ -155,7 +155,7 @@ def check_class(key: str, value: str, checked: dict):
         return whole_number_in_range(value, "count", 1, configs.MAX_COUNT)
     if key == "steps":
         sampler = checked.get("sampler", "DPM-Solver++")
-        low, high, _ = configs.STEP_RANGES[sampler]
+        low, high, _ = configs.SAMPLER_STEPS[sampler]
         return whole_number_in_range(value, "steps", low, high, f" for {sampler}")
     if key == "guidance":
         return number_in_range(value, "guidance", 0, configs.MAX_GUIDANCE)

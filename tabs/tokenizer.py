@@ -94,7 +94,7 @@ def shapes_markdown(view: dict) -> str:
 @user_errors
 def tokenize(prompt: str, tokenizer: str):
     """Event handler: returns the chips, the summary, the shapes, the round trip and the JSON."""
-    view = tokenizer_engine.tokenize(prompt, tokenizer)
+    view = tokenizer_engine.token_view(prompt, tokenizer)
     return chips_html(view), summary_markdown(view), shapes_markdown(view), view["decoded"], view
 
 

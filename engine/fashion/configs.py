@@ -55,7 +55,7 @@ NULL_CLASS = NUM_CLASSES
 
 SAMPLERS = ("DDPM", "DDIM", "DPM-Solver++")
 #: (min, max, default) number of inference steps per sampler.
-STEP_RANGES = {
+SAMPLER_STEPS = {
     "DDPM": (10, 1000, 1000),
     "DDIM": (2, 500, 50),
     "DPM-Solver++": (2, 100, 20),

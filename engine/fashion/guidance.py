@@ -22,7 +22,7 @@ import torch
 
 from engine.diffusion import StepState
 from engine.errors import one_of
-from engine.fashion.configs import STEP_RANGES
+from engine.fashion.configs import SAMPLER_STEPS
 from engine.fashion.sampling import SampleResult, generate, sample, validate_request
 
 #: The panels, in the order shown.
@@ -89,7 +89,7 @@ def compare(unet, classifier, judge, label, count: int, sampler: str, num_infere
     request = validate_request(label, count, sampler, num_inference_steps, guidance_scale, seed, classifier_scale)
     modes = [one_of(mode, "mode", MODES) for mode in modes]
     if warm_up:
-        steps = STEP_RANGES[request.sampler][0]
+        steps = SAMPLER_STEPS[request.sampler][0]
         generate(unet, request.label, 1, request.sampler, steps, max(request.guidance_scale, 1.5), request.seed,
                  scheduler_config=scheduler_config, cpu_bf16=cpu_bf16, classifier_scale=request.classifier_scale,
                  classifier=classifier if request.classifier_scale > 0 else None)

@@ -44,7 +44,7 @@ import torch
 from engine.errors import UserError, check_seed, number_in_range, one_of, whole_number_in_range
 # The limits live in configs (torch-free, for the tab's layout); requests are checked against them here.
 from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_CLASSIFIER_SCALE, MAX_COUNT,  # noqa: F401
-                                    MAX_GUIDANCE, NULL_CLASS, NUM_CLASSES, SAMPLERS, SCHEDULER_CONFIG, STEP_RANGES,
+                                    MAX_GUIDANCE, NULL_CLASS, NUM_CLASSES, SAMPLER_STEPS, SAMPLERS, SCHEDULER_CONFIG,
                                     default_unet_preset)
 from engine.fashion.data import to_unit_range
 from engine.diffusion import StepState, predict_x0
@@ -85,7 +85,7 @@ def validate_request(label, count, sampler, num_inference_steps, guidance_scale,
     index = class_index(label)
     count = whole_number_in_range(count, "The number of images (count)", 1, MAX_COUNT)
     sampler = one_of(sampler, "sampler", SAMPLERS)
-    low, high, _ = STEP_RANGES[sampler]
+    low, high, _ = SAMPLER_STEPS[sampler]
     steps = whole_number_in_range(num_inference_steps, "num_inference_steps", low, high, f" for {sampler}")
     g = number_in_range(guidance_scale, "guidance_scale", 0.0, MAX_GUIDANCE, " (1 means no guidance)")
     s = number_in_range(classifier_scale, "classifier_scale", 0.0, MAX_CLASSIFIER_SCALE, " (0 means off)")
@@ -215,7 +215,7 @@ def sample(unet, label: int | str, count: int = 16, sampler: str = "DPM-Solver++
             ε̂ = guide(x_t, t, ε̂)  (classifier guidance, when s > 0)
             x_{t-1} = scheduler.step(ε̂, t, x_t)
     """
-    steps = STEP_RANGES.get(sampler, (0, 0, 0))[2] if num_inference_steps is None else num_inference_steps
+    steps = SAMPLER_STEPS.get(sampler, (0, 0, 0))[2] if num_inference_steps is None else num_inference_steps
     request = validate_request(label, count, sampler, steps, guidance_scale, seed, classifier_scale)
     guide = classifier_guidance(request.classifier_scale, classifier)
     start = time.perf_counter()

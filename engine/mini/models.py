@@ -37,10 +37,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.mini.data import IMAGE_SIZE  # 64: the pictures the mini models make are the data's size
 from engine.presets import TOKENIZER_DIRS
 from engine.schedulers import SD_NOISE_SCHEDULE
+from engine.unet.anatomy import count_parameters  # noqa: F401 - the training scripts read it here
 
-IMAGE_SIZE = 64
 LATENT_SIZE = 8  # 64 / 2**3
 LATENT_CHANNELS = 4
 BOS, EOS = 49406, 49407
@@ -169,10 +170,6 @@ def load_tokenizers() -> dict:
     from transformers import CLIPTokenizer
 
     return {name: CLIPTokenizer.from_pretrained(str(path)) for name, path in TOKENIZER_DIRS.items()}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # ----------------------------------------------------------------------------

@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
 
 MAX_STEPS = 150
 MAX_IMAGES = 4
-MAX_GUIDANCE = 50.0
-DEFAULT_GUIDANCE = 7.5
+TXT2IMG_MAX_GUIDANCE = 50.0
+TXT2IMG_DEFAULT_GUIDANCE = 7.5
 DEFAULT_STEPS = 30
 DEFAULT_SIZE_LIMITS = {"sd": (64, 1024), "sdxl": (64, 2048)}
 SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
@@ -114,7 +114,7 @@ def default_guidance(preset) -> float:
     """The preset's ``default_guidance`` (the scale its quality figures were measured at), else 7.5; 0 without guidance."""
     if not guidance_allowed(preset):
         return 0.0
-    return float(preset.options.get("default_guidance", DEFAULT_GUIDANCE))
+    return float(preset.options.get("default_guidance", TXT2IMG_DEFAULT_GUIDANCE))
 
 
 def start_size(preset) -> int:
@@ -169,7 +169,7 @@ def get_refiner_preset(preset, name: str):
 
 def check_guidance(preset, guidance_scale) -> float:
     """A guidance scale as a float: finite, from 0 to 50, and at most 1 for presets without guidance."""
-    guidance = number_in_range(guidance_scale, "guidance_scale", 0, MAX_GUIDANCE, " (7.5 is typical)")
+    guidance = number_in_range(guidance_scale, "guidance_scale", 0, TXT2IMG_MAX_GUIDANCE, " (7.5 is typical)")
     if guidance > 1 and not guidance_allowed(preset):
         note = preset.options.get("guidance_note", "this model samples without guidance")
         raise UserError(f"'{preset.name}' takes no guidance: {note} Set guidance_scale to 0.")
@@ -329,7 +329,7 @@ def check_refiner(preset, refiner, denoising_end, aesthetic_score, negative_aest
     return dict(refiner=name, denoising_end=end, **scores)
 
 
-def make_request(preset, *, prompt, negative_prompt="", guidance_scale=DEFAULT_GUIDANCE,
+def make_request(preset, *, prompt, negative_prompt="", guidance_scale=TXT2IMG_DEFAULT_GUIDANCE,
                  num_inference_steps=DEFAULT_STEPS, scheduler=DEFAULT, seed=0, width=512, height=512, num_images=1,
                  image=None, strength=None, colour=None, colour_scale=0.0, colour_every=5, preview_every=1,
                  preview_seconds=0.0, guidance_scales=None, clip_guidance_scale=0.0, refiner=NO_REFINER,

@@ -26,7 +26,7 @@ from engine.errors import check_seed, whole_number_in_range
 from engine.fashion.configs import SCHEDULER_CONFIG
 from engine.fashion.data import example_image
 
-NUM_TRAIN_TIMESTEPS = 1000
+FASHION_TRAIN_TIMESTEPS = SCHEDULER_CONFIG["num_train_timesteps"]  # 1000: the Fashion UNet's schedule
 TOLD_STEP = 25  # the grid of told timesteps: 0, 25, ..., 975 and 999
 NOISE_DRAWS = 4  # the error curve is averaged over this many noise draws of the same image
 
@@ -42,7 +42,7 @@ def timestep_embeddings(time_proj, every: int = 1) -> dict:
 
     Returns {"t": [T], "embedding": [T, C] float32, "cosine": [T, T] float32 in [-1, 1]}.
     """
-    t = torch.arange(0, NUM_TRAIN_TIMESTEPS, every)
+    t = torch.arange(0, FASHION_TRAIN_TIMESTEPS, every)
     emb = sinusoidal_embedding(time_proj, t)
     unit = F.normalize(emb, dim=1)
     return {"t": t, "embedding": emb, "cosine": unit @ unit.t()}
@@ -50,11 +50,11 @@ def timestep_embeddings(time_proj, every: int = 1) -> dict:
 
 def told_timesteps(true_t: int, step: int = TOLD_STEP) -> list[int]:
     """The grid of t′ the UNet is told: every ``step`` from 0, plus 999 and the true t itself."""
-    return sorted(set(range(0, NUM_TRAIN_TIMESTEPS, step)) | {NUM_TRAIN_TIMESTEPS - 1, int(true_t)})
+    return sorted(set(range(0, FASHION_TRAIN_TIMESTEPS, step)) | {FASHION_TRAIN_TIMESTEPS - 1, int(true_t)})
 
 
 def check_true_t(true_t) -> int:
-    return whole_number_in_range(true_t, "The true timestep (true_t)", 1, NUM_TRAIN_TIMESTEPS - 1)
+    return whole_number_in_range(true_t, "The true timestep (true_t)", 1, FASHION_TRAIN_TIMESTEPS - 1)
 
 
 def _alphas_cumprod() -> torch.Tensor:

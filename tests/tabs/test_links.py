@@ -104,7 +104,7 @@ def test_a_classifier_scale_in_a_link_is_checked():
     assert good.values == {"class": "Shirt", "classifier_scale": 7.5} and good.run
     bad = links.parse_link({"tab": "class", "classifier_scale": "99"})
     assert "classifier_scale" not in bad.values and "between 0 and 50" in bad.notes[0]
-    assert max(hi for _, hi, _ in sampling.STEP_RANGES.values()) == 1000
+    assert max(hi for _, hi, _ in sampling.SAMPLER_STEPS.values()) == 1000
 
 
 def test_the_guidance_tabs_text_to_image_sections_have_their_own_checked_links():
