@@ -11,7 +11,7 @@ Transformers and Diffusion Models", O'Reilly 2024, chapter 5, "Stable Diffusion"
 Conventions, as in diffusers' pipelines:
 
 * images are tensors [1, 3, H, W] in [-1, 1] (``engine.images.pil_to_tensor``);
-* latents are [1, 4, H/8, W/8], *scaled*: ``(z - shift_factor) * scaling_factor``
+* latents are [1, 4, H/8, W/8], *scaled* (``engine.latent_scale``): ``(z - shift_factor) * scaling_factor``
   where z is the encoder's output. The scaling gives the latents roughly unit
   variance (LDM, section 4.3.2 and appendix D.1): 0.18215 for SD 1.x, 0.13025 for SDXL.
   This is what the UNet sees;
@@ -34,6 +34,7 @@ from PIL import Image
 from engine.errors import UserError, check_seed, number_in_range, one_of, whole_number
 from engine.figures import colormap, latent_range
 from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
+from engine.latent_scale import scale_latent, shift_factor, unscale_latent
 from engine.metrics import PSNR_METHOD, SSIM_METHOD, psnr, ssim
 from engine.schedulers import SD_NOISE_SCHEDULE, sd_noise_scheduler
 from engine.vae_inputs import FITS, GAIN_RANGE, MAX_ASPECT, SIZES
@@ -131,20 +132,6 @@ def check_inputs(size, fit, seed, gain) -> tuple[int, str, int, float]:
 def vae_scale_factor(vae) -> int:
     """How much the VAE shrinks each side: 2 ** (number of down blocks - 1), 8 for SD's VAE."""
     return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def _shift(vae) -> float:
-    return getattr(vae.config, "shift_factor", None) or 0.0
-
-
-def scale_latent(z: torch.Tensor, vae) -> torch.Tensor:
-    """Encoder output z -> the latent the UNet sees: ``(z - shift_factor) * scaling_factor``."""
-    return (z - _shift(vae)) * vae.config.scaling_factor
-
-
-def unscale_latent(latent: torch.Tensor, vae) -> torch.Tensor:
-    """The inverse of ``scale_latent``: ``latent / scaling_factor + shift_factor``."""
-    return latent / vae.config.scaling_factor + _shift(vae)
 
 
 def cpu_generator(seed) -> torch.Generator:
@@ -287,7 +274,7 @@ def compression_numbers(image: torch.Tensor, latent: torch.Tensor, vae) -> dict:
         "compression_ratio": round(c_in * height * width / (c * h * w), 3),
         "downsampling_factor": height // h,
         "scaling_factor": vae.config.scaling_factor,
-        "shift_factor": _shift(vae),
+        "shift_factor": shift_factor(vae),
         "latent_mean_before_scaling": round(raw.mean().item(), 5),
         "latent_std_before_scaling": round(raw.std().item(), 5),
         "latent_mean_after_scaling": round(latent.mean().item(), 5),

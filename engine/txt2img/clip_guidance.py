@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import UserError
+from engine.latent_scale import unscale_latent
 from engine.txt2img.loop import alpha_bar_at, pred_original_sample
 
 
@@ -42,7 +43,7 @@ def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def decoded_x0(vae, x0: torch.Tensor) -> torch.Tensor:
     """Scaled latents [B, 4, h, w] -> pictures [B, 3, H, W] in [0, 1] (differentiable)."""
-    images = vae.decode(x0 / vae.config.scaling_factor, return_dict=False)[0]
+    images = vae.decode(unscale_latent(x0, vae), return_dict=False)[0]
     return (images.float() / 2 + 0.5).clamp(0, 1)
 
 

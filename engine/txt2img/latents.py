@@ -21,6 +21,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from engine.images import pil_to_tensor
+from engine.latent_scale import scale_latent, unscale_latent
 from engine.preview import preview_image
 
 
@@ -52,7 +53,7 @@ def encode_image(pipe, kind: str, image: torch.Tensor, generator: torch.Generato
     with vae_upcast_if_needed(vae, kind):
         image = image.to(device=vae.device, dtype=vae.dtype)
         latents = vae.encode(image).latent_dist.sample(generator)
-    return (latents * vae.config.scaling_factor).to(pipe.unet.dtype)
+    return scale_latent(latents, vae).to(pipe.unet.dtype)
 
 
 def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor:
@@ -124,7 +125,7 @@ def preview(pipe, preset, x0: torch.Tensor, size: tuple[int, int]) -> Image.Imag
         return preview_image(x0, preset.kind, size)
     vae = pipe.vae
     with vae_upcast_if_needed(vae, preset.kind):
-        image = vae.decode(x0[:1].to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample
+        image = vae.decode(unscale_latent(x0[:1].to(device=vae.device, dtype=vae.dtype), vae)).sample
     return numpy_to_pil(postprocess(image))[0].resize(size, Image.Resampling.BILINEAR)
 
 
@@ -139,7 +140,7 @@ def decode_latents(pipe, kind: str, latents: torch.Tensor) -> tuple[np.ndarray, 
     vae = pipe.vae
     with vae_upcast_if_needed(vae, kind):
         latents = latents.to(device=vae.device, dtype=vae.dtype)
-        images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+        images = vae.decode(unscale_latent(latents, vae), return_dict=False)[0]
     images, has_nsfw = run_safety_checker(pipe, images)
     out = postprocess(images)
     if has_nsfw is not None:

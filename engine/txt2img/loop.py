@@ -26,6 +26,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from engine.diffusion import StepState, predict_x0
+from engine.latent_scale import unscale_latent
 from engine.text_encoding import PromptEmbeds
 
 
@@ -140,7 +141,7 @@ def colour_guidance(vae, scheduler, latents, noise_pred, t, target_rgb: torch.Te
     with torch.enable_grad():
         latents = latents.detach().requires_grad_(True)
         x0 = pred_original_sample(scheduler, latents, noise_pred.detach(), t)
-        images = vae.decode(x0 / vae.config.scaling_factor, return_dict=False)[0]
+        images = vae.decode(unscale_latent(x0, vae), return_dict=False)[0]
         loss = colour_loss(images / 2 + 0.5, target_rgb) * scale
         grad = torch.autograd.grad(loss, latents)[0]
     a = alpha_bar_at(scheduler, t)
