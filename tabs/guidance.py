@@ -138,7 +138,7 @@ def prompt_weight_sweep(prompt, word, weights, negative_prompt, model, guidance_
 # Layout
 
 
-def _panels_section():
+def _panels_section(when=None):
     """The Fashion-MNIST panels: controls, gallery, table, JSON, history and link; returns the form."""
     from tabs.class_conditional import steps_for_sampler
 
@@ -178,7 +178,7 @@ def _panels_section():
     form.record([event], panels, info, lambda s: f"{s['class']} · seed {s['seed']}")
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
     sampler.input(steps_for_sampler, sampler, steps, api_visibility="private", queue=False)
-    show_on_arrival(guidance_panels, FIRST, [panels, table, info])
+    show_on_arrival(guidance_panels, FIRST, [panels, table, info], when=when)
     return form
 
 
@@ -215,11 +215,14 @@ def _weights_section() -> None:
 
 
 def build(tab=None) -> list[Form]:
-    """The tab's layout and events: Fashion-MNIST's panels, the text-to-image half (``tabs.guidance_t2i``, its
-    examples shown when ``tab`` is first selected) and the prompt weights; returns the forms (the named controls
+    """The tab's layout and events: Fashion-MNIST's panels, the text-to-image half (``tabs.guidance_t2i``; all
+    the examples shown when ``tab`` is first selected) and the prompt weights; returns the forms (the named controls
     that history and links fill)."""
     gr.Markdown(INTRO, elem_classes=["explain"])
-    forms = [_panels_section()]
+    # Every example of this tab is shown when the tab is first opened, not on the page's load: its four
+    # Fashion panels (32 samples, half of them classifier-guided) would otherwise hold the compute queue ahead
+    # of a fresh server's first visitor's own run.
+    forms = [_panels_section([tab.select] if tab is not None else None)]
     forms += guidance_t2i.build_text_to_image(tab)
     gr.Markdown(WEIGHTS_INTRO, elem_classes=["explain"])
     _weights_section()
