@@ -39,6 +39,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_HUB_CLIP = "openai/clip-vit-base-patch32"
 
 
+
+def conv_body(width: int) -> nn.Sequential:
+    """The mini image towers' body: pictures [B, 3, H, W] -> flattened features [B, 4 * width * (H/16) * (W/16)].
+    Four stride-2 3x3 convolutions (widths width, 2w, 4w, 4w), each with GroupNorm and GELU; no pooling, so the
+    features keep where the item is."""
+    chans = [3, width, 2 * width, 4 * width, 4 * width]
+    layers = []
+    for cin, cout in zip(chans[:-1], chans[1:]):
+        layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8 if cout % 8 == 0 else 1, cout),
+                   nn.GELU()]
+    return nn.Sequential(*layers, nn.Flatten())
+
 class MiniImageEncoder(nn.Module):
     """A small CNN image tower [B, 3, 64, 64] -> [B, E], plus the learned projection of the locked text side.
 
@@ -52,14 +64,9 @@ class MiniImageEncoder(nn.Module):
     def __init__(self, width: int = 32, embed_dim: int = 64, text_dim: int = 64, image_size: int = 64):
         super().__init__()
         self.config = dict(width=width, embed_dim=embed_dim, text_dim=text_dim, image_size=image_size)
-        chans = [3, width, 2 * width, 4 * width, 4 * width]
-        layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8 if cout % 8 == 0 else 1, cout),
-                       nn.GELU()]
-        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.body = conv_body(width)
         cells = (image_size // 16) ** 2
-        self.visual_projection = nn.Linear(chans[-1] * cells, embed_dim)
+        self.visual_projection = nn.Linear(4 * width * cells, embed_dim)
         self.text_projection = nn.Linear(text_dim, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(2.6593))
 

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from engine.clip_image import conv_body
 from engine.mini.data import IMAGE_SIZE  # 64: the pictures the mini models make are the data's size
 from engine.presets import TOKENIZER_DIRS
 from engine.schedulers import SD_NOISE_SCHEDULE
@@ -187,13 +188,8 @@ class ImageTower(nn.Module):
 
     def __init__(self, width: int = 32, out_dims: tuple[int, ...] = (64,)):
         super().__init__()
-        chans = [3, width, 2 * width, 4 * width, 4 * width]
-        layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(8 if cout % 8 == 0 else 1, cout),
-                       nn.GELU()]
-        self.body = nn.Sequential(*layers, nn.Flatten())
-        self.heads = nn.ModuleList(nn.Linear(chans[-1] * 16, d) for d in out_dims)
+        self.body = conv_body(width)
+        self.heads = nn.ModuleList(nn.Linear(4 * width * 16, d) for d in out_dims)
 
     def forward(self, pictures: torch.Tensor) -> list[torch.Tensor]:
         features = self.body(pictures)

@@ -20,6 +20,7 @@ from engine.presets import Preset
 from engine.txt2img import clip_guidance as cg
 from engine.txt2img import make_request, run_to_end, text_to_image
 from engine.txt2img.loop import pred_original_sample
+from tests.engine.test_txt2img import sd_pipe  # noqa: F401 - the tiny SD pipeline fixture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "a red sneaker"
@@ -31,17 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def sd_pipe():
-    from diffusers import StableDiffusionPipeline
-
-    from tests.tiny_models import tiny_sd_components
-
-    pipe = StableDiffusionPipeline(**tiny_sd_components(), requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
