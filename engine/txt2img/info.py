@@ -23,6 +23,7 @@ class Result:
     pil_images: list[Image.Image]
     info: dict
     parameters: list[dict]  # per image: {"prompt", "negative_prompt", "settings"} for the PNG chunk
+    switch_images: np.ndarray | None = None  # with a refiner, when asked: the hand-off latents decoded [B, H, W, 3]
 
 
 @dataclass
@@ -32,6 +33,7 @@ class RunInfo:
     images: np.ndarray
     info: dict
     scheduler: object
+    switch_images: np.ndarray | None = None
 
 
 def png_settings(preset, request, scheduler, guidance_scale: float) -> dict:

@@ -94,7 +94,7 @@ def _oom_message(request: Request) -> str:
 
 
 @gpu(duration=gpu_seconds)
-def text_to_image(pipe, preset, refiner_pipe=None, **inputs) -> Iterator[dict | Result]:
+def text_to_image(pipe, preset, refiner_pipe=None, decode_switch: bool = False, **inputs) -> Iterator[dict | Result]:
     """Text (or image) to image, as a generator: progress dicts, then one ``Result``.
 
     ``inputs`` are ``make_request``'s (diffusers' names: prompt, negative_prompt,
@@ -103,11 +103,12 @@ def text_to_image(pipe, preset, refiner_pipe=None, **inputs) -> Iterator[dict | 
     else None), "run", "runs"}. With ``guidance_scales`` (the guidance sweep)
     the loop runs once per scale, same seed, reusing the prompt embeddings. With ``refiner`` (a refiner
     preset's name) the base hands over at ``denoising_end``; ``refiner_pipe`` is that refiner's pipeline
-    when the caller has it already (tests), else it comes from the loader.
+    when the caller has it already (tests), else it comes from the loader; ``decode_switch`` also decodes
+    the latents the base hands over (``Result.switch_images``, ``engine.txt2img.handoff``).
     """
     request = make_request(preset, **inputs)
     try:
-        yield from run(pipe, preset, request, refiner_pipe)
+        yield from run(pipe, preset, request, refiner_pipe, decode_switch)
     except torch.cuda.OutOfMemoryError:
         free_memory()
         raise UserError(_oom_message(request)) from None
@@ -187,10 +188,11 @@ def run_stage(pipe, preset, request: Request, unet, scheduler, latents, timestep
 
 
 def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int, guides=(),
-                    refiner=None):
+                    refiner=None, decode_switch: bool = False):
     """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``. ``guides``: the step
     callbacks of model-based guidance (CLIP) for ``denoise``. With a ``refiner`` (``engine.txt2img.refiner``)
-    the base stops at ``request.denoising_end`` and the refiner denoises the rest (Podell et al. 2023, §2.5)."""
+    the base stops at ``request.denoising_end`` and the refiner denoises the rest (Podell et al. 2023, §2.5);
+    ``decode_switch`` also decodes the latents handed over, noise and all (the hand-off view)."""
     unet = pipe.unet
     g = request.guidance_scales[run_index]
     do_cfg = g > 1 and unet.config.time_cond_proj_dim is None
@@ -210,7 +212,9 @@ def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tens
     # 6. Denoising loop (with a refiner: the base from T down to the switch point)
     latents, base = yield from run_stage(pipe, preset, request, unet, scheduler, latents, timesteps, cond, g,
                                          extra_step_kwargs, guides, run_index, 0, total)
-    stages = [base]
+    stages, switch_images = [base], None
+    if refine is not None and decode_switch:  # what the refiner receives, as the VAE shows it
+        switch_images = decode_latents(pipe, preset.kind, latents)[0]
     if refine is not None:  # 6.1 The refiner, from the switch point to t = 0, on the base's latents as they are
         latents, refined = yield from run_stage(pipe, preset, request, refine["unet"], refine["scheduler"], latents,
                                                 refine["timesteps"], refine["cond"], g, refine["extra_step_kwargs"],
@@ -229,12 +233,13 @@ def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tens
             info.setdefault(name, []).extend(values)
     if refine is not None:
         info["refiner"] = refiner_info(refiner, request, refine, base, refined)
-    return RunInfo(images=images, info=info, scheduler=scheduler)
+    return RunInfo(images=images, info=info, scheduler=scheduler, switch_images=switch_images)
 
 
-def run(pipe, preset, request: Request, refiner_pipe=None) -> Iterator[dict | Result]:
+def run(pipe, preset, request: Request, refiner_pipe=None, decode_switch: bool = False) -> Iterator[dict | Result]:
     """The whole request, in the pipeline's numbered steps; yields progress dicts, then a ``Result``.
-    ``refiner_pipe``: the refiner's pipeline, when the caller has it (else the loader's, by the request's name)."""
+    ``refiner_pipe``: the refiner's pipeline, when the caller has it (else the loader's, by the request's name);
+    ``decode_switch``: the ``Result`` also holds the hand-off latents decoded (``switch_images``)."""
     start = time.perf_counter()
 
     # 2. Encode input prompt (once, even for a sweep)
@@ -263,12 +268,13 @@ def run(pipe, preset, request: Request, refiner_pipe=None) -> Iterator[dict | Re
     runs = []
     for run_index in range(len(request.guidance_scales)):
         runs.append((yield from denoise_one_run(pipe, preset, request, embeds, time_ids, image_tensor, run_index,
-                                                guides, refiner)))
+                                                guides, refiner, decode_switch)))
 
     images = np.concatenate([r.images for r in runs])
     info = run_info(preset, request, runs, pipe.unet, time.perf_counter() - start, embeds.warnings, *time_ids)
+    switch = [r.switch_images for r in runs if r.switch_images is not None]
     yield Result(images=images, pil_images=numpy_to_pil(images), info=info,
-                 parameters=png_parameters(preset, request, runs))
+                 parameters=png_parameters(preset, request, runs), switch_images=np.concatenate(switch) if switch else None)
 
 
 def run_to_end(events: Iterator) -> Result:
