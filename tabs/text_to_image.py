@@ -334,14 +334,14 @@ def build() -> Form:
 
     inputs = [prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
               width, height, num_images, *micro.values(), *extra.values()]
-    event = run.click(generate, inputs, [gallery, info, preview], api_name="generate", **COMPUTE)
+    # A click and Enter in the prompt box are one event (one API endpoint); Stop cancels it at the next step
+    # and frees the queue.
+    event = gr.on([run.click, prompt.submit], generate, inputs, [gallery, info, preview], api_name="generate",
+                  **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
-    # Enter in the prompt box runs the same job; Stop cancels it at the next step and frees the queue.
-    enter = prompt.submit(generate, inputs, [gallery, info, preview], api_visibility="private", **COMPUTE)
-    enter.success(show_used_seed, info, seed, api_visibility="private", queue=False)
-    form.record([event, enter], gallery, info, lambda s: f"seed {s['seed']} · {s['prompt']}")
+    form.record([event], gallery, info, lambda s: f"seed {s['seed']} · {s['prompt']}")
 
-    stop.click(None, None, None, cancels=[event, enter], api_visibility="private", queue=False)
+    stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
     if first:
         show_on_arrival(example_result, dict(zip(GENERATE_ARGS, [c.value for c in inputs[:len(GENERATE_ARGS)]])),
                         [gallery, info, preview])

@@ -210,12 +210,12 @@ def _attention_section() -> None:
     state = gr.State()
     inputs = [prompt, negative, model, guidance, steps, seed, width, height, step_range, layer_choice]
     outputs = [image, gallery, info, state, step_slider]
-    run.click(attention_maps, inputs, outputs, api_name="attention_maps", **COMPUTE)
+    # A click and Enter in the prompt box are one event (one API endpoint).
+    gr.on([run.click, prompt.submit], attention_maps, inputs, outputs, api_name="attention_maps", **COMPUTE)
     if choices:
         names = ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "seed", "width",
                  "height", "steps", "layers")
         show_on_arrival(attention_maps, {n: c.value for n, c in zip(names, inputs)}, outputs)
-    prompt.submit(attention_maps, inputs, outputs, api_visibility="private", **COMPUTE)
     step_slider.release(maps_at_step, [state, step_slider], [gallery, step_note], api_visibility="private",
                         queue=False)
 
