@@ -8,7 +8,7 @@ Three views of the one component that does the work (the book's exercises 2,
 * the timestep embedding, and the Fashion-MNIST UNet told the wrong time
   (``engine.unet.timestep``; API ``/timestep_experiment``);
 * the UNet's anatomy and FLOPs from its config alone, latent against pixel space
-  (``engine.unet.anatomy``; API ``/unet_anatomy``).
+  (``engine.unet.anatomy``, its tables ``tabs.anatomy_tables``; API ``/unet_anatomy``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from engine.fashion.data import CLASS_NAMES, example_images, to_unit_range
 from engine.imports import lazy
 from engine.presets import presets_for
 from engine.unet.steps import STEP_RANGES
+from tabs.anatomy_tables import anatomy_table
 from tabs.common import COMPUTE, model_job, seed_from_box, show_on_arrival, user_errors
 
 # Imported on first use, after the page is served (engine.imports): the layout reads torch-free modules only.
@@ -169,7 +170,7 @@ def unet_anatomy(model, width, height):
     """Event handler (API ``/unet_anatomy``): the markdown tables and the JSON (total_parameters,
     flops_per_call, blocks, pixel_space)."""
     result = anatomy.anatomy_for_preset(model, width, height)
-    return anatomy.anatomy_table(result), result
+    return anatomy_table(result), result
 
 
 def _attention_section() -> None:
