@@ -1,8 +1,9 @@
 """Per-step CPU cost of our sampling loop (engine.txt2img) against the diffusers pipeline.
 
-Both run on the same tiny seeded components (tests/tiny_models.py) at the same
-size, guidance and scheduler (Euler). We time each denoising step from end to
-end: the pipeline stamps the clock in ``callback_on_step_end``, our loop at
+Both run the same shipped mini models (the "mini-SD (offline)" and "mini-SDXL
+(offline)" presets, loaded through engine.loader, as the app loads them) at the
+same size, guidance and scheduler (Euler). We time each denoising step from end
+to end: the pipeline stamps the clock in ``callback_on_step_end``, our loop at
 each step it yields. Fixed costs (prompt encoding, VAE decoding) are left out.
 The clock is the thread's CPU time (``time.thread_time``) with torch on one
 thread, so time spent waiting for a busy CPU is not counted: wall-clock
@@ -20,31 +21,28 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.presets import Preset  # noqa: E402
+from engine.loader import load  # noqa: E402
+from engine.presets import get_preset  # noqa: E402
 from engine.txt2img import text_to_image  # noqa: E402
 
-PROMPT = "An oil painting of a collie in a top hat"
+PROMPT = "a red sneaker"
+MINI = {"sd": "mini-SD (offline)", "sdxl": "mini-SDXL (offline)"}
 
 
 def build(kind: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from tests.tiny_models import tiny_sd_components, tiny_sdxl_components
-
-    if kind == "sd":
-        pipe = StableDiffusionPipeline(**tiny_sd_components(), requires_safety_checker=False)
-    else:
-        pipe = StableDiffusionXLPipeline(**tiny_sdxl_components())
+    """The shipped mini pipeline of ``kind`` on the CPU in float32, and its preset with the size and step
+    limits opened (``--size`` may exceed what the tab offers)."""
+    preset = get_preset(MINI[kind], kind)
+    pipe = load(preset, device="cpu", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    preset = Preset(name=f"tiny-{kind}", kind=kind, path="/nonexistent",
-                    options={"min_size": 32, "max_size": 1024, "max_steps": 1000})
-    return pipe, preset
+    return pipe, replace(preset, options={**preset.options, "min_size": 32, "max_size": 1024, "max_steps": 1000})
 
 
 def step_intervals(stamps: list[float]) -> list[float]:
@@ -102,7 +100,7 @@ def main() -> None:
             theirs_ms, ours_ms, prev_ms = (1000 * statistics.median(t[k]) for k in ("theirs", "ours", "preview"))
             rows.append((kind.upper(), guidance, theirs_ms, ours_ms, prev_ms))
 
-    print(f"\nPer-step CPU time, tiny components, {args.size}x{args.size}, Euler, {args.threads} CPU thread(s), "
+    print(f"\nPer-step CPU time, shipped mini models, {args.size}x{args.size}, Euler, {args.threads} CPU thread(s), "
           f"median over {args.repeats} runs of {args.steps} steps\n")
     print("| model | guidance | diffusers ms/step | ours ms/step | overhead | ours + preview every step | overhead |")
     print("|---|---|---|---|---|---|---|")
