@@ -15,7 +15,7 @@ import gradio as gr
 
 from engine.device import limit_malloc_arenas
 from engine.imports import import_engine
-from tabs import class_conditional, guidance, status, text_to_image, tokenizer, unet, vae
+from tabs import class_conditional, guidance, refiner, status, text_to_image, tokenizer, unet, vae
 from tabs.common import DELETE_CACHE
 from tabs.settings import PRESENTER_JS, wire_links
 
@@ -78,6 +78,7 @@ with gr.Blocks(title=TITLE, delete_cache=DELETE_CACHE) as demo:
             forms = [class_conditional.build()]
         with gr.Tab("Text to image", id="txt2img"):
             forms.append(text_to_image.build())
+            refiner.build()
         with gr.Tab("VAE compression", id="vae"):
             vae.build()
         with gr.Tab("Tokenizer", id="tokenizer"):
