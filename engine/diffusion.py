@@ -1,4 +1,4 @@
-"""What every sampler in the engine shares: the state it yields per step, and the x0 estimate.
+"""What every sampler in the engine yields per step (the noise schedule and the x0 estimate: ``engine.noise_schedule``).
 
 Both loops (the Fashion-MNIST sampler in ``engine.fashion.sampling`` and the
 text-to-image loop in ``engine.txt2img.loop``) are generators in the style of
@@ -9,7 +9,6 @@ trajectories.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -38,8 +37,3 @@ class StepState:
     colour_loss: float | None = None
     guidance_losses: dict | None = None
 
-
-def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float | torch.Tensor) -> torch.Tensor:
-    """x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t (Ho et al. 2020, eq. 15), ᾱ_t a float or a tensor."""
-    sqrt = math.sqrt if isinstance(alpha_bar_t, float) else torch.sqrt
-    return (x_t - sqrt(1 - alpha_bar_t) * eps) / sqrt(alpha_bar_t)

@@ -53,15 +53,3 @@ def sampler_label(scheduler) -> str:
         label += " (Karras)"
     return label
 
-
-#: Stable Diffusion's training noise schedule ("scaled_linear" betas from 0.00085 to 0.012 over 1000
-#: steps, epsilon prediction), shared by SD 1.x and SDXL and by our mini models.
-SD_NOISE_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                         prediction_type="epsilon")
-
-
-def sd_noise_scheduler():
-    """The forward process q(x_t | x_0) of SD's training: a ``DDPMScheduler`` with ``SD_NOISE_SCHEDULE``."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(**SD_NOISE_SCHEDULE, clip_sample=False)

@@ -36,7 +36,7 @@ from engine.figures import colormap, latent_range
 from engine.images import pil_to_tensor, tensor_to_pil, to_rgb
 from engine.latent_scale import scale_latent, shift_factor, unscale_latent
 from engine.metrics import PSNR_METHOD, SSIM_METHOD, psnr, ssim
-from engine.schedulers import SD_NOISE_SCHEDULE, sd_noise_scheduler
+from engine.noise_schedule import SD_NOISE_SCHEDULE, alphas_cumprod, noise_scheduler, q_sample
 from engine.vae_inputs import FITS, GAIN_RANGE, MAX_ASPECT, SIZES
 
 TILED_DECODE_ABOVE = 64  # latent pixels a side (512 image pixels); larger latents decode in tiles
@@ -296,16 +296,17 @@ def check_timestep(timestep) -> int:
 
 
 def add_noise(x: torch.Tensor, timestep: int, seed: int = 0) -> tuple[torch.Tensor, dict]:
-    """Forward diffusion q(x_t | x_0): sqrt(alpha_bar_t) * x + sqrt(1 - alpha_bar_t) * noise.
+    """Forward diffusion q(x_t | x_0) on SD's schedule: sqrt(alpha_bar_t) * x + sqrt(1 - alpha_bar_t) * noise
+    (``engine.noise_schedule.q_sample``).
 
     Works on a latent [1, 4, h, w] or on an image [1, 3, H, W] alike; the noise
     comes from a CPU generator seeded by ``seed``. Returns (x_t, schedule numbers).
     """
     t = check_timestep(timestep)
-    scheduler = sd_noise_scheduler()
+    scheduler = noise_scheduler()
     noise = torch.randn(x.shape, generator=cpu_generator(seed), dtype=torch.float32)
-    noisy = scheduler.add_noise(x.float().cpu(), noise, torch.tensor([t]))
-    alpha_bar = scheduler.alphas_cumprod[t].item()
+    noisy = q_sample(scheduler, x.float().cpu(), noise, torch.tensor([t]))
+    alpha_bar = alphas_cumprod(scheduler)[t].item()
     info = {
         "timestep": t,
         "alpha_bar": round(alpha_bar, 6),

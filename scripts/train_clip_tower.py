@@ -179,7 +179,7 @@ def by_level(tower, test_pixels, test_pooled, test_fits) -> dict:
 def predicted_x0_pictures(assets: Path, pixels: torch.Tensor, timesteps=X0_TIMESTEPS) -> dict:
     """{t: decoded predicted x0 [N, 3, 64, 64] in [-1, 1]} of the mini-SD UNet, unconditional (empty prompt),
     from the test pictures noised to t (Ho et al. 2020, eq. 4 and 15): what CLIP guidance reads at t."""
-    from engine.diffusion import predict_x0
+    from engine.noise_schedule import predict_x0
     from engine.mini.models import load_pipeline
 
     pipe = load_pipeline(assets / "mini-sd")

@@ -66,7 +66,7 @@ from engine.mini import data as cf  # noqa: E402
 from engine.mini import micro  # noqa: E402
 from engine.mini import models as ms  # noqa: E402
 from engine.mini.cards import save_grid  # noqa: E402
-from engine.schedulers import sd_noise_scheduler  # noqa: E402
+from engine import noise_schedule  # noqa: E402
 from engine.training import (autocast, ema_update, load_checkpoint, lr_at, optimizer_step,  # noqa: E402
                              resumable_loop, save_checkpoint, set_lr)
 
@@ -334,7 +334,7 @@ def train(args) -> dict:
     data = cf.make_dataset("train", seed=args.seed, num_items=args.num_items)
     latents = encode_pictures(args, base.vae, data, device)
     table = encode_captions(base.tokenizer_2, base.text_encoder_2, data.captions)
-    scaling_factor, noise_scheduler = base.vae.config.scaling_factor, sd_noise_scheduler()
+    scaling_factor, noise_scheduler = base.vae.config.scaling_factor, noise_schedule.noise_scheduler()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.01)
     step, running = resume(args, device, unet, ema, opt)

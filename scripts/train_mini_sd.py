@@ -68,7 +68,7 @@ from engine.mini import micro  # noqa: E402
 from engine.mini import measure  # noqa: E402
 from engine.mini.cards import DEFAULT_GUIDANCE, STAGES, model_card, sample_grid, save_grid  # noqa: E402
 from engine.mini import models as ms  # noqa: E402
-from engine.schedulers import sd_noise_scheduler  # noqa: E402
+from engine import noise_schedule  # noqa: E402
 from engine.training import (autocast, ema_update, load_checkpoint, lr_at, optimizer_step,  # noqa: E402
                              resumable_loop, save_checkpoint, set_lr)
 
@@ -700,7 +700,7 @@ def train_unet(args, sdxl: bool) -> dict:
     if any(grounding):
         table["words"] = caption_words(data, table, tokenizers["tokenizer"])
     scaling_factor = vae.config.scaling_factor
-    noise_scheduler = sd_noise_scheduler()
+    noise_scheduler = noise_schedule.noise_scheduler()
 
     torch.manual_seed(args.seed)
     unet = ms.make_unet(args.size, sdxl).to(device)
@@ -815,7 +815,7 @@ def bench(args) -> dict:
             pictures, _, _ = micro.micro_condition(data.pictures(np.arange(500)), np.random.default_rng(i))
             vae.encode(cf.to_vae_input(pictures).to(device))
 
-    noise_scheduler = sd_noise_scheduler()
+    noise_scheduler = noise_schedule.noise_scheduler()
     table_sd = encode_caption_table(data.captions, tokenizers, clip.text_encoder, clip.text_encoder_2, False)
     table_xl = encode_caption_table(data.captions, tokenizers, clip.text_encoder, clip.text_encoder_2, True)
     fake = {"mean": torch.randn(len(data), 4, 8, 8), "std": torch.full((len(data), 4, 8, 8), 0.1),

@@ -15,7 +15,7 @@ import gradio as gr
 from engine.errors import UserError
 from engine.imports import lazy
 from engine.presets import default_size, get_preset, presets_for
-from engine.schedulers import SD_NOISE_SCHEDULE
+from engine.noise_schedule import SD_NOISE_SCHEDULE
 from engine.vae_inputs import GAIN_RANGE, SIZES
 from tabs.common import COMPUTE, model_job, seed_from_box, show_on_arrival, upload_path
 

@@ -7,9 +7,10 @@ the user is in [0, 1].
 
 Sampling (``sample``) is a generator in the style of smalldiffusion: it yields
 one ``engine.diffusion.StepState`` per denoising step (so a UI can stream the trajectory) and
-ends with a ``SampleResult``. One loop serves three samplers, each built from
-the same scheduler config (the book's DDPM schedule, 1000 steps, linear betas
-1e-4 .. 0.02):
+ends with a ``SampleResult``.
+One loop serves three samplers, each built from the same scheduler config (the
+book's DDPM schedule, 1000 steps, linear betas 1e-4 .. 0.02; its ᾱ_t, the
+forward process and the x0 estimate come from ``engine.noise_schedule``):
 
 * "DDPM": ``DDPMScheduler``, ancestral sampling, Ho et al. 2020, Algorithm 2
   (the book's 1000-step loop).
@@ -47,7 +48,8 @@ from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_CLASSIFI
                                     MAX_GUIDANCE, NULL_CLASS, NUM_CLASSES, SAMPLER_STEPS, SAMPLERS, SCHEDULER_CONFIG,
                                     default_unet_preset)
 from engine.fashion.data import to_unit_range
-from engine.diffusion import StepState, predict_x0
+from engine.diffusion import StepState
+from engine.noise_schedule import alphas_cumprod, noise_scheduler, predict_x0, q_sample
 
 # --------------------------------------------------------------------------------------------
 # Requests and their validation
@@ -227,7 +229,7 @@ def sample(unet, label: int | str, count: int = 16, sampler: str = "DPM-Solver++
     scheduler = scheduler_for(request.sampler, scheduler_config)
     scheduler.set_timesteps(request.num_inference_steps, device=device)
     timesteps = scheduler.timesteps
-    alphas_cumprod = scheduler.alphas_cumprod.to(device=device, dtype=torch.float32)
+    alpha_bars = alphas_cumprod(scheduler, device)  # ᾱ_t, for the x0 estimate and classifier guidance
 
     # 2. Initial noise x_T, from a CPU generator so a seed gives the same images on every device
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -240,8 +242,8 @@ def sample(unet, label: int | str, count: int = 16, sampler: str = "DPM-Solver++
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             eps = predict_noise(unet, model_input.to(dtype), t, labels, request.guidance_scale)
             if guide is not None:  # the step callback: classifier guidance on ε̂
-                eps = guide(model_input, t, alphas_cumprod[int(t)], labels, eps)
-        x0 = predict_x0(x, eps, alphas_cumprod[int(t)])
+                eps = guide(model_input, t, alpha_bars[int(t)], labels, eps)
+        x0 = predict_x0(x, eps, alpha_bars[int(t)])
         x = scheduler.step(eps, t, x, **step_kwargs(request.sampler, generator)).prev_sample
         yield StepState(index=i, timestep=int(t), num_steps=len(timesteps), latents=x, pred_original=x0)
 
@@ -310,12 +312,10 @@ def trajectory_indices(total: int, k: int = 8) -> list[int]:
 def alpha_bar_schedule(config: dict | None = None) -> dict[str, np.ndarray]:
     """ᾱ_t = ∏_{s≤t} (1 − β_s) for t = 0..T−1, with signal √ᾱ_t and noise √(1−ᾱ_t) levels.
 
-    Returns numpy arrays "t", "alpha_bar", "signal", "noise", each of length T (1000).
+    Returns numpy arrays "t", "alpha_bar", "signal", "noise", each of length T (1000), from
+    ``engine.noise_schedule`` on the book's schedule (or ``config``).
     """
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler.from_config(dict(config or SCHEDULER_CONFIG))
-    abar = scheduler.alphas_cumprod.double().numpy()
+    abar = alphas_cumprod(noise_scheduler(config or SCHEDULER_CONFIG)).double().numpy()
     return {"t": np.arange(len(abar)), "alpha_bar": abar, "signal": np.sqrt(abar), "noise": np.sqrt(1 - abar)}
 
 
@@ -327,16 +327,14 @@ def forward_process(x0: torch.Tensor, timesteps=FORWARD_TIMESTEPS, seed: int = 0
     same noise ε is used at every t, so the row shows one path fading out.
     Returns ``(len(timesteps), 1, 32, 32)`` in model space (not clipped).
     """
-    from diffusers import DDPMScheduler
-
     x0 = x0.reshape(1, 1, *x0.shape[-2:]).float().cpu()
     for t in timesteps:
         if not 0 <= int(t) < 1000:
             raise UserError(f"Timesteps go from 0 to 999, got {t}.")
-    scheduler = DDPMScheduler.from_config(dict(config or SCHEDULER_CONFIG))
+    scheduler = noise_scheduler(config or SCHEDULER_CONFIG)
     noise = torch.randn(x0.shape, generator=torch.Generator("cpu").manual_seed(check_seed(seed)))
     t = torch.tensor([int(s) for s in timesteps], dtype=torch.long)
-    return scheduler.add_noise(x0.expand(len(t), -1, -1, -1), noise.expand(len(t), -1, -1, -1), t)
+    return q_sample(scheduler, x0.expand(len(t), -1, -1, -1), noise.expand(len(t), -1, -1, -1), t)
 
 
 def to_pil(images: torch.Tensor, scale: int = 4) -> list:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from engine.clip_image import conv_body
 from engine.mini.data import IMAGE_SIZE  # 64: the pictures the mini models make are the data's size
 from engine.presets import TOKENIZER_DIRS
-from engine.schedulers import SD_NOISE_SCHEDULE
+from engine.noise_schedule import SD_NOISE_SCHEDULE
 from engine.unet.anatomy import count_parameters  # noqa: F401 - the training scripts read it here
 
 LATENT_SIZE = 8  # 64 / 2**3

@@ -31,7 +31,7 @@ import torch
 
 from engine.errors import UserError
 from engine.latent_scale import unscale_latent
-from engine.txt2img.loop import alpha_bar_at, pred_original_sample
+from engine.noise_schedule import alpha_bar_at, pred_original_sample
 
 
 def spherical_dist_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -18,15 +18,15 @@ UNet works in (VAE latents times ``vae.config.scaling_factor``).
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from engine.diffusion import StepState, predict_x0
+from engine.diffusion import StepState
 from engine.latent_scale import unscale_latent
+from engine.noise_schedule import alpha_bar_at, pred_original_sample
 from engine.text_encoding import PromptEmbeds
 
 
@@ -93,35 +93,6 @@ def prepare_extra_step_kwargs(scheduler, generator: torch.Generator, eta: float 
     if "generator" in params:
         kwargs["generator"] = generator
     return kwargs
-
-
-def alpha_bar_at(scheduler, t) -> float:
-    """alpha-bar_t, the fraction of signal variance left at timestep t (interpolated for fractional t)."""
-    alphas_cumprod = scheduler.alphas_cumprod
-    t = min(max(float(t), 0.0), len(alphas_cumprod) - 1.0)
-    low = int(math.floor(t))
-    high = min(low + 1, len(alphas_cumprod) - 1)
-    w = t - low
-    return float(alphas_cumprod[low]) * (1 - w) + float(alphas_cumprod[high]) * w
-
-
-def pred_original_sample(scheduler, latents: torch.Tensor, model_output: torch.Tensor, t) -> torch.Tensor:
-    """The clean latents the model predicts at this step, [B, 4, h, w] (diffusers' ``pred_original_sample``).
-
-    ``scale_model_input`` turns every scheduler's latents into the DDPM form
-    x_t = sqrt(a) x0 + sqrt(1 - a) eps (a = alpha-bar_t), the UNet's input.
-    Solving for x0 gives ``engine.diffusion.predict_x0`` (Ho et al. 2020, eq. 15);
-    for v-prediction (SD 2.x 768), x0 = sqrt(a) x_t - sqrt(1 - a) v.
-    Differentiable in ``latents``.
-    """
-    x_t = scheduler.scale_model_input(latents, t)
-    a = alpha_bar_at(scheduler, t)
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type == "epsilon":
-        return predict_x0(x_t, model_output, a)
-    if prediction_type == "v_prediction":
-        return math.sqrt(a) * x_t - math.sqrt(1 - a) * model_output
-    return model_output  # "sample": the model predicts x0 itself
 
 
 def colour_loss(images: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:

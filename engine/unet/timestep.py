@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.diffusion import predict_x0
 from engine.errors import check_seed, whole_number_in_range
 from engine.fashion.configs import SCHEDULER_CONFIG
 from engine.fashion.data import example_image
+from engine.noise_schedule import alphas_cumprod, noise_scheduler, predict_x0, q_sample
 
 FASHION_TRAIN_TIMESTEPS = SCHEDULER_CONFIG["num_train_timesteps"]  # 1000: the Fashion UNet's schedule
 TOLD_STEP = 25  # the grid of told timesteps: 0, 25, ..., 975 and 999
@@ -57,12 +57,6 @@ def check_true_t(true_t) -> int:
     return whole_number_in_range(true_t, "The true timestep (true_t)", 1, FASHION_TRAIN_TIMESTEPS - 1)
 
 
-def _alphas_cumprod() -> torch.Tensor:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(dict(SCHEDULER_CONFIG)).alphas_cumprod.float()
-
-
 @torch.no_grad()
 def wrong_time_experiment(unet, example=0, true_t=400, seed: int = 0, draws: int = NOISE_DRAWS) -> dict:
     """Noise a test image to ``true_t``; ask the UNet for the noise, telling it each t′ of ``told_timesteps``.
@@ -75,10 +69,11 @@ def wrong_time_experiment(unet, example=0, true_t=400, seed: int = 0, draws: int
     true_t, seed = check_true_t(true_t), check_seed(seed)
     x0, label = example_image(example)
     told = told_timesteps(true_t)
-    abar = _alphas_cumprod()
+    scheduler = noise_scheduler(SCHEDULER_CONFIG)
+    abar = alphas_cumprod(scheduler)
     generator = torch.Generator("cpu").manual_seed(seed)
     noise = torch.randn((draws, *x0.shape[1:]), generator=generator)
-    x_t = abar[true_t].sqrt() * x0 + (1 - abar[true_t]).sqrt() * noise  # [draws, 1, 32, 32]
+    x_t = q_sample(scheduler, x0.expand_as(noise), noise, torch.full((draws,), true_t))  # [draws, 1, 32, 32]
     k = len(told)
     inputs = x_t.repeat_interleave(k, dim=0)  # draw-major: [draws * K]
     t_batch = torch.tensor(told * draws)

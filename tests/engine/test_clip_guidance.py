@@ -19,7 +19,7 @@ from engine.errors import UserError
 from engine.presets import Preset
 from engine.txt2img import clip_guidance as cg
 from engine.txt2img import make_request, run_to_end, text_to_image
-from engine.txt2img.loop import pred_original_sample
+from engine.noise_schedule import pred_original_sample
 from tests.engine.test_txt2img import sd_pipe  # noqa: F401 - the tiny SD pipeline fixture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

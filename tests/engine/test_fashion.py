@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 
 from engine.fashion import sampling as fashion
 from engine.fashion.judge import FashionJudge, judge_images, load_classifier
-from engine.diffusion import predict_x0
+from engine.noise_schedule import predict_x0
 from engine.errors import check_seed
 from engine.fashion.configs import SCHEDULER_CONFIG
 from engine.metrics import frechet_distance

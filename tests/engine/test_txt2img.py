@@ -15,7 +15,7 @@ import torch
 
 from engine import text_encoding, txt2img
 from engine.txt2img import latents as t2i_latents
-from engine.txt2img import loop, pipeline
+from engine.txt2img import pipeline
 from engine.presets import Preset
 from engine.txt2img import run_to_end, text_to_image
 
@@ -221,6 +221,8 @@ def test_previews_are_paced_by_the_clock_and_the_last_step_always_has_one(sd_pip
 def test_predict_x0_inverts_add_noise():
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
+    from engine.noise_schedule import pred_original_sample
+
     x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     eps = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     config = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
@@ -232,7 +234,7 @@ def test_predict_x0_inverts_add_noise():
             scheduler._step_index = 3
         else:
             x = scheduler.add_noise(x0, eps, t.view(1))
-        assert torch.allclose(loop.pred_original_sample(scheduler, x, eps, t), x0, atol=1e-4)
+        assert torch.allclose(pred_original_sample(scheduler, x, eps, t), x0, atol=1e-4)
 
 
 def test_guidance_sweep_reuses_embeddings(sd_pipe, monkeypatch):
