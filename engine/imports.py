@@ -60,7 +60,7 @@ def import_engine() -> None:
 class lazy(ModuleType):
     """An engine module, imported (with the whole engine, see ``import_engine``) on first attribute access.
 
-    ``sampling = lazy("engine.fashion.sampling")`` at a tab's top, then ``sampling.generate(...)`` in its
+    ``sampling = lazy("engine.fashion.sampling")`` at a tab's top, then ``sampling.sample_to_end(...)`` in its
     handlers: the tab module imports without torch, and its layout code must not touch ``sampling``."""
 
     def __init__(self, name: str):

@@ -81,9 +81,9 @@ def fidelity(models, args, g: float, s: float, cpu_bf16) -> dict:
         hits, done = 0, 0
         while done < args.per_class:
             k = min(args.batch, args.per_class - done)
-            result = fashion.generate(unet, label, k, args.sampler, args.steps, g, args.seed + 1000 * label + done,
-                                      scheduler_config=schedule, cpu_bf16=cpu_bf16, classifier_scale=s,
-                                      classifier=classifier)
+            result = fashion.sample_to_end(unet, label, k, args.sampler, args.steps, g, args.seed + 1000 * label + done,
+                                           scheduler_config=schedule, cpu_bf16=cpu_bf16, classifier_scale=s,
+                                           classifier=classifier)
             hits += judged_hits(judge, result.images, label)
             done += k
         per_class[CLASS_NAMES[label]] = round(hits / args.per_class, 4)
@@ -98,9 +98,9 @@ def bench(models, args, cpu_bf16) -> dict:
     for repeat in range(args.repeats + 1):
         for mode in MODES:
             g, s = mode_scales(mode, args.guidance, args.scale)
-            result = fashion.generate(unet, "Sandal", args.bench_count, args.sampler, args.steps, g, 0,
-                                      scheduler_config=schedule, cpu_bf16=cpu_bf16, classifier_scale=s,
-                                      classifier=classifier)
+            result = fashion.sample_to_end(unet, "Sandal", args.bench_count, args.sampler, args.steps, g, 0,
+                                           scheduler_config=schedule, cpu_bf16=cpu_bf16, classifier_scale=s,
+                                           classifier=classifier)
             if repeat > 0:  # the first round warms up
                 times[mode].append(result.seconds / args.bench_count)
     per_image = {mode: round(statistics.median(t), 5) for mode, t in times.items()}

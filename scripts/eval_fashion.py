@@ -69,8 +69,8 @@ def generate_class(unet, schedule, label: int, n: int, sampler: str, steps: int,
     out, done = [], 0
     while done < n:
         k = min(batch, n - done)
-        result = fashion.generate(unet, label, k, sampler, steps, guidance, seed + 1000 * label + done,
-                                  scheduler_config=schedule, cpu_bf16=cpu_bf16)
+        result = fashion.sample_to_end(unet, label, k, sampler, steps, guidance, seed + 1000 * label + done,
+                                       scheduler_config=schedule, cpu_bf16=cpu_bf16)
         out.append(result.images)
         done += k
     return torch.cat(out)

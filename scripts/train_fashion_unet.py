@@ -47,7 +47,7 @@ from PIL import Image  # noqa: E402
 from engine.fashion.configs import SCHEDULER_CONFIG, UNET_CONFIGS  # noqa: E402
 from engine.fashion.data import (NULL_CLASS, NUM_CLASSES, load_split, random_flip,  # noqa: E402
                                  require_dataset, to_model_space)
-from engine.fashion.sampling import generate  # noqa: E402
+from engine.fashion.sampling import sample_to_end  # noqa: E402
 from engine.training import (autocast, ema_update, lr_at, optimizer_step, resumable_loop,  # noqa: E402
                              save_checkpoint, set_lr)
 
@@ -95,10 +95,10 @@ def deadline_epoch(hhmm: str, now: float) -> float:
 @torch.no_grad()
 def sample_grid(unet: UNet2DModel, per_class: int = 8, steps: int = 20, guidance: float = 2.0,
                 seed: int = 0) -> Image.Image:
-    """One row per class, sampled by the app's own sampler (``engine.fashion.sampling.generate``:
+    """One row per class, sampled by the app's own sampler (``engine.fashion.sampling.sample_to_end``:
     DPM-Solver++ with classifier-free guidance). Returns a grey PIL grid."""
     unet.eval()
-    rows = [generate(unet, label, per_class, "DPM-Solver++", steps, guidance, seed, cpu_bf16=False).images
+    rows = [sample_to_end(unet, label, per_class, "DPM-Solver++", steps, guidance, seed, cpu_bf16=False).images
             for label in range(NUM_CLASSES)]
     img = (torch.cat(rows).clamp(0, 1) * 255).round().byte().cpu().numpy()[:, 0]
     grid = img.reshape(NUM_CLASSES, per_class, 32, 32).transpose(0, 2, 1, 3).reshape(NUM_CLASSES * 32, per_class * 32)

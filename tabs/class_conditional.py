@@ -189,7 +189,8 @@ def compare_guidance(label, sampler, num_inference_steps, seed, model=None, prog
     classifier = _judge()
     for k, g in enumerate(GUIDANCE_COMPARE):
         progress((k, len(GUIDANCE_COMPARE)), desc=f"guidance {g:g}")
-        result = sampling.generate(unet, label, 8, sampler, num_inference_steps, g, seed, scheduler_config=schedule)
+        result = sampling.sample_to_end(unet, label, 8, sampler, num_inference_steps, g, seed,
+                                        scheduler_config=schedule)
         rows += _gallery(result.images, [f"g={g:g}"] * 8)
         verdict = "no judge installed"
         if classifier is not None:

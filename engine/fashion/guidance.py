@@ -23,7 +23,7 @@ import torch
 from engine.diffusion import StepState
 from engine.errors import one_of
 from engine.fashion.configs import SAMPLER_STEPS
-from engine.fashion.sampling import SampleResult, generate, sample, validate_request
+from engine.fashion.sampling import SampleResult, sample, sample_to_end, validate_request
 
 #: The panels, in the order shown.
 MODES = ("none", "classifier-free", "classifier", "both")
@@ -90,9 +90,9 @@ def compare(unet, classifier, judge, label, count: int, sampler: str, num_infere
     modes = [one_of(mode, "mode", MODES) for mode in modes]
     if warm_up:
         steps = SAMPLER_STEPS[request.sampler][0]
-        generate(unet, request.label, 1, request.sampler, steps, max(request.guidance_scale, 1.5), request.seed,
-                 scheduler_config=scheduler_config, cpu_bf16=cpu_bf16, classifier_scale=request.classifier_scale,
-                 classifier=classifier if request.classifier_scale > 0 else None)
+        sample_to_end(unet, request.label, 1, request.sampler, steps, max(request.guidance_scale, 1.5), request.seed,
+                      scheduler_config=scheduler_config, cpu_bf16=cpu_bf16, classifier_scale=request.classifier_scale,
+                      classifier=classifier if request.classifier_scale > 0 else None)
     for mode in modes:
         g, s = mode_scales(mode, request.guidance_scale, request.classifier_scale)
         for state in sample(unet, request.label, request.count, request.sampler, request.num_inference_steps, g,

@@ -7,7 +7,7 @@ the user is in [0, 1].
 
 Sampling (``sample``) is a generator in the style of smalldiffusion: it yields
 one ``engine.diffusion.StepState`` per denoising step (so a UI can stream the trajectory) and
-ends with a ``SampleResult``.
+ends with a ``SampleResult`` (``sample_to_end`` runs it through and returns only that).
 One loop serves three samplers, each built from the same scheduler config (the
 book's DDPM schedule, 1000 steps, linear betas 1e-4 .. 0.02; its ᾱ_t, the
 forward process and the x0 estimate come from ``engine.noise_schedule``):
@@ -292,12 +292,18 @@ def sample_info(request: SampleRequest, seconds: float, device, dtype_name: str)
     }
 
 
-def generate(unet, *args, **kwargs) -> SampleResult:
-    """Run ``sample`` to the end and return its ``SampleResult``."""
+def sample_to_end(unet, *args, **kwargs) -> SampleResult:
+    """Run ``sample`` to the end and return its ``SampleResult`` (as ``engine.txt2img.run_to_end``)."""
     result = None
     for result in sample(unet, *args, **kwargs):
         pass
     return result
+
+
+# The old name, kept only because the golden-output test (tests/engine/test_golden_outputs.py, which must not
+# change) calls it; everything else says ``sample_to_end``. Not to be confused with the Text-to-image tab's
+# ``generate`` handler.
+generate = sample_to_end
 
 
 def trajectory_indices(total: int, k: int = 8) -> list[int]:

@@ -37,7 +37,7 @@ def test_the_page_is_laid_out_before_torch_loads():
         "imports.import_engine()\n"
         "assert 'diffusers' in sys.modules\n"
         "from tabs import class_conditional, unet, vae\n"
-        "assert callable(class_conditional.sampling.generate) and callable(unet.attention.attention_maps)\n"
+        "assert callable(class_conditional.sampling.sample_to_end) and callable(unet.attention.attention_maps)\n"
         "assert vae.vae_engine.SIZES == vae.SIZES\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("EXPLORER_PRELOAD", "EXPLORER_DEVICE")}

@@ -39,7 +39,7 @@ def run(unet, **kw):
     kw.setdefault("guidance_scale", 2.0)
     kw.setdefault("seed", 0)
     kw.setdefault("cpu_bf16", False)
-    return fashion.generate(unet, **kw)
+    return fashion.sample_to_end(unet, **kw)
 
 
 # ---------------------------------------------------------------------------------------------

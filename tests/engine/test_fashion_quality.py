@@ -31,7 +31,7 @@ def models():
 @pytest.mark.parametrize("label", ["Sandal", "Trouser", "Bag"])
 def test_shipped_model_makes_the_class_asked_for(models, label):
     unet, judge, schedule = models
-    result = fashion.generate(unet, label, 64, "DPM-Solver++", 20, 2.0, seed=2024, scheduler_config=schedule)
+    result = fashion.sample_to_end(unet, label, 64, "DPM-Solver++", 20, 2.0, seed=2024, scheduler_config=schedule)
     preds, _ = judge_images(judge, result.images)
     share = (preds == fashion.class_index(label)).float().mean().item()
     assert share >= 0.85, f"{label}: only {share:.0%} of 64 samples judged as {label}"
