@@ -273,9 +273,9 @@ def build() -> Form:
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", elem_id="fashion-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="fashion-stop", scale=1)
-            form = Form("class", dict(sampler=sampler, steps=steps, count=count, guidance=guidance, seed=seed,
-                                      randomize=randomize, model=model, classifier_scale=classifier_scale,
-                                      **{"class": label}),
+            form = Form("class", dict(sampler=sampler, num_inference_steps=steps, count=count, guidance_scale=guidance,
+                                      seed=seed, randomize_seed=randomize, model=model,
+                                      classifier_scale=classifier_scale, **{"class": label}),
                         run_id="fashion-generate", follow=("sampler", steps_for_sampler, [steps]))
             form.add_link_button("fashion")
         with gr.Column(scale=2):

@@ -162,8 +162,9 @@ def _panels_section(when=None):
             with gr.Row():
                 run = gr.Button("Compare", variant="primary", elem_id="guide-run", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="guide-stop", scale=1)
-            form = Form("guidance", dict(sampler=sampler, steps=steps, count=count, guidance=cfg,
-                                         classifier_scale=scale, seed=seed, randomize=randomize, **{"class": label}),
+            form = Form("guidance", dict(sampler=sampler, num_inference_steps=steps, count=count, guidance_scale=cfg,
+                                         classifier_scale=scale, seed=seed, randomize_seed=randomize,
+                                         **{"class": label}),
                         run_id="guide-run", follow=("sampler", steps_for_sampler, [steps]))
             form.add_link_button("guide")
         with gr.Column(scale=2):

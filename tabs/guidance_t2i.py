@@ -284,22 +284,24 @@ def _panel_controls(preset) -> dict:
                               elem_id="gt2i-model", info="Hub models need internet on first use."),
          "prompt": gr.Textbox(FIRST["prompt"], label="Prompt", lines=1, max_lines=3, elem_id="gt2i-prompt")}
     with gr.Row():
-        c["guidance"] = gr.Slider(0, 20, value=txt2img.default_guidance(preset) if preset else FIRST["guidance_scale"],
-                                  step=0.5, label="Classifier-free g", info="The classifier-free panel's; the "
-                                  "others run at g = 1.", elem_id="gt2i-guidance")
-        c["clip_scale"] = gr.Slider(0, 100, value=FIRST["clip_guidance_scale"], step=1, label="CLIP guidance scale",
-                                    info="About 10 on mini-SD.", elem_id="gt2i-clip-scale")
+        g = txt2img.default_guidance(preset) if preset else FIRST["guidance_scale"]
+        c["guidance_scale"] = gr.Slider(0, 20, value=g, step=0.5, label="Classifier-free g",
+                                        info="The classifier-free panel's; the others run at g = 1.",
+                                        elem_id="gt2i-guidance")
+        c["clip_guidance_scale"] = gr.Slider(0, 100, value=FIRST["clip_guidance_scale"], step=1,
+                                             label="CLIP guidance scale", info="About 10 on mini-SD.",
+                                             elem_id="gt2i-clip-scale")
     with gr.Row():
         c["colour"] = gr.ColorPicker(value=FIRST["colour"], label="Target colour", elem_id="gt2i-colour")
         c["colour_scale"] = gr.Slider(0, txt2img.MAX_COLOUR_SCALE, value=FIRST["colour_scale"], step=10,
                                       label="Colour loss scale", elem_id="gt2i-colour-scale")
         c["colour_every"] = gr.Slider(1, 10, value=FIRST["colour_every"], step=1, label="Every k steps")
-    c["steps"] = gr.Slider(1, steps_max, value=min(txt2img.default_steps(preset), steps_max) if preset else 25,
-                           step=1, label="Steps", elem_id="gt2i-steps")
+    steps = min(txt2img.default_steps(preset), steps_max) if preset else 25
+    c["num_inference_steps"] = gr.Slider(1, steps_max, value=steps, step=1, label="Steps", elem_id="gt2i-steps")
     with gr.Row():
         c["seed"] = gr.Number(value=FIRST["seed"], label="Seed", minimum=0, maximum=MAX_SEED, precision=0,
                               elem_id="gt2i-seed")
-        c["randomize"] = gr.Checkbox(value=False, label="Randomize seed")
+        c["randomize_seed"] = gr.Checkbox(value=False, label="Randomize seed")
     return c
 
 
@@ -313,7 +315,7 @@ def _panels_section(preset, when) -> tuple[Form, dict]:
                 run = gr.Button("Compare", variant="primary", elem_id="gt2i-run", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="gt2i-stop", scale=1)
             form = Form("guidance_t2i", c, run_id="gt2i-run",
-                        follow=("model", model_defaults, [c["guidance"], c["steps"]]))
+                        follow=("model", model_defaults, [c["guidance_scale"], c["num_inference_steps"]]))
             form.add_link_button("gt2i")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label=" · ".join(PANELS), columns=4, height="auto", format="png",
@@ -321,13 +323,14 @@ def _panels_section(preset, when) -> tuple[Form, dict]:
             table = gr.Markdown(elem_id="gt2i-table")
             info = gr.JSON(label="Run", elem_id="gt2i-info")
             form.add_history("gt2i-history")
-    inputs = [c[k] for k in ("prompt", "model", "guidance", "clip_scale", "colour", "colour_scale", "colour_every",
-                             "steps", "seed", "randomize")]
+    inputs = [c[k] for k in ("prompt", "model", "guidance_scale", "clip_guidance_scale", "colour", "colour_scale",
+                             "colour_every", "num_inference_steps", "seed", "randomize_seed")]
     event = run.click(guidance_t2i_panels, inputs, [gallery, table, info], api_name="guidance_t2i_panels", **COMPUTE)
     event.success(show_used_seed, info, c["seed"], api_visibility="private", queue=False)
     form.record([event], gallery, info, lambda s: f"{s['prompt']} · seed {s['seed']}")
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
-    c["model"].input(model_defaults, c["model"], [c["guidance"], c["steps"]], api_visibility="private", queue=False)
+    c["model"].input(model_defaults, c["model"], [c["guidance_scale"], c["num_inference_steps"]],
+                     api_visibility="private", queue=False)
     if preset is not None:
         names = ("prompt", "model", "guidance_scale", "clip_guidance_scale", "colour", "colour_scale",
                  "colour_every", "num_inference_steps", "seed")
@@ -346,32 +349,34 @@ def _negative_section(preset, when) -> Form:
         with gr.Column(scale=1, min_width=300):
             c = {"model": gr.Dropdown(choices, value=first[0], label="Model", elem_id="neg-model"),
                  "prompt": gr.Textbox(first[1], label="Prompt", elem_id="neg-prompt"),
-                 "negative": gr.Textbox(first[2], label="Negative prompt", elem_id="neg-negative")}
+                 "negative_prompt": gr.Textbox(first[2], label="Negative prompt", elem_id="neg-negative")}
             with gr.Row():
-                c["guidance"] = gr.Slider(0, 20, value=first[3], step=0.5, label="Guidance scale g",
+                c["guidance_scale"] = gr.Slider(0, 20, value=first[3], step=0.5, label="Guidance scale g",
                                           info="Above 1: the negative prompt acts through guidance.")
-                c["steps"] = gr.Slider(1, txt2img.MAX_STEPS, value=first[4], step=1, label="Steps")
+                c["num_inference_steps"] = gr.Slider(1, txt2img.MAX_STEPS, value=first[4], step=1, label="Steps")
             c["seed"] = gr.Number(value=FIRST["seed"], label="Seed", minimum=0, maximum=MAX_SEED, precision=0)
             with gr.Row():
                 run = gr.Button("Compare", variant="primary", elem_id="neg-run", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="neg-stop", scale=1)
             examples = [e for e in NEGATIVE_EXAMPLES if e[0] in choices]
             if examples:
-                gr.Examples(examples, inputs=[c[k] for k in ("model", "prompt", "negative", "guidance", "steps")],
+                gr.Examples(examples, inputs=[c[k] for k in ("model", "prompt", "negative_prompt", "guidance_scale",
+                                                            "num_inference_steps")],
                             label="The mini models' pair, and the book's (SD 1.5: needs the model hub)")
             form = Form("guidance_neg", c, run_id="neg-run",
-                        follow=("model", model_defaults, [c["guidance"], c["steps"]]))
+                        follow=("model", model_defaults, [c["guidance_scale"], c["num_inference_steps"]]))
             form.add_link_button("neg")
         with gr.Column(scale=2):
             gallery = gr.Gallery(label="without · with the negative prompt", columns=2, height="auto", format="png",
                                  interactive=False, elem_id="neg-gallery", elem_classes=["pixelated"])
             info = gr.JSON(label="Run", elem_id="neg-info")
             form.add_history("neg-history")
-    inputs = [c[k] for k in ("prompt", "negative", "model", "guidance", "steps", "seed")]
+    inputs = [c[k] for k in ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "seed")]
     event = run.click(negative_prompt_pair, inputs, [gallery, info], api_name="negative_prompt_pair", **COMPUTE)
-    form.record([event], gallery, info, lambda s: f"{s['prompt']} − {s['negative']} · seed {s['seed']}")
+    form.record([event], gallery, info, lambda s: f"{s['prompt']} − {s['negative_prompt']} · seed {s['seed']}")
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
-    c["model"].input(model_defaults, c["model"], [c["guidance"], c["steps"]], api_visibility="private", queue=False)
+    c["model"].input(model_defaults, c["model"], [c["guidance_scale"], c["num_inference_steps"]],
+                     api_visibility="private", queue=False)
     if preset is not None:
         names = ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "seed")
         show_on_arrival(negative_prompt_pair, dict(zip(names, [i.value for i in inputs])), [gallery, info], when=when)
@@ -402,8 +407,8 @@ def _sweep_section(preset, shared: dict) -> None:
     with gr.Row():
         preview = gr.Image(label="Live preview", interactive=False, height=192)
         info = gr.JSON(label="Sweep details", elem_id="guide-sweep-info")
-    inputs = [shared["prompt"], negative, shared["model"], scales, shared["steps"], scheduler, shared["seed"],
-              shared["randomize"], width, height, *micro]
+    inputs = [shared["prompt"], negative, shared["model"], scales, shared["num_inference_steps"], scheduler,
+              shared["seed"], shared["randomize_seed"], width, height, *micro]
     event = run.click(guidance_sweep, inputs, [gallery, info, preview], api_name="guidance_sweep", **COMPUTE)
     event.success(show_used_seed, info, shared["seed"], api_visibility="private", queue=False)
     stop.click(None, None, None, cancels=[event], api_visibility="private", queue=False)

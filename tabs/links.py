@@ -1,6 +1,6 @@
 """Links that reproduce a result: the query string of a page address, checked like any other input.
 
-``?tab=txt2img&prompt=a+blue+sneaker&model=mini-SD+(offline)&seed=7&steps=12&run=1``
+``?tab=txt2img&prompt=a+blue+sneaker&model=mini-SD+(offline)&seed=7&num_inference_steps=12&run=1``
 opens the text-to-image tab with those settings and, with ``run=1``, runs them.
 ``parse_link`` reads such a query into a ``Link``: the tab, the values that passed
 the engine's own checks (the ones a run would make), whether to run, and a short
@@ -32,15 +32,24 @@ TAB_IDS = ("class", "txt2img", "vae", "tokenizer", "unet", "guidance", "guidance
 #: Links to a section of a tab: the tab the page opens (the others are tabs themselves).
 SECTION_OF = {"guidance_t2i": "guidance", "guidance_neg": "guidance"}
 #: The settings a link can carry, per tab, in the order they are checked (a model or sampler first:
-#: the ranges of the others depend on it). The same keys name the controls of the tab's form.
+#: the ranges of the others depend on it). The same keys name the controls of the tab's form and a history
+#: entry's settings. They are diffusers' argument names (``negative_prompt``, ``guidance_scale``,
+#: ``num_inference_steps``, ``num_images_per_prompt``); a setting diffusers has no argument for keeps the name
+#: of our handler's parameter (``model``, ``sampler``, ``count``, ``randomize_seed``, ``clip_guidance_scale``, ...).
 KEYS = {
-    "txt2img": ("model", "prompt", "negative", "guidance", "steps", "scheduler", "seed", "width", "height", "images"),
-    "class": ("sampler", "class", "count", "steps", "guidance", "classifier_scale", "seed", "model"),
-    "guidance": ("sampler", "class", "count", "steps", "guidance", "classifier_scale", "seed"),
-    "guidance_t2i": ("model", "prompt", "guidance", "clip_scale", "colour", "colour_scale", "colour_every", "steps",
-                     "seed"),
-    "guidance_neg": ("model", "prompt", "negative", "guidance", "steps", "seed"),
+    "txt2img": ("model", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "scheduler", "seed",
+                "width", "height", "num_images_per_prompt"),
+    "class": ("sampler", "class", "count", "num_inference_steps", "guidance_scale", "classifier_scale", "seed",
+              "model"),
+    "guidance": ("sampler", "class", "count", "num_inference_steps", "guidance_scale", "classifier_scale", "seed"),
+    "guidance_t2i": ("model", "prompt", "guidance_scale", "clip_guidance_scale", "colour", "colour_scale",
+                     "colour_every", "num_inference_steps", "seed"),
+    "guidance_neg": ("model", "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "seed"),
 }
+#: The short keys of links copied before the keys became diffusers' names: read as the new ones, so old links
+#: keep working (a new key given too wins).
+OLD_KEYS = {"negative": "negative_prompt", "guidance": "guidance_scale", "steps": "num_inference_steps",
+            "images": "num_images_per_prompt", "clip_scale": "clip_guidance_scale"}
 MAX_TEXT = 500  # characters of a prompt in a link (77 tokens is ~300 characters)
 MAX_RAW = 2000  # any longer value is refused before it is read
 MAX_KEYS = 40
@@ -70,7 +79,7 @@ def parse_link(query: Mapping[str, str]) -> Link:
              if str(k) not in GRADIO_KEYS and not str(k).startswith("__")]
     if len(query) > MAX_KEYS:
         link.notes.append(f"Only the first {MAX_KEYS} parameters were read.")
-    raw = dict(items)
+    raw = _current_keys(dict(items))
     tab = raw.pop("tab", None)
     if tab is not None and tab not in TAB_IDS:
         link.notes.append(f"`tab` ignored: {_safe(tab)} is not a tab here ({', '.join(TAB_IDS)}).")
@@ -89,6 +98,12 @@ def parse_link(query: Mapping[str, str]) -> Link:
         link.values = _check_values(CHECKERS[tab], {k: raw[k] for k in keys if k in raw}, link.notes)
     link.run = run == "1" and tab in CHECKERS and not link.notes
     return link
+
+
+def _current_keys(raw: dict) -> dict:
+    """``raw`` with the old short keys (``OLD_KEYS``) renamed; a new key given too keeps its own value."""
+    renamed = {OLD_KEYS.get(k, k): v for k, v in raw.items() if k in OLD_KEYS}
+    return {**renamed, **{k: v for k, v in raw.items() if k not in OLD_KEYS}}
 
 
 def _check_values(checker: Callable, raw: dict, notes: list[str]) -> dict:
@@ -121,20 +136,20 @@ def check_txt2img(key: str, value: str, checked: dict):
         if value not in names:
             raise UserError("not a model of this app.")
         return value
-    if key in ("prompt", "negative"):
+    if key in ("prompt", "negative_prompt"):
         return _text(value, key)
     if key == "scheduler":
         return t2i.check_scheduler(value)
     if key == "seed":
         return check_seed(value)
-    if key == "images":
+    if key == "num_images_per_prompt":
         return t2i.check_num_images(value)
     if not names:
         raise UserError("no text-to-image model is installed.")
     preset = t2i.get_pipeline_preset(checked.get("model", names[0]))
-    if key == "guidance":
+    if key == "guidance_scale":
         return t2i.check_guidance(preset, value)
-    if key == "steps":
+    if key == "num_inference_steps":
         return t2i.check_steps(preset, value)
     return t2i.check_side(preset, value, key)  # width, height
 
@@ -153,12 +168,12 @@ def check_class(key: str, value: str, checked: dict):
         return CLASS_NAMES[sampling.class_index(value)]
     if key == "count":
         return whole_number_in_range(value, "count", 1, configs.MAX_COUNT)
-    if key == "steps":
+    if key == "num_inference_steps":
         sampler = checked.get("sampler", "DPM-Solver++")
         low, high, _ = configs.SAMPLER_STEPS[sampler]
-        return whole_number_in_range(value, "steps", low, high, f" for {sampler}")
-    if key == "guidance":
-        return number_in_range(value, "guidance", 0, configs.MAX_GUIDANCE)
+        return whole_number_in_range(value, "num_inference_steps", low, high, f" for {sampler}")
+    if key == "guidance_scale":
+        return number_in_range(value, "guidance_scale", 0, configs.MAX_GUIDANCE)
     if key == "classifier_scale":
         return number_in_range(value, "classifier_scale", 0, configs.MAX_CLASSIFIER_SCALE)
     if key == "seed":
@@ -171,7 +186,7 @@ def check_class(key: str, value: str, checked: dict):
 def check_guidance_t2i(key: str, value: str, checked: dict):
     """One setting of the Guidance tab's text-to-image panels from a link: CLIP and colour guidance's by the
     checks of ``engine.txt2img.request`` (the colour as #rrggbb text: no torch here), the rest as text to image's."""
-    if key == "clip_scale":
+    if key == "clip_guidance_scale":
         return t2i.check_clip_guidance(value)
     if key == "colour":
         if not re.fullmatch(r"#[0-9a-fA-F]{6}", value):

@@ -1,7 +1,7 @@
 """A generating tab's named controls (its ``Form``): its history, its Copy link button, and links opened.
 
 A tab's ``build()`` makes a ``Form`` of its controls by key (the keys of
-``tabs.links.KEYS`` and a few more) and returns it; ``app.py`` hands the forms
+``tabs.links.KEYS``, diffusers' argument names, and a few more) and returns it; ``app.py`` hands the forms
 to ``wire_links``. A settings dict, from a history entry or from a link, becomes
 the controls' values through ``Form.updates``, which also applies what the tab's
 own model (or sampler) handler would (ranges, notes): that handler listens to
@@ -55,8 +55,8 @@ class Form:
             for component, update in zip(components, handler(values[key])):
                 result[self._index(component)] = update
         values = dict(values)
-        if "seed" in values and "randomize" in self.controls:
-            values.setdefault("randomize", False)  # a restored seed is meant to be used
+        if "seed" in values and "randomize_seed" in self.controls:
+            values.setdefault("randomize_seed", False)  # a restored seed is meant to be used
         for key, value in values.items():
             if key in self.controls:
                 i = self._index(self.controls[key])
@@ -89,8 +89,8 @@ class Form:
             settings = dict(zip(keys, values))
             if isinstance(details, dict) and "seed" in details:
                 settings["seed"] = details["seed"]
-            if "randomize" in settings:
-                settings["randomize"] = False
+            if "randomize_seed" in settings:
+                settings["randomize_seed"] = False
             entries = hist.add_entry(history, hist.first_image(pictures), caption(settings), settings)
             return entries, gr.Gallery(hist.gallery_items(entries), visible=True)
 

@@ -310,9 +310,10 @@ def build() -> Form:
                 run = gr.Button("Generate", variant="primary", elem_id="t2i-generate", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="t2i-stop", scale=1)
             form = Form("txt2img", dict(
-                model=model, prompt=prompt, negative=negative_prompt, guidance=guidance_scale,
-                steps=num_inference_steps, scheduler=scheduler, seed=seed, randomize=randomize_seed, width=width,
-                height=height, images=num_images, **micro, **{k: v for k, v in extra.items() if k != "image"}),
+                model=model, prompt=prompt, negative_prompt=negative_prompt, guidance_scale=guidance_scale,
+                num_inference_steps=num_inference_steps, scheduler=scheduler, seed=seed, randomize_seed=randomize_seed,
+                width=width, height=height, num_images_per_prompt=num_images, **micro,
+                **{k: v for k, v in extra.items() if k != "image"}),
                 run_id="t2i-generate",
                 follow=("model", model_settings, [guidance_scale, num_inference_steps, width, height, sdxl_box, note]))
             form.add_link_button("t2i")

@@ -52,7 +52,7 @@ def test_a_copied_link_opens_the_same_settings_and_runs_them(page, browser):
     url = link_box.input_value()
     query = parse_qs(urlsplit(url).query)
     assert query["prompt"] == ["a green bag in the top right corner"] and query["seed"] == ["5"]
-    assert query["steps"] == ["4"] and query["run"] == ["1"] and query["model"] == ["mini-SD (offline)"]
+    assert query["num_inference_steps"] == ["4"] and query["run"] == ["1"] and query["model"] == ["mini-SD (offline)"]
 
     other = browser.new_context(viewport={"width": 1280, "height": 1000}).new_page()
     other.set_default_timeout(60_000)
@@ -70,11 +70,11 @@ def test_a_copied_link_opens_the_same_settings_and_runs_them(page, browser):
 
 
 def test_a_hostile_link_is_ignored_with_a_note_and_the_page_still_works(page, app_url):
-    page.goto(app_url + "?tab=txt2img&model=../../etc/passwd&steps=99999&seed=-3&x=%3Cscript%3E&run=1")
+    page.goto(app_url + "?tab=txt2img&model=../../etc/passwd&num_inference_steps=99999&seed=-3&x=%3Cscript%3E&run=1")
     note = page.locator("#link-note")
     note.get_by_text("Part of this link was not used").wait_for()
     text = note.inner_text()
-    assert "model" in text and "steps" in text and "seed" in text and "passwd" not in text
+    assert "model" in text and "num_inference_steps" in text and "seed" in text and "passwd" not in text
     assert page.locator("#link-note script").count() == 0
     assert page.get_by_role("tab", name=T2I).get_attribute("aria-selected") == "true"  # the valid part
     assert page.locator("#t2i-model input").input_value() == "mini-SD (offline)"
@@ -84,6 +84,7 @@ def test_a_hostile_link_is_ignored_with_a_note_and_the_page_still_works(page, ap
 
 
 def test_a_class_link_keeps_its_steps_with_its_sampler(page, app_url):
+    """An old link's short keys (steps, guidance) still open: read as num_inference_steps and guidance_scale."""
     page.goto(app_url + "?tab=class&class=Bag&sampler=DDIM&steps=7&count=4&guidance=3&seed=9")
     page.locator("#fashion-class input").wait_for()
     page.wait_for_function("document.querySelector('#fashion-count input[type=number]').value === '4'")

@@ -30,7 +30,7 @@ def test_guidance_tab_opens_on_a_finished_comparison(page, artifacts):
 
 
 def test_a_link_to_the_text_to_image_panels_opens_the_guidance_tab_and_fills_them(page, app_url):
-    page.goto(app_url + "?tab=guidance_t2i&prompt=a+blue+bag&clip_scale=12&colour=%23d62828")
+    page.goto(app_url + "?tab=guidance_t2i&prompt=a+blue+bag&clip_guidance_scale=12&colour=%23d62828")
     prompt = page.locator("#gt2i-prompt textarea")
     prompt.wait_for(state="visible")
     page.wait_for_function("document.querySelector('#gt2i-prompt textarea').value === 'a blue bag'")

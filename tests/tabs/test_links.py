@@ -20,23 +20,43 @@ def first_model() -> str:
 def test_a_good_txt2img_link_gives_typed_values_and_runs():
     model = first_model()
     low, _ = t2i.size_limits(t2i.get_pipeline_preset(model))
-    link = links.parse_link({"tab": "txt2img", "prompt": "a blue sneaker", "negative": "red", "model": model,
-                             "guidance": "2.5", "steps": "12", "scheduler": "DDIM", "seed": "7",
-                             "width": str(low), "height": str(low), "images": "2", "run": "1"})
+    link = links.parse_link({"tab": "txt2img", "prompt": "a blue sneaker", "negative_prompt": "red", "model": model,
+                             "guidance_scale": "2.5", "num_inference_steps": "12", "scheduler": "DDIM", "seed": "7",
+                             "width": str(low), "height": str(low), "num_images_per_prompt": "2", "run": "1"})
     assert link.notes == []
     assert link.tab == "txt2img" and link.run is True
-    assert link.values == {"model": model, "prompt": "a blue sneaker", "negative": "red", "guidance": 2.5,
-                           "steps": 12, "scheduler": "DDIM", "seed": 7, "width": low, "height": low, "images": 2}
+    assert link.values == {"model": model, "prompt": "a blue sneaker", "negative_prompt": "red", "guidance_scale": 2.5,
+                           "num_inference_steps": 12, "scheduler": "DDIM", "seed": 7, "width": low, "height": low,
+                           "num_images_per_prompt": 2}
+
+
+def test_the_keys_are_diffusers_names_and_old_links_still_open():
+    """Issue 24: a link's keys (and a form's, and a history entry's) are diffusers' argument names; a link copied
+    before, with the short keys, reads the same (a new key given too wins)."""
+    every_key = {key for keys in links.KEYS.values() for key in keys}
+    assert not every_key & set(links.OLD_KEYS) and set(links.OLD_KEYS.values()) <= every_key
+    model = first_model()
+    old = links.parse_link({"tab": "txt2img", "model": model, "prompt": "a bag", "negative": "red", "guidance": "2",
+                            "steps": "12", "images": "2", "run": "1"})
+    new = links.parse_link({"tab": "txt2img", "model": model, "prompt": "a bag", "negative_prompt": "red",
+                            "guidance_scale": "2", "num_inference_steps": "12", "num_images_per_prompt": "2",
+                            "run": "1"})
+    assert old == new and old.run and old.notes == []
+    both = links.parse_link({"tab": "guidance_t2i", "clip_scale": "3", "clip_guidance_scale": "12"})
+    assert both.values == {"clip_guidance_scale": 12.0} and both.notes == []
+    class_link = links.parse_link({"tab": "class", "sampler": "DDIM", "steps": "7", "guidance": "3"})
+    assert class_link.values == {"sampler": "DDIM", "num_inference_steps": 7, "guidance_scale": 3.0}
 
 
 def test_a_hostile_link_is_ignored_with_notes_and_does_not_run():
-    link = links.parse_link(query("tab=txt2img&model=../../etc/passwd&steps=99999&seed=-1&prompt=" + "x" * 600
+    link = links.parse_link(query("tab=txt2img&model=../../etc/passwd&num_inference_steps=99999&seed=-1&prompt="
+                                  + "x" * 600
                                   + "&evil=<script>alert(1)</script>&run=1"))
     assert link.tab == "txt2img"
     assert link.values == {}
     assert link.run is False  # something was ignored: the visitor reads the note first
     text = " ".join(link.notes)
-    for key in ("`model`", "`steps`", "`seed`", "`prompt`", "evil"):
+    for key in ("`model`", "`num_inference_steps`", "`seed`", "`prompt`", "evil"):
         assert key in text
     assert "<script>" not in text and "passwd" not in text  # the model's note does not echo the value
 
@@ -45,18 +65,19 @@ def test_steps_and_size_follow_the_links_model():
     turbo = next((p for p in t2i.pipeline_presets() if t2i.max_steps(p) < 30), None)
     model = turbo.name if turbo else first_model()
     high = t2i.max_steps(t2i.get_pipeline_preset(model))
-    link = links.parse_link({"tab": "txt2img", "model": model, "steps": str(high + 1), "width": "100"})
+    link = links.parse_link({"tab": "txt2img", "model": model, "num_inference_steps": str(high + 1), "width": "100"})
     assert link.values == {"model": model}
-    assert any("`steps`" in n for n in link.notes) and any("multiple of 8" in n for n in link.notes)
+    assert any("`num_inference_steps`" in n for n in link.notes) and any("multiple of 8" in n for n in link.notes)
 
 
 def test_a_class_link_checks_the_steps_against_its_sampler():
-    good = links.parse_link({"tab": "class", "class": "ankle boot", "count": "8", "sampler": "DDIM", "steps": "300",
-                             "guidance": "3", "seed": "1234"})
+    good = links.parse_link({"tab": "class", "class": "ankle boot", "count": "8", "sampler": "DDIM",
+                             "num_inference_steps": "300", "guidance_scale": "3", "seed": "1234"})
     assert good.notes == [] and good.run is False
-    assert good.values == {"sampler": "DDIM", "class": "Ankle boot", "count": 8, "steps": 300, "guidance": 3.0,
-                           "seed": 1234}
-    bad = links.parse_link({"tab": "class", "steps": "300", "count": "65", "sampler": "PLMS", "class": "Dog"})
+    assert good.values == {"sampler": "DDIM", "class": "Ankle boot", "count": 8, "num_inference_steps": 300,
+                           "guidance_scale": 3.0, "seed": 1234}
+    bad = links.parse_link({"tab": "class", "num_inference_steps": "300", "count": "65", "sampler": "PLMS",
+                            "class": "Dog"})
     assert bad.values == {}  # 300 is too many for DPM-Solver++, the default sampler
     assert len(bad.notes) == 4
 
@@ -94,8 +115,8 @@ def test_copy_link_js_names_the_tab_and_keys():
 
 
 def test_every_link_key_of_the_class_tab_is_a_sampling_input():
-    assert set(links.KEYS["class"]) == {"class", "count", "sampler", "steps", "guidance", "classifier_scale", "seed",
-                                        "model"}
+    assert set(links.KEYS["class"]) == {"class", "count", "sampler", "num_inference_steps", "guidance_scale",
+                                        "classifier_scale", "seed", "model"}
     assert set(links.KEYS["guidance"]) == set(links.KEYS["class"]) - {"model"}  # the Guidance tab's panels
 
 
@@ -111,17 +132,20 @@ def test_the_guidance_tabs_text_to_image_sections_have_their_own_checked_links()
     """The Guidance tab's text-to-image panels and negative-prompt pair: ``tab=guidance_t2i`` / ``guidance_neg``
     open the Guidance tab, CLIP and colour guidance are checked like /generate's inputs."""
     model = first_model()
-    good = links.parse_link({"tab": "guidance_t2i", "model": model, "prompt": "a red sneaker", "guidance": "2",
-                             "clip_scale": "10", "colour": "#1f4fd1", "colour_scale": "400", "colour_every": "5",
-                             "steps": "20", "seed": "42", "run": "1"})
+    good = links.parse_link({"tab": "guidance_t2i", "model": model, "prompt": "a red sneaker", "guidance_scale": "2",
+                             "clip_guidance_scale": "10", "colour": "#1f4fd1", "colour_scale": "400",
+                             "colour_every": "5", "num_inference_steps": "20", "seed": "42", "run": "1"})
     assert good.notes == [] and good.run and links.tab_of(good.tab) == "guidance"
-    assert good.values == {"model": model, "prompt": "a red sneaker", "guidance": 2.0, "clip_scale": 10.0,
-                           "colour": "#1f4fd1", "colour_scale": 400.0, "colour_every": 5, "steps": 20, "seed": 42}
-    bad = links.parse_link({"tab": "guidance_t2i", "colour": "url(x)", "clip_scale": "-3", "colour_scale": "1e9",
-                            "run": "1"})
+    assert good.values == {"model": model, "prompt": "a red sneaker", "guidance_scale": 2.0,
+                           "clip_guidance_scale": 10.0, "colour": "#1f4fd1", "colour_scale": 400.0, "colour_every": 5,
+                           "num_inference_steps": 20, "seed": 42}
+    bad = links.parse_link({"tab": "guidance_t2i", "colour": "url(x)", "clip_guidance_scale": "-3",
+                            "colour_scale": "1e9", "run": "1"})
     assert bad.values == {} and not bad.run and len(bad.notes) == 3
     assert "clip\\_guidance\\_scale must be between 0 and 1000" in " ".join(bad.notes)  # escaped for Markdown
-    neg = links.parse_link({"tab": "guidance_neg", "prompt": "a sneaker", "negative": "red", "clip_scale": "3"})
-    assert neg.values == {"prompt": "a sneaker", "negative": "red"} and links.tab_of("guidance_neg") == "guidance"
-    assert "clip\\_scale" in neg.notes[0]
+    neg = links.parse_link({"tab": "guidance_neg", "prompt": "a sneaker", "negative_prompt": "red",
+                            "clip_guidance_scale": "3"})
+    assert neg.values == {"prompt": "a sneaker", "negative_prompt": "red"}
+    assert links.tab_of("guidance_neg") == "guidance"
+    assert "clip\\_guidance\\_scale" in neg.notes[0]
     assert links.tab_of("txt2img") == "txt2img"
