@@ -4,14 +4,14 @@ The app's text-to-image loop (``engine.txt2img``) and the mini models'
 training (``scripts/train_mini_sd.py``) both encode prompts here, so the mini
 UNets are trained on the very embeddings the app later feeds them. A test
 (``tests/engine/test_text_encoding.py``) checks this module against diffusers'
-``StableDiffusionPipeline.encode_prompt``, ``StableDiffusionXLPipeline.encode_prompt``
-and ``_get_add_time_ids``.
+``StableDiffusionPipeline.encode_prompt`` and ``StableDiffusionXLPipeline.encode_prompt``.
 
 * SD 1.x/2.x: the text encoder's last hidden state, [B, 77, D] (D = 768 for
   SD 1.x, 1024 for SD 2.x), Rombach et al. 2022, §3.3.
 * SDXL: both encoders' penultimate hidden states concatenated, [B, 77, 768 + 1280],
   and the second encoder's pooled, projected output [B, 1280] (Podell et al.
-  2023, §2.1), plus six micro-conditioning numbers per image (§2.2).
+  2023, §2.1). Its micro-conditioning (§2.2), ``add_time_ids``, belongs to the pipeline:
+  ``engine.txt2img.time_ids``.
 
 Ids are CLIP's: start token 49406, the text, end token 49407, then padding
 (49407 for ViT-L/14, "!" = 0 for OpenCLIP bigG), cut at 77 like diffusers.
@@ -66,56 +66,6 @@ def encode_sdxl_refiner(tokenizer_2, text_encoder_2, texts: list[str]) -> tuple[
     ids_2 = tokenize(tokenizer_2, texts).to(text_encoder_2.device)
     out_2 = text_encoder_2(ids_2, output_hidden_states=True)
     return out_2.hidden_states[-2], out_2.text_embeds
-
-
-def add_time_ids(original_size, crops_coords_top_left, target_size) -> torch.Tensor:
-    """SDXL's six numbers per image [B, 6] float32: (orig h, orig w, crop top, crop left, target h, target w).
-
-    Each argument is one (a, b) pair for all images, or a tensor [B, 2] of pairs.
-    """
-    pairs = [torch.as_tensor(v).reshape(-1, 2) for v in (original_size, crops_coords_top_left, target_size)]
-    batch = max(len(p) for p in pairs)
-    return torch.cat([p.expand(batch, 2) for p in pairs], dim=1).float()
-
-
-def get_add_time_ids(unet, original_size, crops_coords_top_left, target_size, dtype,
-                     text_encoder_projection_dim: int) -> torch.Tensor:
-    """SDXL's micro-conditioning vector for one image, [1, 6] in ``dtype``, checked against the UNet.
-
-    SDXL was trained on images of every size, upscaled and randomly cropped,
-    with the original size and the crop given to the UNet as extra conditions
-    (Podell et al. 2023, §2.2). Each number gets a sinusoidal embedding, and the
-    six go into the timestep embedding together with the pooled text
-    embedding. An original size of (1024, 1024) and a (0, 0) crop ask for a
-    sharp, centred picture; a small original size asks for the look of an
-    upscaled one, a large crop for a cut-off subject. As diffusers'
-    ``StableDiffusionXLPipeline._get_add_time_ids``.
-    """
-    time_ids = add_time_ids(original_size, crops_coords_top_left, target_size)
-    passed = unet.config.addition_time_embed_dim * time_ids.shape[1] + text_encoder_projection_dim
-    expected = unet.add_embedding.linear_1.in_features
-    if passed != expected:
-        raise ValueError(f"This SDXL UNet expects an added embedding of {expected} numbers, but the time ids and "
-                         f"pooled text make {passed}: the model's configs do not match.")
-    return time_ids.to(dtype)
-
-
-def get_refiner_add_time_ids(unet, original_size, crops_coords_top_left, aesthetic_score: float, dtype,
-                             text_encoder_projection_dim: int) -> torch.Tensor:
-    """The SDXL refiner's micro-conditioning for one image, [1, 5] in ``dtype``: (orig h, orig w, crop top,
-    crop left, aesthetic score), checked against the UNet.
-
-    The refiner swaps the target size for an aesthetic score (0-10, LAION's aesthetic predictor), so a high
-    score asks for the look of the best-rated training pictures (Podell et al. 2023, §2.5). As diffusers'
-    ``StableDiffusionXLImg2ImgPipeline._get_add_time_ids`` with ``requires_aesthetics_score=True``.
-    """
-    time_ids = torch.tensor([list(original_size) + list(crops_coords_top_left) + [float(aesthetic_score)]])
-    passed = unet.config.addition_time_embed_dim * time_ids.shape[1] + text_encoder_projection_dim
-    expected = unet.add_embedding.linear_1.in_features
-    if passed != expected:
-        raise ValueError(f"This refiner UNet expects an added embedding of {expected} numbers, but the five time "
-                         f"ids (with the aesthetic score) and pooled text make {passed}: its configs do not match.")
-    return time_ids.to(dtype)
 
 
 def truncation_warning(tokenizer, text: str, label: str = "prompt") -> str | None:

@@ -69,6 +69,7 @@ from engine.mini import measure  # noqa: E402
 from engine.mini.cards import DEFAULT_GUIDANCE, STAGES, model_card, sample_grid, save_grid  # noqa: E402
 from engine.mini import models as ms  # noqa: E402
 from engine import noise_schedule  # noqa: E402
+from engine.txt2img.time_ids import add_time_ids  # noqa: E402
 from engine.training import (autocast, ema_update, load_checkpoint, lr_at, optimizer_step,  # noqa: E402
                              resumable_loop, save_checkpoint, set_lr)
 
@@ -614,7 +615,7 @@ def unet_batch(latents: dict, table: dict, rng: np.random.Generator, batch: int,
     if sdxl:
         out["added_cond_kwargs"] = {
             "text_embeds": table["pooled"][rows],
-            "time_ids": te_.add_time_ids(latents["original_size"][idx], latents["crops_coords_top_left"][idx],
+            "time_ids": add_time_ids(latents["original_size"][idx], latents["crops_coords_top_left"][idx],
                                           (cf.IMAGE_SIZE, cf.IMAGE_SIZE)),
         }
     if data is not None and "words" in table:

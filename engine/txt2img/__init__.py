@@ -5,7 +5,8 @@ the style of diffusers' ``StableDiffusionPipeline.__call__`` and
 ``StableDiffusionXLPipeline.__call__``, one idea per module:
 
 * ``request``: the inputs, checked once into a frozen ``Request`` (``make_request``).
-* ``engine.text_encoding`` (shared with the mini models' training): ``encode_prompt``, ``get_add_time_ids``.
+* ``engine.text_encoding`` (shared with the mini models' training): ``encode_prompt``.
+* ``time_ids``: SDXL's micro-conditioning, ``add_time_ids`` (diffusers' ``_get_add_time_ids``; the training's too).
 * ``loop``: ``prepare_latents``, the conditioning batch, and ``denoise``, with classifier-free guidance.
 * ``clip_guidance``: CLIP guidance, a step callback for ``denoise``.
 * ``refiner``: SDXL's refiner, the expert for the end of the schedule (``denoising_end``, Podell et al. 2023, §2.5).

@@ -32,7 +32,7 @@ import torch
 from engine.errors import UserError
 from engine.loader import free_memory
 from engine.schedulers import make_scheduler
-from engine.text_encoding import encode_prompt, get_add_time_ids
+from engine.text_encoding import encode_prompt
 from engine.txt2img.clip_guidance import make_clip_guidance
 from engine.txt2img.info import Result, RunInfo, png_parameters, run_info
 from engine.txt2img.latents import (decode_latents, encode_image, get_img2img_timesteps, image_to_tensor, numpy_to_pil,
@@ -40,6 +40,7 @@ from engine.txt2img.latents import (decode_latents, encode_image, get_img2img_ti
 from engine.txt2img.loop import denoise, prepare_conditioning, prepare_extra_step_kwargs, prepare_latents
 from engine.txt2img.refiner import base_timesteps, load_refiner, prepare_refiner, refiner_info, refiner_loop
 from engine.txt2img.request import Request, make_request
+from engine.txt2img.time_ids import prepare_add_time_ids
 
 try:  # ZeroGPU on Hugging Face Spaces; off a ZeroGPU Space spaces.GPU returns the function unchanged
     import spaces
@@ -112,24 +113,6 @@ def text_to_image(pipe, preset, refiner_pipe=None, decode_switch: bool = False, 
     except torch.cuda.OutOfMemoryError:
         free_memory()
         raise UserError(_oom_message(request)) from None
-
-
-def prepare_add_time_ids(pipe, request: Request, dtype) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """SDXL's (add_time_ids, negative_add_time_ids), [1, 6] each; (None, None) for SD.
-
-    The negative ones are None unless a negative condition was given; each
-    negative condition left empty is then the same as its positive one.
-    """
-    micro = request.micro_conditioning
-    if micro is None:
-        return None, None
-    projection_dim = pipe.text_encoder_2.config.projection_dim
-    names = ("original_size", "crops_coords_top_left", "target_size")
-    add_time_ids = get_add_time_ids(pipe.unet, *(micro[n] for n in names), dtype, projection_dim)
-    if all(micro[f"negative_{n}"] is None for n in names):
-        return add_time_ids, None
-    negatives = [micro[f"negative_{n}"] or micro[n] for n in names]
-    return add_time_ids, get_add_time_ids(pipe.unet, *negatives, dtype, projection_dim)
 
 
 def prepare_timesteps_and_latents(pipe, kind: str, request: Request, scheduler, generator, dtype, image_tensor):

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from engine.schedulers import make_scheduler
-from engine.text_encoding import PromptEmbeds, encode_prompt, get_add_time_ids, get_refiner_add_time_ids
+from engine.text_encoding import PromptEmbeds, encode_prompt
 from engine.txt2img.loop import prepare_conditioning, prepare_extra_step_kwargs
+from engine.txt2img.time_ids import prepare_refiner_add_time_ids
 
 
 def switch_timestep(scheduler, fraction: float) -> int:
@@ -59,29 +60,6 @@ def refiner_timesteps(scheduler, num_inference_steps: int, denoising_start: floa
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     return scheduler.timesteps[start:]
-
-
-def prepare_refiner_add_time_ids(pipe, request, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """The refiner's (add_time_ids, negative_add_time_ids), [1, 5] each: (orig h, orig w, crop top, crop left,
-    aesthetic score), with ``aesthetic_score`` (6.0) and ``negative_aesthetic_score`` (2.5).
-
-    As ``StableDiffusionXLImg2ImgPipeline._get_add_time_ids``: a negative original size left empty is the
-    positive one, a negative crop left empty is (0, 0). A refiner whose config says
-    ``requires_aesthetics_score=False`` takes the base's six numbers instead (diffusers' other layout).
-    """
-    micro, projection_dim = request.micro_conditioning, pipe.text_encoder_2.config.projection_dim
-    negative_original = micro["negative_original_size"] or micro["original_size"]
-    negative_crop = micro["negative_crops_coords_top_left"] or (0, 0)
-    if not pipe.config.requires_aesthetics_score:
-        negative_target = micro["negative_target_size"] or micro["target_size"]
-        return (get_add_time_ids(pipe.unet, micro["original_size"], micro["crops_coords_top_left"],
-                                 micro["target_size"], dtype, projection_dim),
-                get_add_time_ids(pipe.unet, negative_original, micro["crops_coords_top_left"], negative_target,
-                                 dtype, projection_dim))
-    return (get_refiner_add_time_ids(pipe.unet, micro["original_size"], micro["crops_coords_top_left"],
-                                     request.aesthetic_score, dtype, projection_dim),
-            get_refiner_add_time_ids(pipe.unet, negative_original, negative_crop, request.negative_aesthetic_score,
-                                     dtype, projection_dim))
 
 
 @dataclass

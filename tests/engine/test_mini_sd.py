@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from engine import text_encoding
+from engine.txt2img.time_ids import add_time_ids
 from engine.mini import models as ms
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +58,7 @@ def test_sdxl_unet_takes_pooled_text_and_six_time_ids():
     assert cfg["addition_embed_type"] == "text_time"
     assert cfg["cross_attention_dim"] == s["text"]["hidden_size"] + s["text_2"]["hidden_size"]
     unet = ms.make_unet("smoke", sdxl=True)
-    time_ids = text_encoding.add_time_ids(torch.tensor([[16, 16], [64, 64]]), torch.tensor([[0, 0], [16, 8]]),
-                                          (64, 64))
+    time_ids = add_time_ids(torch.tensor([[16, 16], [64, 64]]), torch.tensor([[0, 0], [16, 8]]), (64, 64))
     assert time_ids.tolist() == [[16, 16, 0, 0, 64, 64], [64, 64, 16, 8, 64, 64]]
     with torch.no_grad():
         out = unet(torch.randn(2, 4, 8, 8), torch.tensor([10, 500]),

@@ -1,4 +1,5 @@
-"""The one text-encoding path (app and training) equals diffusers' encode_prompt and _get_add_time_ids."""
+"""The one text-encoding path (app and training) equals diffusers' encode_prompt, and SDXL's add_time_ids
+(``engine.txt2img.time_ids``) equal diffusers' _get_add_time_ids."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from engine import text_encoding
+from engine.txt2img import time_ids
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +52,14 @@ def test_sdxl_encode_prompt_equals_diffusers(sdxl_pipe, negative):
 
 def test_add_time_ids_equal_diffusers(sdxl_pipe):
     projection = sdxl_pipe.text_encoder_2.config.projection_dim
-    ours = text_encoding.get_add_time_ids(sdxl_pipe.unet, (64, 48), (8, 16), (64, 64), torch.float32, projection)
+    ours = time_ids.get_add_time_ids(sdxl_pipe.unet, (64, 48), (8, 16), (64, 64), torch.float32, projection)
     theirs = sdxl_pipe._get_add_time_ids((64, 48), (8, 16), (64, 64), dtype=torch.float32,
                                          text_encoder_projection_dim=projection)
     assert torch.equal(ours, theirs)
-    batch = text_encoding.add_time_ids(torch.tensor([[16, 16], [64, 64]]), torch.tensor([[0, 0], [16, 8]]), (64, 64))
+    batch = time_ids.add_time_ids(torch.tensor([[16, 16], [64, 64]]), torch.tensor([[0, 0], [16, 8]]), (64, 64))
     assert batch.tolist() == [[16, 16, 0, 0, 64, 64], [64, 64, 16, 8, 64, 64]]
 
 
 def test_a_mismatched_unet_is_named(sdxl_pipe):
     with pytest.raises(ValueError, match="configs do not match"):
-        text_encoding.get_add_time_ids(sdxl_pipe.unet, (64, 64), (0, 0), (64, 64), torch.float32, 7)
+        time_ids.get_add_time_ids(sdxl_pipe.unet, (64, 64), (0, 0), (64, 64), torch.float32, 7)
