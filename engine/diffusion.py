@@ -23,9 +23,8 @@ class StepState:
     latents: x_{t-1} after the step; pred_original: the model's estimate of the
     clean sample x0 made at this step (same shape as ``latents``: [B, 1, 32, 32]
     in model space for Fashion-MNIST, [B, 4, h, w] scaled latents for SD);
-    unet_calls: UNet calls so far; colour_loss: the colour-guidance loss when it
-    ran at this step; guidance_losses: every step callback's loss at this step, by
-    name ("colour", "clip"), for those that ran.
+    unet_calls: UNet calls so far; guidance_losses: every step callback's loss at
+    this step, by name ("clip", "colour"), for those that ran.
     """
 
     index: int
@@ -34,6 +33,5 @@ class StepState:
     latents: torch.Tensor
     pred_original: torch.Tensor
     unet_calls: int = 0
-    colour_loss: float | None = None
     guidance_losses: dict | None = None
 

@@ -8,7 +8,7 @@ the style of diffusers' ``StableDiffusionPipeline.__call__`` and
 * ``engine.text_encoding`` (shared with the mini models' training): ``encode_prompt``.
 * ``time_ids``: SDXL's micro-conditioning, ``add_time_ids`` (diffusers' ``_get_add_time_ids``; the training's too).
 * ``loop``: ``prepare_latents``, the conditioning batch, and ``denoise``, with classifier-free guidance.
-* ``clip_guidance``: CLIP guidance, a step callback for ``denoise``.
+* ``clip_guidance``, ``colour_guidance``: CLIP and colour guidance, step callbacks for ``denoise``.
 * ``refiner``: SDXL's refiner, the expert for the end of the schedule (``denoising_end``, Podell et al. 2023, §2.5).
 * ``latents``: img2img's starting latents, the live preview, ``decode_latents``.
 * ``info``: the run's JSON and the PNG settings.

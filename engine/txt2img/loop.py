@@ -1,15 +1,16 @@
 """The denoising loop of Stable Diffusion and SDXL, with classifier-free guidance in plain sight.
 
-``denoise`` is the loop body of diffusers' ``StableDiffusionPipeline.__call__``
-(step "7. Denoising loop") written as a generator that yields an
-``engine.diffusion.StepState`` per timestep:
+``denoise`` is the loop body of diffusers' ``StableDiffusionXLPipeline.__call__``
+(step "8. Denoising loop"; "7." in ``StableDiffusionPipeline``) written as a
+generator that yields an ``engine.diffusion.StepState`` per timestep:
 
 * Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", eq. 6:
   eps~ = (1 + w) eps(x, c) - w eps(x); diffusers (and we) write it with
   g = 1 + w as eps(x) + g (eps(x, c) - eps(x)), so g = 1 is no guidance.
-* Colour guidance (the book's exercise 9): the "additional guidance" of
-  Whitaker's Stable Diffusion deep dive; CLIP guidance (``clip_guidance.py``).
-  Both are step callbacks that ``denoise`` calls after classifier-free guidance.
+* Model-based guidance comes in as step callbacks, as diffusers' ``callback_on_step_end``:
+  CLIP guidance (``clip_guidance.py``) and colour guidance (``colour_guidance.py``, the
+  book's exercise 9). ``denoise`` calls them after classifier-free guidance and knows
+  nothing else about them.
 
 Shapes: B images, latents [B, 4, h, w] (h = height / 8) in the scaled space the
 UNet works in (VAE latents times ``vae.config.scaling_factor``).
@@ -25,8 +26,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from engine.diffusion import StepState
-from engine.latent_scale import unscale_latent
-from engine.noise_schedule import alpha_bar_at, pred_original_sample
+from engine.noise_schedule import pred_original_sample
 from engine.text_encoding import PromptEmbeds
 
 
@@ -95,50 +95,9 @@ def prepare_extra_step_kwargs(scheduler, generator: torch.Generator, eta: float 
     return kwargs
 
 
-def colour_loss(images: torch.Tensor, target_rgb: torch.Tensor) -> torch.Tensor:
-    """Mean absolute distance of every pixel of images [B, 3, H, W] in [0, 1] to a colour [3] in [0, 1]."""
-    return (images - target_rgb.view(1, 3, 1, 1).to(images)).abs().mean()
-
-
-def colour_guidance(vae, scheduler, latents, noise_pred, t, target_rgb: torch.Tensor, scale: float):
-    """Nudge the latents so the decoded predicted x0 moves towards a colour (the book's exercise 9).
-
-    The same recipe as the "additional guidance" of Whitaker's Stable
-    Diffusion deep dive: decode the predicted x0, take the colour loss,
-    its gradient with respect to the latents, and step against it by sigma^2
-    (sigma^2 = (1 - a) / a for Euler-style latents; (1 - a), the same step
-    measured in DDPM-form latents, for the others). Returns (latents, loss).
-    """
-    with torch.enable_grad():
-        latents = latents.detach().requires_grad_(True)
-        x0 = pred_original_sample(scheduler, latents, noise_pred.detach(), t)
-        images = vae.decode(unscale_latent(x0, vae), return_dict=False)[0]
-        loss = colour_loss(images / 2 + 0.5, target_rgb) * scale
-        grad = torch.autograd.grad(loss, latents)[0]
-    a = alpha_bar_at(scheduler, t)
-    step = (1 - a) / a if scheduler.init_noise_sigma > 1 else 1 - a
-    return (latents - step * grad).detach(), float(loss)
-
-
-class ColourGuidanceStep:
-    """Colour guidance as a step callback for ``denoise`` (named "colour", every ``colour.every`` steps):
-    ``step(scheduler, latents, noise_pred, t)`` -> (guided latents, noise_pred, loss), by ``colour_guidance``."""
-
-    name = "colour"
-
-    def __init__(self, vae, colour):
-        self.vae, self.colour, self.every = vae, colour, colour.every
-
-    def __call__(self, scheduler, latents, noise_pred, t):
-        latents, loss = colour_guidance(self.vae, scheduler, latents, noise_pred, t, self.colour.target_rgb,
-                                        self.colour.scale)
-        return latents, noise_pred, loss
-
-
 @torch.no_grad()
 def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
-            guidance_scale: float, extra_step_kwargs: dict, colour=None, vae=None,
-            guides: Sequence = ()) -> Iterator[StepState]:
+            guidance_scale: float, extra_step_kwargs: dict, guides: Sequence = ()) -> Iterator[StepState]:
     """The denoising loop, one ``StepState`` per timestep.
 
     At each timestep t:
@@ -147,12 +106,11 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
       3. one UNet call predicts the noise eps for the whole batch,
       4. classifier-free guidance: eps = eps_uncond + g * (eps_cond - eps_uncond)
          (Ho & Salimans 2022); with g <= 1 there is no unconditional half at all,
-      5. the step callbacks ``guides`` (CLIP guidance: ``engine.txt2img.clip_guidance``), each every
-         ``guide.every`` steps: ``guide(scheduler, latents, eps, t)`` -> (latents, eps, loss); then colour
-         guidance (``colour``: a ``ColourGuidance``, with ``vae``), the same kind of callback,
+      5. the step callbacks ``guides``, in order, each every ``guide.every`` steps (CLIP guidance,
+         ``engine.txt2img.clip_guidance``; colour guidance, ``engine.txt2img.colour_guidance``):
+         ``guide(scheduler, latents, eps, t)`` -> (latents, eps, loss), the loss kept under ``guide.name``,
       6. ``scheduler.step``: x_t -> x_{t-1}.
     """
-    steps = list(guides) + ([ColourGuidanceStep(vae, colour)] if colour is not None else [])
     unet_calls = 0
     for i, t in enumerate(timesteps):
         # expand the latents if we are doing classifier-free guidance
@@ -171,11 +129,11 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
 
         x0 = pred_original_sample(scheduler, latents, noise_pred, t)
         losses = {}
-        for step in steps:  # model-based guidance: colour, CLIP
-            if i % step.every == 0:
-                latents, noise_pred, losses[step.name] = step(scheduler, latents, noise_pred, t)
+        for guide in guides:  # step callbacks: model-based guidance
+            if i % guide.every == 0:
+                latents, noise_pred, losses[guide.name] = guide(scheduler, latents, noise_pred, t)
 
         # compute the previous noisy sample x_t -> x_t-1
         latents = scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
         yield StepState(index=i, timestep=float(t), num_steps=len(timesteps), latents=latents, pred_original=x0,
-                        unet_calls=unet_calls, colour_loss=losses.get("colour"), guidance_losses=losses or None)
+                        unet_calls=unet_calls, guidance_losses=losses or None)

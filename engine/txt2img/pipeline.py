@@ -8,8 +8,8 @@ call ``pipe(...)``. ``run`` reads like the pipeline's ``__call__``:
 2. Encode input prompt (``engine.text_encoding.encode_prompt``), once even for a sweep.
 3. SDXL micro-conditioning (``get_add_time_ids``).
 4. Prepare timesteps, 5. prepare latent variables (seeded noise, or the noised image for img2img).
-6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight; colour and
-   CLIP guidance (``engine.txt2img.clip_guidance``) are step callbacks.
+6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight; CLIP and
+   colour guidance (``engine.txt2img.clip_guidance``, ``colour_guidance``) are step callbacks.
    With SDXL's refiner (``engine.txt2img.refiner``), the base runs to ``denoising_end`` and the refiner
    from there (Podell et al. 2023, §2.5; eDiff-I's expert denoisers, Balaji et al. 2022).
 7. Decode (``decode_latents``): VAE decoder, safety checker, post-processing.
@@ -34,6 +34,7 @@ from engine.loader import free_memory
 from engine.schedulers import make_scheduler
 from engine.text_encoding import encode_prompt
 from engine.txt2img.clip_guidance import make_clip_guidance
+from engine.txt2img.colour_guidance import make_colour_guidance
 from engine.txt2img.info import Result, RunInfo, png_parameters, run_info
 from engine.txt2img.latents import (decode_latents, encode_image, get_img2img_timesteps, image_to_tensor, numpy_to_pil,
                                     prepare_img2img_latents, preview)
@@ -156,8 +157,7 @@ def run_stage(pipe, preset, request: Request, unet, scheduler, latents, timestep
     progress dicts numbered ``offset + 1`` .. of ``total``; returns (latents [B, 4, h, w], {"steps", "calls",
     "seconds", "losses"})."""
     start, calls, losses, last_preview = time.perf_counter(), 0, {}, -math.inf
-    for state in denoise(unet, scheduler, latents, timesteps, cond, guidance_scale, extra_step_kwargs,
-                         request.colour, pipe.vae, guides):
+    for state in denoise(unet, scheduler, latents, timesteps, cond, guidance_scale, extra_step_kwargs, guides):
         latents, calls, index = state.latents, state.unet_calls, offset + state.index
         for name, loss in (state.guidance_losses or {}).items():
             losses.setdefault(f"{name}_loss", []).append(round(loss, 5))
@@ -173,7 +173,7 @@ def run_stage(pipe, preset, request: Request, unet, scheduler, latents, timestep
 def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int, guides=(),
                     refiner=None, decode_switch: bool = False):
     """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``. ``guides``: the step
-    callbacks of model-based guidance (CLIP) for ``denoise``. With a ``refiner`` (``engine.txt2img.refiner``)
+    callbacks of model-based guidance (CLIP, colour) for ``denoise``. With a ``refiner`` (``engine.txt2img.refiner``)
     the base stops at ``request.denoising_end`` and the refiner denoises the rest (Podell et al. 2023, §2.5);
     ``decode_switch`` also decodes the latents handed over, noise and all (the hand-off view)."""
     unet = pipe.unet
@@ -237,9 +237,10 @@ def run(pipe, preset, request: Request, refiner_pipe=None, decode_switch: bool =
     if request.image is not None:
         image_tensor = image_to_tensor(request.image, request.width, request.height)
 
-    # CLIP guidance's image model (loaded on first use) and the prompt's CLIP embedding, once
+    # Model-based guidance as step callbacks (diffusers' callback_on_step_end), made once: CLIP guidance (its
+    # image model loaded on first use, the prompt's CLIP embedding), then colour guidance
     clip = make_clip_guidance(pipe, preset, request.prompt, request.num_images, request.clip_guidance_scale)
-    guides = [clip] if clip is not None else []
+    guides = [g for g in (clip, make_colour_guidance(pipe.vae, request.colour)) if g is not None]
 
     # SDXL's refiner (loaded on first use, sharing the base's text_encoder_2 and VAE): its prompt and time ids, once
     refiner = None
