@@ -2,17 +2,23 @@
 
 We take the components of a pipeline loaded by ``engine.loader`` (the
 tokenizer(s), text encoder(s), UNet, VAE, scheduler, safety checker) and never
-call ``pipe(...)``. ``run`` reads like the pipeline's ``__call__``:
+call ``pipe(...)``. ``run`` reads like the pipeline's ``__call__``, with the same step numbers and
+comments as ``StableDiffusionXLPipeline.__call__`` (SD 1.x/2.x too: ``StableDiffusionPipeline`` has no
+step 7, so its loop is its "7."), to be read side by side:
 
-1. Check inputs (``make_request``, before anything loads).
-2. Encode input prompt (``engine.text_encoding.encode_prompt``), once even for a sweep.
-3. SDXL micro-conditioning (``get_add_time_ids``).
-4. Prepare timesteps, 5. prepare latent variables (seeded noise, or the noised image for img2img).
-6. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight; CLIP and
+0. Default height and width, 1. Check inputs (``make_request``, before anything loads).
+2. Define call parameters (guidance on or off: the unconditional half of the batch).
+3. Encode input prompt (``engine.text_encoding.encode_prompt``), once even for a sweep.
+4. Prepare timesteps, 5. Prepare latent variables (seeded noise, or the noised image for img2img).
+6. Prepare extra step kwargs (``eta``, ``generator``: what the scheduler's ``step`` takes).
+7. Prepare added time ids & embeddings (SDXL's ``add_time_ids``: ``engine.txt2img.time_ids``; the
+   [uncond, cond] batch: ``engine.txt2img.loop.prepare_conditioning``).
+8. Denoising loop (``engine.txt2img.loop.denoise``), classifier-free guidance in plain sight; CLIP and
    colour guidance (``engine.txt2img.clip_guidance``, ``colour_guidance``) are step callbacks.
-   With SDXL's refiner (``engine.txt2img.refiner``), the base runs to ``denoising_end`` and the refiner
-   from there (Podell et al. 2023, §2.5; eDiff-I's expert denoisers, Balaji et al. 2022).
-7. Decode (``decode_latents``): VAE decoder, safety checker, post-processing.
+   8.1 Apply denoising_end: with SDXL's refiner (``engine.txt2img.refiner``), the base runs to
+   ``denoising_end`` and the refiner from there (Podell et al. 2023, §2.5; eDiff-I's expert denoisers,
+   Balaji et al. 2022).
+Then decode (``decode_latents``): VAE decoder, safety checker, post-processing (unnumbered in diffusers).
 
 References: Rombach et al. 2022, "High-Resolution Image Synthesis with Latent
 Diffusion Models" (CVPR), §3; Podell et al. 2023, "SDXL", §2.1-2.2; the book's
@@ -108,6 +114,7 @@ def text_to_image(pipe, preset, refiner_pipe=None, decode_switch: bool = False, 
     when the caller has it already (tests), else it comes from the loader; ``decode_switch`` also decodes
     the latents the base hands over (``Result.switch_images``, ``engine.txt2img.handoff``).
     """
+    # 0. Default height and width, 1. Check inputs
     request = make_request(preset, **inputs)
     try:
         yield from run(pipe, preset, request, refiner_pipe, decode_switch)
@@ -117,8 +124,8 @@ def text_to_image(pipe, preset, refiner_pipe=None, decode_switch: bool = False, 
 
 
 def prepare_timesteps_and_latents(pipe, kind: str, request: Request, scheduler, generator, dtype, image_tensor):
-    """Steps 4 and 5: the timesteps to run and x_T [B, 4, h, w]; for img2img the tail of the schedule
-    and the encoded image noised to its first timestep."""
+    """Steps 4 (Prepare timesteps) and 5 (Prepare latent variables): the timesteps to run and x_T [B, 4, h, w];
+    for img2img the tail of the schedule and the encoded image noised to its first timestep."""
     unet, vae = pipe.unet, pipe.vae
     scheduler.set_timesteps(request.num_inference_steps, device=unet.device)
     if image_tensor is None:
@@ -172,39 +179,43 @@ def run_stage(pipe, preset, request: Request, unet, scheduler, latents, timestep
 
 def denoise_one_run(pipe, preset, request: Request, embeds, time_ids, image_tensor, run_index: int, guides=(),
                     refiner=None, decode_switch: bool = False):
-    """Steps 4-7 for one guidance scale: yields progress dicts, returns a ``RunInfo``. ``guides``: the step
-    callbacks of model-based guidance (CLIP, colour) for ``denoise``. With a ``refiner`` (``engine.txt2img.refiner``)
-    the base stops at ``request.denoising_end`` and the refiner denoises the rest (Podell et al. 2023, §2.5);
-    ``decode_switch`` also decodes the latents handed over, noise and all (the hand-off view)."""
+    """Steps 4-8 and the decode, for one guidance scale: yields progress dicts, returns a ``RunInfo``.
+    ``guides``: the step callbacks of model-based guidance (CLIP, colour) for ``denoise``. With a ``refiner``
+    (``engine.txt2img.refiner``) the base stops at ``request.denoising_end`` and the refiner denoises the rest
+    (Podell et al. 2023, §2.5); ``decode_switch`` also decodes the latents handed over, noise and all (the
+    hand-off view)."""
+    # 2. Define call parameters: this run's guidance scale, and whether it needs the unconditional half
     unet = pipe.unet
     g = request.guidance_scales[run_index]
     do_cfg = g > 1 and unet.config.time_cond_proj_dim is None
-    cond = prepare_conditioning(embeds, do_cfg, unet.device, *time_ids)
     scheduler = make_scheduler(pipe.scheduler, request.scheduler)
     generator = torch.Generator("cpu").manual_seed(request.seed)
 
-    # 4. Prepare timesteps, 5. prepare latent variables
+    # 4. Prepare timesteps, 5. Prepare latent variables
     timesteps, latents = prepare_timesteps_and_latents(pipe, preset.kind, request, scheduler, generator,
                                                        embeds.prompt_embeds.dtype, image_tensor)
+    # 6. Prepare extra step kwargs
     extra_step_kwargs = prepare_extra_step_kwargs(scheduler, generator)
+    # 7. Prepare added time ids & embeddings: one [uncond, cond] batch (SDXL's time ids are made once, in ``run``)
+    cond = prepare_conditioning(embeds, do_cfg, unet.device, *time_ids)
+
+    # 8. Denoising loop (with a refiner: the base from T down to the switch point)
     refine = refiner_loop(refiner, request, g) if refiner is not None else None
-    if refine is not None:  # 5.1 Apply denoising_end: the base's share of the schedule
+    if refine is not None:  # 8.1 Apply denoising_end: the base's share of the schedule
         timesteps = base_timesteps(scheduler, timesteps, request.denoising_end)
     total = len(timesteps) + (len(refine["timesteps"]) if refine is not None else 0)
-
-    # 6. Denoising loop (with a refiner: the base from T down to the switch point)
     latents, base = yield from run_stage(pipe, preset, request, unet, scheduler, latents, timesteps, cond, g,
                                          extra_step_kwargs, guides, run_index, 0, total)
     stages, switch_images = [base], None
     if refine is not None and decode_switch:  # what the refiner receives, as the VAE shows it
         switch_images = decode_latents(pipe, preset.kind, latents)[0]
-    if refine is not None:  # 6.1 The refiner, from the switch point to t = 0, on the base's latents as they are
+    if refine is not None:  # then the refiner, from the switch point to t = 0, on the base's latents as they are
         latents, refined = yield from run_stage(pipe, preset, request, refine["unet"], refine["scheduler"], latents,
                                                 refine["timesteps"], refine["cond"], g, refine["extra_step_kwargs"],
                                                 guides, run_index, len(timesteps), total)
         stages.append(refined)
 
-    # 7. Decode (the VAE is the base's; a refiner shares it)
+    # Decode (diffusers' unnumbered last part; the VAE is the base's, a refiner shares it)
     images, has_nsfw = decode_latents(pipe, preset.kind, latents)
     info = {"guidance_scale": g, "classifier_free_guidance": do_cfg, "timesteps": total,
             "unet_calls": sum(s["calls"] for s in stages), "unet_batch": (2 if do_cfg else 1) * request.num_images,
@@ -225,14 +236,21 @@ def run(pipe, preset, request: Request, refiner_pipe=None, decode_switch: bool =
     ``decode_switch``: the ``Result`` also holds the hand-off latents decoded (``switch_images``)."""
     start = time.perf_counter()
 
-    # 2. Encode input prompt (once, even for a sweep)
+    # 0. Default height and width, 1. Check inputs: done by ``make_request`` (``text_to_image``), before anything loaded
+
+    # 2. Define call parameters (does any run of a sweep need the unconditional half?)
     any_guidance = any(g > 1 for g in request.guidance_scales)
+
+    # 3. Encode input prompt (once, even for a sweep)
     with torch.no_grad():
         embeds = encode_prompt(pipe, preset.kind, request.prompt, request.negative_prompt, any_guidance,
                                request.num_images)
 
-    # 3. SDXL micro-conditioning (once, like the embeddings)
+    # 7. Prepare added time ids (SDXL's micro-conditioning), made here once, like the prompt embeddings; each
+    #    run batches both in its own step 7
     time_ids = prepare_add_time_ids(pipe, request, embeds.prompt_embeds.dtype)
+
+    # img2img: the input image as a tensor, once (the img2img pipelines' "Preprocess image")
     image_tensor = None
     if request.image is not None:
         image_tensor = image_to_tensor(request.image, request.width, request.height)
@@ -248,7 +266,7 @@ def run(pipe, preset, request: Request, refiner_pipe=None, decode_switch: bool =
         refiner_pipe = refiner_pipe if refiner_pipe is not None else load_refiner(preset, request.refiner)
         refiner = prepare_refiner(refiner_pipe, request.refiner, request)
 
-    # 4-7, once per guidance scale
+    # 4-8 and decode, once per guidance scale
     runs = []
     for run_index in range(len(request.guidance_scales)):
         runs.append((yield from denoise_one_run(pipe, preset, request, embeds, time_ids, image_tensor, run_index,
