@@ -8,7 +8,9 @@ again on the same plain values. It mirrors the checks of diffusers'
 (``UserError``): each names the bad value and what to do.
 
 Sizes are in pixels, (width, height) in the UI; SDXL's micro-conditioning
-pairs are kept as diffusers takes them: (height, width) and (top, left).
+pairs are kept as diffusers takes them: (height, width) and (top, left). Typed
+as text they read across then down, "W,H" and "x,y" (``parse_pair``); a tuple
+is diffusers' own argument, (height, width) and (top, left), taken as it is.
 
 The module imports no torch at its top: the tabs lay out their controls from
 its limits at start-up, before the page is served (``engine.imports``).
@@ -230,17 +232,18 @@ def check_scheduler(name) -> str:
 
 
 def parse_pair(value, name: str, default: tuple[int, int] | None, *, lowest: int = 1) -> tuple[int, int] | None:
-    """A pair given as "W,H" / "x,y", "WxH", [a, b] or one number n (= n, n); empty -> ``default``.
+    """One of SDXL's pairs in diffusers' order, (height, width) for a size and (top, left) for a crop.
 
-    Returned in the order written (first, second). SDXL's diffusers arguments
-    are (height, width) and (top, left): ``check_micro_conditioning`` swaps them.
+    Text reads across then down, as the UI's boxes, links and history write it: "W,H" or "WxH" for a
+    size, "x,y" for a crop; it is turned round here. A tuple or list is diffusers' own argument, already
+    (height, width) or (top, left), and is kept as it is. One number n is (n, n); empty -> ``default``.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         parts = [value, value]
-    elif isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").replace("X", ",").replace(";", ",").split(",")]
+    elif isinstance(value, str):  # "W,H" -> (H, W), "x,y" -> (y, x)
+        parts = value.replace("x", ",").replace("X", ",").replace(";", ",").split(",")[::-1]
     elif isinstance(value, (list, tuple)):
         parts = list(value)
     else:
@@ -257,23 +260,19 @@ def parse_pair(value, name: str, default: tuple[int, int] | None, *, lowest: int
 
 
 def check_micro_conditioning(width: int, height: int, inputs: dict) -> dict:
-    """SDXL's size and crop conditions from "W,H" / "x,y" inputs, in diffusers' order.
+    """SDXL's size and crop conditions, in diffusers' order: ``original_size`` and ``target_size``
+    (height, width), ``crops_coords_top_left`` (top, left), i.e. (y, x).
 
-    diffusers takes ``original_size`` and ``target_size`` as (height, width) and
-    ``crops_coords_top_left`` as (top, left), i.e. (y, x): we swap here so the
-    UI can speak in the usual W,H and x,y. Defaults are diffusers': both sizes
-    (height, width) of the image being made, crop (0, 0). Negative ones default
+    Text inputs are "W,H" and "x,y", tuples diffusers' order (``parse_pair``). Defaults are
+    diffusers': both sizes (height, width) of the image being made, crop (0, 0). Negative ones default
     to None: the same as the positive ones. (diffusers uses the negative ones
     only when both negative sizes are given, with a (0, 0) negative crop by
     default; we fill each empty one from its positive one instead.)
     """
-    defaults = {"original_size": (width, height), "crops_coords_top_left": (0, 0), "target_size": (width, height)}
-    out = {}
-    for name in MICRO_CONDITIONS:
-        lowest = 0 if name.endswith("crops_coords_top_left") else 1
-        pair = parse_pair(inputs.get(name), name, defaults.get(name), lowest=lowest)
-        out[name] = None if pair is None else (pair[1], pair[0])
-    return out
+    defaults = {"original_size": (height, width), "crops_coords_top_left": (0, 0), "target_size": (height, width)}
+    return {name: parse_pair(inputs.get(name), name, defaults.get(name),
+                             lowest=0 if name.endswith("crops_coords_top_left") else 1)
+            for name in MICRO_CONDITIONS}
 
 
 def parse_colour(value) -> torch.Tensor:
@@ -338,7 +337,8 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=TXT2IMG_D
     """Check every input of a text-to-image (or img2img, or sweep) request and return it as a ``Request``.
 
     Raises ``UserError`` naming the first bad value. ``micro_conditioning``
-    takes the names in ``MICRO_CONDITIONS`` (SDXL only; "W,H" and "x,y" text).
+    takes the names in ``MICRO_CONDITIONS`` (SDXL only; "W,H" and "x,y" text, or diffusers' (height, width)
+    and (top, left) tuples).
     A prompt over 77 tokens is not an error: ``encode_prompt`` cuts it and warns.
     """
     unknown = set(micro_conditioning) - set(MICRO_CONDITIONS)

@@ -96,7 +96,7 @@ def test_sdxl_matches_diffusers(sdxl_pipe, guidance_scale, negative_prompt):
 
 
 def test_sdxl_micro_conditioning_matches_diffusers(sdxl_pipe):
-    # ours takes W,H and x,y; diffusers takes (h, w) and (top, left)
+    # our text takes W,H and x,y; diffusers (and our tuples) take (h, w) and (top, left)
     ref = theirs(sdxl_pipe, guidance_scale=5.0, original_size=(40, 200), crops_coords_top_left=(16, 8),
                  target_size=(64, 48), negative_original_size=(32, 32), negative_crops_coords_top_left=(0, 0),
                  negative_target_size=(64, 64))
@@ -106,6 +106,30 @@ def test_sdxl_micro_conditioning_matches_diffusers(sdxl_pipe):
     assert got.info["add_time_ids"] == [40, 200, 16, 8, 64, 48]
     assert got.info["negative_add_time_ids"] == [32, 32, 0, 0, 64, 64]
     assert max_diff(got.images, ref) < TOL
+
+
+def test_original_size_reaches_the_unet_as_diffusers_height_width(sdxl_pipe):
+    """Issue 24: on non-square sizes, the text "W,H" / "x,y" (the UI's, width first) and diffusers' own
+    (height, width) / (top, left) tuples both give diffusers' ``_get_add_time_ids``, never a transposed size;
+    left empty, both sizes are the image's (height, width)."""
+    from engine.txt2img.time_ids import prepare_add_time_ids
+
+    projection = sdxl_pipe.text_encoder_2.config.projection_dim
+
+    def diffusers_ids(original_size, crop, target_size):
+        return sdxl_pipe._get_add_time_ids(original_size, crop, target_size, dtype=torch.float32,
+                                           text_encoder_projection_dim=projection)
+
+    def engine_ids(width, height, **sizes):
+        request = txt2img.make_request(preset("sdxl"), prompt=PROMPT, width=width, height=height, **sizes)
+        return prepare_add_time_ids(sdxl_pipe, request, torch.float32)[0]
+
+    expected = diffusers_ids((40, 200), (16, 8), (64, 48))
+    assert torch.equal(engine_ids(SIZE, SIZE, original_size="200,40", crops_coords_top_left="8,16",
+                                  target_size="48x64"), expected)
+    assert torch.equal(engine_ids(SIZE, SIZE, original_size=(40, 200), crops_coords_top_left=(16, 8),
+                                  target_size=(64, 48)), expected)
+    assert torch.equal(engine_ids(64, 32), diffusers_ids((32, 64), (0, 0), (32, 64)))
 
 
 @pytest.mark.parametrize("scheduler", ["Euler ancestral", "DPM-Solver++ 2M (Karras)"])
