@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # imports every engine module in a fresh interpreter: about 12 s on 2 busy cores
 def test_engine_modules_import_neither_gradio_nor_torchvision():
     modules = sorted(".".join(p.relative_to(REPO_ROOT).with_suffix("").parts).removesuffix(".__init__")
                      for p in (REPO_ROOT / "engine").rglob("*.py"))
@@ -25,6 +28,7 @@ def test_engine_modules_import_neither_gradio_nor_torchvision():
     assert done.returncode == 0, done.stderr[-3000:] or done.stdout
 
 
+@pytest.mark.slow  # builds the whole page in a fresh interpreter: about 20 s on 2 busy cores
 def test_the_page_is_laid_out_before_torch_loads():
     """Cold start (issue 11): importing app.py builds every tab without torch, diffusers, transformers or scipy,
     so the page is served first; engine.imports.import_engine then brings them, and every lazy name resolves."""

@@ -170,6 +170,7 @@ def test_empty_prompt_gives_the_special_tokens_and_a_note(kind_pipe):
 # Selecting steps and layers
 
 
+@pytest.mark.slow  # about 7-19 s a model on 2 busy cores
 def test_step_selection_changes_what_is_aggregated(kind_pipe):
     kind, pipe = kind_pipe
     first = run(pipe, kind, num_inference_steps=6, steps="first third")["json"]
@@ -182,6 +183,7 @@ def test_step_selection_changes_what_is_aggregated(kind_pipe):
     assert not np.allclose(first["maps"], last["maps"], atol=1e-4)
 
 
+@pytest.mark.slow  # about 9-14 s a model on 2 busy cores
 def test_layer_selection_changes_what_is_aggregated(kind_pipe):
     kind, pipe = kind_pipe
     up = run(pipe, kind, layers="up")["json"]

@@ -125,6 +125,7 @@ def test_cache_key_separates_device_and_dtype():
     assert len(keys) == 4
 
 
+@pytest.mark.slow  # imports app.py (every tab): about 9 s on 2 busy cores
 def test_importing_the_app_loads_no_model():
     code = ("import app; from engine import loader; import sys; "
             "sys.exit(1 if loader.loaded_models() else 0)")

@@ -143,6 +143,7 @@ def test_contrastive_loss_rewards_matching_pairs():
     assert torch.isfinite(ms.contrastive_loss(emb, emb, scale, fits))
 
 
+@pytest.mark.slow
 def test_mini_clip_learns_a_fixed_batch():
     torch.manual_seed(0)
     model = ms.MiniCLIP("smoke")
@@ -162,6 +163,7 @@ def test_mini_clip_learns_a_fixed_batch():
     assert min(model.retrieval_accuracy(pictures, ids, ids_2, fits)) >= 0.75
 
 
+@pytest.mark.slow
 def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
     import train_mini_sd
@@ -263,6 +265,7 @@ def test_shipped_pipeline_is_small_and_the_engine_matches_diffusers(kind):
     assert float((_engine_images(pipe, path, kind, **request) - _diffusers_images(pipe, **request)).abs().max()) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sd", "sdxl"])
 def test_shipped_pipeline_draws_the_asked_class(kind):
     """Loose quality check: for 3 prompts, at least 70% of 16 images are judged as the asked class, and at least
@@ -282,6 +285,7 @@ def test_shipped_pipeline_draws_the_asked_class(kind):
         assert found.count(colour) >= 0.7 * len(found), (label, colour, found)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", POSITIONED_KINDS)
 def test_shipped_pipeline_puts_the_item_where_the_prompt_says(kind):
     """Position words: for two positioned prompts, most of 8 images have their item in the named half."""
@@ -300,6 +304,7 @@ def test_shipped_pipeline_puts_the_item_where_the_prompt_says(kind):
 GROUNDED_KINDS = ["sd"]  # mini-SD v3 was fine-tuned with TokenCompose's losses; mini-SDXL's UNet not yet
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", GROUNDED_KINDS)
 def test_shipped_pipeline_reads_the_item_and_colour_words_where_it_draws_the_item(kind):
     """Grounding (issue 21): on positioned prompts, the item word's and the colour word's cross-attention
@@ -323,6 +328,7 @@ def test_shipped_pipeline_reads_the_item_and_colour_words_where_it_draws_the_ite
     assert sum(r["colour"] for r in rows) / len(rows) > 2.0, rows
 
 
+@pytest.mark.slow
 def test_shipped_sdxl_micro_conditioning_has_the_right_sign():
     """original_size (16, 16) blurs (less high-frequency energy); crop (16, 16) moves the item up and left."""
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
