@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine import prompt_weights
+from engine.tokenizer import MAX_PROMPT_CHARS
 from engine.errors import UserError, check_seed, number_in_range, whole_number, whole_number_in_range
 from engine.presets import default_size, presets_for
 from engine.schedulers import DEFAULT, SCHEDULER_NAMES
@@ -191,8 +192,13 @@ def check_side(preset, value, name: str) -> int:
 
 
 def check_text(value, name: str) -> str:
+    """A prompt's text ("" for None): text, and at most ``MAX_PROMPT_CHARS`` characters (the tokenizer
+    inspector's limit; only the first 75 tokens reach the model, ``encode_prompt`` warns past them)."""
     if value is not None and not isinstance(value, str):
         raise UserError(f"{name} must be text, got {type(value).__name__}.")
+    if value is not None and len(value) > MAX_PROMPT_CHARS:
+        raise UserError(f"{name} has {len(value):,} characters; the limit is {MAX_PROMPT_CHARS:,}. Only the first "
+                        f"75 tokens or so reach the model: shorten it.")
     return value or ""
 
 
@@ -344,8 +350,7 @@ def make_request(preset, *, prompt, negative_prompt="", guidance_scale=TXT2IMG_D
     unknown = set(micro_conditioning) - set(MICRO_CONDITIONS)
     if unknown:
         raise TypeError(f"make_request() got unexpected arguments {sorted(unknown)}")
-    if not isinstance(prompt, str):
-        raise UserError(f"prompt must be text, got {type(prompt).__name__}.")
+    prompt = check_text(prompt, "prompt")
     negative_prompt = check_text(negative_prompt, "negative_prompt")
     for text, name in ((prompt, "prompt"), (negative_prompt, "negative_prompt")):
         prompt_weights.parse(text, name)  # the weights of (word:1.5) within their range

@@ -40,6 +40,7 @@ def test_the_hand_off_gives_three_pictures_and_both_models_steps(client):
     (dict(refiner="none"), "Choose a refiner"),
     (dict(refiner="no such refiner"), "Unknown refiner"),
     (dict(denoising_end=1.2), "denoising_end must be between 0 and 1"),
+    (dict(prompt="word " * 12_000), "prompt has 60,000 characters"),
 ])
 def test_bad_hand_off_inputs_get_clear_messages(client, changes, words):
     with pytest.raises(AppError, match=words):
