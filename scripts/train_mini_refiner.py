@@ -316,8 +316,8 @@ def model_card(info: dict) -> str:
         f"{info['steps']} steps, batch {info['batch']}, AdamW lr {info['lr']:g}, EMA {info['ema_decay']}, "
         f"{info['train_items']} pictures; final loss {info['loss']}; on {info['device']}. "
         "`samples.png`: mini-SDXL alone (top) and handing over to the refiner at 0.8 (bottom), same seeds.", "",
-        "Not yet measured: high-frequency energy against real pictures, class and colour fidelity, time "
-        "(issue 23's targets).", ""])
+        "<!-- eval:start -->", "Not measured yet: run `python scripts/eval_mini_refiner.py --write-card`.",
+        "<!-- eval:end -->", ""])
 
 
 # ----------------------------------------------------------------------------
