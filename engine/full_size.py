@@ -33,7 +33,7 @@ MODELS = {
     "sd15": ("StableDiffusionPipeline", ("unet", "vae", "text_encoder", "scheduler")),
     "sdxl-base": ("StableDiffusionXLPipeline", ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")),
 }
-SCHEDULERS = ("PNDMScheduler", "EulerDiscreteScheduler")
+SCHEDULER_CLASSES = ("PNDMScheduler", "EulerDiscreteScheduler")
 TEXT_ENCODERS = ("CLIPTextModel", "CLIPTextModelWithProjection")
 
 # Tiny versions: the same config with these values replaced. Text encoders 32 wide, so SD's context is 32
@@ -92,8 +92,8 @@ def _text_encoder(config: dict):
 def _scheduler(config: dict):
     import diffusers
 
-    if config["_class_name"] not in SCHEDULERS:
-        raise ValueError(f"Unsupported scheduler {config['_class_name']!r}; expected one of {', '.join(SCHEDULERS)}.")
+    if config["_class_name"] not in SCHEDULER_CLASSES:
+        raise ValueError(f"Unsupported scheduler {config['_class_name']!r}; expected one of {', '.join(SCHEDULER_CLASSES)}.")
     return getattr(diffusers, config["_class_name"]).from_config(config)
 
 

@@ -83,7 +83,8 @@ def with_weight(prompt: str, word: str, weight: float) -> str:
     return f"{prompt[:match.start()]}({match.group(0)}:{weight:g}){prompt[match.end():]}"
 
 
-#: At most this many weights in one sweep.
+#: At most this many pictures in one sweep: the weights here, and the guidance scales of Text to image
+#: (engine.txt2img.request, which reads it from here).
 MAX_SWEEP = 8
 
 

@@ -134,7 +134,7 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
     """The model card's table of parts: class, size and how each was trained (from ``training.json``)."""
     clip, vae, unet = record.get("clip"), record.get("vae"), record.get("unet-sdxl" if sdxl else "unet-sd")
     todo = "not trained yet"
-    size = ms.SIZES[record.get("size", "full")]
+    size = ms.MODEL_SIZES[record.get("size", "full")]
     t1, t2 = size["text"], size["text_2"]
     encoders = (f"`CLIPTextModel` (width {t1['hidden_size']}, {t1['num_hidden_layers']} layers); the UNet reads "
                 f"its last hidden state (77 x {t1['hidden_size']})")

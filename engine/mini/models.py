@@ -22,8 +22,8 @@ Diffusion freezes CLIP (Rombach et al. 2022, §3.3), and the UNets learn to
 denoise VAE latents (scaled by ``scaling_factor`` = 1 / std of the latents,
 LDM §4.3.2 and appendix D.1) given the text encoders' hidden states.
 
-``SIZES["full"]`` is what ships (sized for a ~2 hour training on 2 CPU cores,
-≤ 60 MB of fp16 weights in all); ``SIZES["smoke"]`` is the same architecture at
+``MODEL_SIZES["full"]`` is what ships (sized for a ~2 hour training on 2 CPU cores,
+≤ 60 MB of fp16 weights in all); ``MODEL_SIZES["smoke"]`` is the same architecture at
 toy width, for tests and ``--smoke`` runs. Shapes below: B images, L = 77 tokens.
 """
 
@@ -64,7 +64,7 @@ def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) ->
     )
 
 
-SIZES: dict[str, dict] = {
+MODEL_SIZES: dict[str, dict] = {
     "full": _sizes(text=(64, 256, 4, 4), text_2=(96, 384, 4, 4, 96), vae=((16, 32, 64, 64), 16),
                    unet=((64, 128, 128), 4, 32, 32), tower=(32, 64)),
     "smoke": _sizes(text=(16, 32, 1, 2), text_2=(24, 48, 1, 2, 24), vae=((8, 8, 16, 16), 4),
@@ -74,9 +74,9 @@ SIZES: dict[str, dict] = {
 
 
 def _size(size: str) -> dict:
-    if size not in SIZES:
-        raise ValueError(f"Unknown size {size!r}; choose one of {', '.join(SIZES)}.")
-    return SIZES[size]
+    if size not in MODEL_SIZES:
+        raise ValueError(f"Unknown size {size!r}; choose one of {', '.join(MODEL_SIZES)}.")
+    return MODEL_SIZES[size]
 
 
 # ----------------------------------------------------------------------------

@@ -37,7 +37,6 @@ TXT2IMG_DEFAULT_GUIDANCE = 7.5
 DEFAULT_STEPS = 30
 DEFAULT_SIZE_LIMITS = {"sd": (64, 1024), "sdxl": (64, 2048)}
 SWEEP_DEFAULT = (1.0, 2.0, 4.0, 12.0)
-MAX_SWEEP = 8
 MAX_COLOUR_SCALE = 1000.0
 MAX_CLIP_GUIDANCE = 1000.0
 DEFAULT_DENOISING_END = 0.8  # SDXL's refiner takes over for the last 20% of the noise (Podell et al. 2023, §2.5)
@@ -226,8 +225,8 @@ def check_sweep(preset, guidance_scales) -> tuple[float, ...]:
         except (TypeError, ValueError):
             raise UserError(f"The guidance list must be numbers separated by commas, like 1, 2, 4, 12; "
                             f"got {g!r}.") from None
-    if not 1 <= len(values) <= MAX_SWEEP:
-        raise UserError(f"Give between 1 and {MAX_SWEEP} guidance scales, got {len(values)}.")
+    if not 1 <= len(values) <= prompt_weights.MAX_SWEEP:
+        raise UserError(f"Give between 1 and {prompt_weights.MAX_SWEEP} guidance scales, got {len(values)}.")
     return tuple(check_guidance(preset, g) for g in values)
 
 

@@ -61,7 +61,7 @@ HUB_CONFIGS = {
     # same architecture, so the same block and FLOP figures (its config differs in sample_size only).
     "stabilityai/sdxl-turbo": "sdxl-base",
 }
-MIN_SIDE, MAX_SIDE = 64, 2048
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 64, 2048  # the width and height check_image_size takes, in pixels
 ATTENTION_DTYPE, ATTENTION_BYTES = "float16", 2
 TEXT_TOKENS = 77  # CLIP's context length: encoder_hidden_states is [B, 77, cross_attention_dim]
 SDXL_TIME_IDS = 6  # original (h, w), crop (top, left), target (h, w): Podell et al. 2023 §2.2
@@ -145,13 +145,13 @@ def check_image_size(width, height, vae_scale_factor: int = 8) -> tuple[int, int
         raise UserError(f"vae_scale_factor must be a positive whole number, got {vae_scale_factor!r}.")
     sides = []
     for name, value in (("width", width), ("height", height)):
-        value = whole_number(value, name, f" of pixels from {MIN_SIDE} to {MAX_SIDE}")
+        value = whole_number(value, name, f" of pixels from {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE}")
         if value % 8 or value % vae_scale_factor:
             step = max(8, vae_scale_factor)
             raise UserError(f"{name} must be a multiple of {step} (the VAE downsamples by {vae_scale_factor}), "
                              f"got {value}.")
-        if not MIN_SIDE <= value <= MAX_SIDE:
-            raise UserError(f"{name} must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {value}.")
+        if not MIN_IMAGE_SIDE <= value <= MAX_IMAGE_SIDE:
+            raise UserError(f"{name} must be between {MIN_IMAGE_SIDE} and {MAX_IMAGE_SIDE} pixels, got {value}.")
         sides.append(value)
     return sides[0], sides[1]
 

@@ -70,7 +70,7 @@ from engine.txt2img import run_to_end, text_to_image
 
 MAX_SNAPSHOTS = 6  # per-step maps kept for a step slider, evenly spaced over the selected steps
 SNAPSHOT_SIDE = 16  # per-step maps are area-downsampled to at most this many latent pixels a side
-PLACES = ("down", "mid", "up")
+BLOCK_PLACES = ("down", "mid", "up")
 _PLACE_PREFIX = {"down": "down_blocks.", "mid": "mid_block.", "up": "up_blocks."}
 # ----------------------------------------------------------------------------
 # Choosing what to record: steps and layers
@@ -115,7 +115,7 @@ def select_layers(layers, available: list[str]) -> LayerChoice:
             names.update(available)
         elif isinstance(item, (int, np.integer)) and not isinstance(item, bool) and item > 0:
             sides.add(int(item))
-        elif isinstance(item, str) and item.strip().lower() in PLACES:
+        elif isinstance(item, str) and item.strip().lower() in BLOCK_PLACES:
             prefix = _PLACE_PREFIX[item.strip().lower()]
             names.update(n for n in available if n.startswith(prefix))
         elif isinstance(item, str) and item.removesuffix(".processor") in available:

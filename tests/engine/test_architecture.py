@@ -1,5 +1,6 @@
 """The layering the project relies on: engine/ never imports gradio, and nothing loads at import."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -71,8 +72,6 @@ def test_the_loaders_named_in_loaders_import():
 
 def test_engine_modules_and_functions_stay_small():
     """No engine module over 500 lines; no function in engine/ or tabs/ over about 60 lines but a tab's build()."""
-    import ast
-
     for path in sorted((REPO_ROOT / "engine").rglob("*.py")) + sorted((REPO_ROOT / "tabs").rglob("*.py")):
         source = path.read_text(encoding="utf-8")
         if path.parts[-2] == "engine" or "engine" in path.relative_to(REPO_ROOT).parts[:1]:
@@ -87,8 +86,6 @@ def test_scripts_import_only_the_engine():
     """scripts/ reaches the project through engine/ alone, never tabs/, app or tests/ (a bench loads the shipped
     models, not the tests' tiny ones). The one stated exception: bench_serving.py times the tab handlers
     themselves, so it imports tabs/."""
-    import ast
-
     exceptions = {"bench_serving.py": {"tabs"}}
     for path in sorted((REPO_ROOT / "scripts").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -100,3 +97,27 @@ def test_scripts_import_only_the_engine():
                 continue
             banned = tops & {"app", "tabs", "tests"} - exceptions.get(path.name, set())
             assert not banned, f"scripts/{path.name}:{node.lineno} imports {banned.pop()}: go through engine/"
+
+
+def _public_names(tree) -> set[str]:
+    """The public names a module defines at its top level: functions, classes and assigned names (imports are
+    someone else's)."""
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+    return {name for name in names if not name.startswith("_")}
+
+
+def test_no_public_name_is_defined_in_two_engine_modules():
+    """One name, one meaning (issue 24): each public name has one home in engine/; others import it."""
+    allowed: set[str] = set()  # none needed; a name listed here must say why in a comment
+    homes: dict[str, list[str]] = {}
+    for path in sorted((REPO_ROOT / "engine").rglob("*.py")):
+        for name in _public_names(ast.parse(path.read_text(encoding="utf-8"))):
+            homes.setdefault(name, []).append(str(path.relative_to(REPO_ROOT)))
+    twice = {name: places for name, places in homes.items() if len(places) > 1 and name not in allowed}
+    assert not twice, f"defined in more than one engine module: {twice}"

@@ -81,7 +81,7 @@ def tiny_batch(tokenizer, batch: int = 4, seed: int = 0) -> dict:
         else (int(data.colours[i]) if data.names_colour[i] else -1,))) for i in idx])
     g = torch.Generator().manual_seed(seed)
     return {"sample": torch.randn(batch, 4, 8, 8, generator=g), "t": torch.full((batch,), 500),
-            "hidden": torch.randn(batch, 77, ms.SIZES["smoke"]["text"]["hidden_size"], generator=g),
+            "hidden": torch.randn(batch, 77, ms.MODEL_SIZES["smoke"]["text"]["hidden_size"], generator=g),
             "words": words, "shading": data.shading(idx)}
 
 

@@ -54,7 +54,7 @@ def test_vae_maps_64x64x3_to_8x8x4_and_back():
 
 def test_sdxl_unet_takes_pooled_text_and_six_time_ids():
     cfg = ms.unet_config("smoke", sdxl=True)
-    s = ms.SIZES["smoke"]
+    s = ms.MODEL_SIZES["smoke"]
     assert cfg["addition_embed_type"] == "text_time"
     assert cfg["cross_attention_dim"] == s["text"]["hidden_size"] + s["text_2"]["hidden_size"]
     unet = ms.make_unet("smoke", sdxl=True)
