@@ -304,6 +304,13 @@ def build() -> Form:
         label="Examples",
     )
 
+    _compare_section(label, sampler, steps, seed, model)
+    _forward_section(generated)
+    return form
+
+
+def _compare_section(label, sampler, steps, seed, model) -> None:
+    """The "What guidance changes" accordion: one seed at guidance 1, 2 and 4 (API ``/compare_guidance_fashion``)."""
     with gr.Accordion("What guidance changes", open=False):
         gr.Markdown("Same seed, same noise: 8 samples at guidance 1 (no guidance), 2 and 4. "
                     "The judge (a small classifier trained on Fashion-MNIST) says how many look like the class asked.")
@@ -313,6 +320,9 @@ def build() -> Form:
         compare.click(compare_guidance, [label, sampler, steps, seed, model], [compare_gallery, compare_table],
                       api_name="compare_guidance_fashion", **COMPUTE)
 
+
+def _forward_section(generated: gr.State) -> None:
+    """The forward process: x_t of a test image or of the last samples (``generated``), and the noise schedule."""
     gr.Markdown(FORWARD_INTRO)
     images, labels = example_images()
     example_choices = [(f"{CLASS_NAMES[int(y)]} ({i})", i) for i, y in enumerate(labels)]
@@ -334,4 +344,3 @@ def build() -> Form:
                        x_title="timestep t", y_title="level", height=300)
     gr.on(None, forward_on_arrival, None, [forward, forward_caption, plot], api_visibility="private", queue=False,
           show_progress="hidden")
-    return form

@@ -71,15 +71,17 @@ def test_the_loaders_named_in_loaders_import():
 
 
 def test_engine_modules_and_functions_stay_small():
-    """No engine module over 500 lines; no function in engine/ or tabs/ over about 60 lines but a tab's build()."""
+    """No engine module over 500 lines; no function in engine/ or tabs/ over 60 lines, nor a tab's build() over 80."""
     for path in sorted((REPO_ROOT / "engine").rglob("*.py")) + sorted((REPO_ROOT / "tabs").rglob("*.py")):
         source = path.read_text(encoding="utf-8")
         if path.parts[-2] == "engine" or "engine" in path.relative_to(REPO_ROOT).parts[:1]:
             assert len(source.splitlines()) <= 500, f"{path} has {len(source.splitlines())} lines"
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "build":
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                assert length <= 65, f"{path.relative_to(REPO_ROOT)}:{node.name} is {length} lines"  # about 60
+                # a tab's build() may reach 80 when it reads as a plain list of components
+                limit = 80 if node.name == "build" and path.parent.name == "tabs" else 60
+                assert length <= limit, f"{path.relative_to(REPO_ROOT)}:{node.name} is {length} lines (over {limit})"
 
 
 def test_scripts_import_only_the_engine():
