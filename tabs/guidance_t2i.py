@@ -236,8 +236,9 @@ def guidance_sweep(prompt, negative_prompt, model, guidance_scales, num_inferenc
                    caller: gr.Request = None, progress=gr.Progress()):
     """Event handler (API ``/guidance_sweep``): one image per guidance scale, same prompt and seed.
 
-    ``guidance_scales`` is a comma-separated list ("1, 2, 4, 12"). Returns the gallery, the JSON panel
-    (one entry per scale under "sweep"), then the live preview.
+    ``guidance_scales`` is a comma-separated list ("1, 2, 4, 12"). SDXL's ``original_size`` and ``target_size``
+    are typed width first, "W,H", and ``crops_coords_top_left`` "x,y", as on Text to image (empty: the
+    defaults). Returns the gallery, the JSON panel (one entry per scale under "sweep"), then the live preview.
     """
     preset = txt2img.get_pipeline_preset(model)
     kwargs = dict(prompt=prompt, negative_prompt=negative_prompt or "", guidance_scales=guidance_scales,
@@ -400,8 +401,8 @@ def _sweep_section(preset, shared: dict) -> None:
             width = gr.Slider(low, high, value=size, step=8, label="Width")
             height = gr.Slider(low, high, value=size, step=8, label="Height")
         with gr.Row(visible=bool(preset and preset.kind == "sdxl")) as sdxl_box:
-            micro = [gr.Textbox("", label=f"{name} (SDXL)", placeholder=hint) for name, hint in
-                     (("original_size", "image size"), ("crops_coords_top_left", "0,0"), ("target_size", "image size"))]
+            micro = [gr.Textbox("", label=f"{label} · SDXL", placeholder=hint)
+                     for _, label, hint in text_to_image.SDXL_SIZE_BOXES]
     gallery = gr.Gallery(label="Guidance sweep", format="png", columns=4, height="auto", interactive=False,
                          elem_id="guide-sweep-gallery", elem_classes=["pixelated"])
     with gr.Row():

@@ -227,6 +227,13 @@ def model_note(preset) -> str:
     return note
 
 
+# SDXL's micro-conditioning boxes as (name, label, placeholder): typed width first, as the labels say
+# (engine.txt2img.request.parse_pair turns them into diffusers' (height, width) and (top, left)).
+SDXL_SIZE_BOXES = (("original_size", "original_size (W,H)", "image size"),
+                   ("crops_coords_top_left", "crops_coords_top_left (x,y)", "0,0"),
+                   ("target_size", "target_size (W,H)", "image size"))
+
+
 def _sdxl_controls(preset):
     """SDXL's micro-conditioning boxes, in an accordion shown for SDXL: (the accordion, the six boxes by name in
     ``MICRO_CONDITIONS`` order)."""
@@ -235,9 +242,7 @@ def _sdxl_controls(preset):
         gr.Markdown(SDXL_HELP, elem_classes=["explain"])
         boxes = {}
         with gr.Row():
-            for name, label, hint in (("original_size", "original_size (W,H)", "image size"),
-                                      ("crops_coords_top_left", "crops_coords_top_left (x,y)", "0,0"),
-                                      ("target_size", "target_size (W,H)", "image size")):
+            for name, label, hint in SDXL_SIZE_BOXES:
                 boxes[name] = gr.Textbox("", label=label, placeholder=hint)
         with gr.Row():
             for name in ("negative_original_size", "negative_crops_coords_top_left", "negative_target_size"):
