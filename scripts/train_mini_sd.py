@@ -107,6 +107,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-train", choices=("all", "decoder"), default="all",
                    help="decoder: train only the decoder (and post_quant_conv), so the latent space, and with it "
                         "every UNet, stays as it is")
+    p.add_argument("--vae-gan-weight", type=float, default=0.0,
+                   help="weight of the patch discriminator's loss on the VAE (0: off; taming's adaptive weight "
+                        "times this)")
+    p.add_argument("--vae-gan-start", type=int, default=200,
+                   help="steps in which only the discriminator learns, before its loss reaches the VAE")
     p.add_argument("--vae-item-weight", type=float, default=0.0,
                    help="extra loss weight on the items' pixels (0: plain L1 + MSE over the picture)")
     p.add_argument("--two-item-share", type=float, default=0.3,
@@ -366,6 +371,56 @@ def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6, item_weight: float =
     return rec + kl_weight * posterior.kl().mean(), reconstruction
 
 
+def patch_discriminator(channels: int = 32) -> torch.nn.Module:
+    """PatchGAN (Isola et al. 2017; taming's NLayerDiscriminator, which trained SD's VAE, Rombach et al. 2022,
+    §3 and App. G): pictures [B, 3, 64, 64] in [-1, 1] -> real/fake logits [B, 1, 14, 14], one per ~30 px patch."""
+    nn = torch.nn
+
+    def block(c_in, c_out, stride):
+        return [nn.Conv2d(c_in, c_out, 4, stride, 1), nn.GroupNorm(8, c_out), nn.LeakyReLU(0.2)]
+    return nn.Sequential(nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(0.2), *block(channels, 2 * channels, 2),
+                         *block(2 * channels, 4 * channels, 1), nn.Conv2d(4 * channels, 1, 4, 1, 1))
+
+
+def adaptive_gan_weight(rec_loss: torch.Tensor, gan_loss: torch.Tensor, last_layer: torch.Tensor) -> torch.Tensor:
+    """taming's ``calculate_adaptive_weight``: ||d rec / d w|| / ||d gan / d w|| at the decoder's last layer,
+    so the adversarial term pulls as hard as the reconstruction, whatever their scales."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    gan_grad = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    return (rec_grad.norm() / (gan_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+class VaeGan:
+    """The VAE's adversarial part: a patch discriminator with its optimizer and hinge losses (``weight`` 0: off)."""
+
+    def __init__(self, args, device: str):
+        self.weight, self.start = args.vae_gan_weight, args.vae_gan_start
+        self.disc = patch_discriminator().to(device) if self.weight else None
+        self.opt = torch.optim.AdamW(self.disc.parameters(), lr=args.vae_lr, betas=(0.5, 0.9)) if self.disc else None
+
+    def generator_loss(self, vae, rec_loss, reconstruction, step: int) -> tuple[torch.Tensor, dict]:
+        if self.disc is None or step < self.start:
+            return rec_loss, {}
+        gan = -self.disc(reconstruction).mean()
+        weight = adaptive_gan_weight(rec_loss, gan, vae.decoder.conv_out.weight) * self.weight
+        return rec_loss + weight * gan, {"gan": gan.item(), "gan_weight": weight.item()}
+
+    def discriminator_step(self, x: torch.Tensor, reconstruction: torch.Tensor) -> float:
+        if self.disc is None:
+            return 0.0
+        loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(reconstruction.detach().float())).mean()
+        optimizer_step(self.opt, loss, self.disc)
+        return loss.item()
+
+    def state(self) -> dict:
+        return {"disc": self.disc.state_dict(), "disc_opt": self.opt.state_dict()} if self.disc else {}
+
+    def load(self, state: dict) -> None:
+        if self.disc is not None and "disc" in state:
+            self.disc.load_state_dict(state["disc"])
+            self.opt.load_state_dict(state["disc_opt"])
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB (``engine.metrics.psnr``) of two batches in [-1, 1], over their 8-bit [0, 255] values."""
     def to8(x):
@@ -411,6 +466,8 @@ def train_vae(args) -> dict:
     vae, trainable = make_trainable_vae(args, device)
     opt = torch.optim.AdamW(trainable, lr=args.vae_lr, weight_decay=0.0)
     step, running = resume(folder, device, vae, opt)
+    gan = VaeGan(args, device)
+    gan.load(load_checkpoint(folder / "checkpoint.pt", device) or {})
     total, started = args.vae_steps, time.time()
 
     def train_step(step: int) -> float:
@@ -418,13 +475,16 @@ def train_vae(args) -> dict:
         set_lr(opt, args.vae_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         vae.train()
         with autocast(device, args.bf16):
-            loss, _ = vae_loss(vae, x, item_weight=args.vae_item_weight)
+            loss, reconstruction = vae_loss(vae, x, item_weight=args.vae_item_weight)
+            loss, _ = gan.generator_loss(vae, loss, reconstruction, step)
         optimizer_step(opt, loss, vae)
+        with autocast(device, args.bf16):
+            gan.discriminator_step(x, reconstruction)
         return loss.item()
 
     def checkpoint(step: int, running: float, last: bool) -> None:
         save_checkpoint(folder / "checkpoint.pt", dict(model=vae.state_dict(), opt=opt.state_dict(), step=step,
-                                                       running=running))
+                                                       running=running, **gan.state()))
 
     def evaluate(step: int, running: float, last: bool) -> None:
         vae.eval()
@@ -487,7 +547,7 @@ def ship_vae(args, vae, data, test_x, judge_check, info: dict) -> dict:
     info.update(test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x),
                 scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae),
                 judge_on_placed_round_trips=judge_check(vae), decoder_only=decoder_only,
-                item_loss_weight=args.vae_item_weight,
+                item_loss_weight=args.vae_item_weight, patch_gan_weight=args.vae_gan_weight,
                 initialised_from="the previous shipped VAE" if args.vae_init else "scratch",
                 data=f"{VAE_POSITIONED_SHARE:.0%} placed pictures ({args.two_item_share:.0%} of them with two items)")
     mark_done(args, "vae", info)
