@@ -50,6 +50,7 @@ from engine.fashion.configs import (CLASS_NAMES, FORWARD_TIMESTEPS, MAX_CLASSIFI
 from engine.fashion.data import to_unit_range
 from engine.diffusion import StepState
 from engine.noise_schedule import alphas_cumprod, noise_scheduler, predict_x0, q_sample
+from engine.txt2img.loop import classifier_free_guidance
 
 # --------------------------------------------------------------------------------------------
 # Requests and their validation
@@ -165,7 +166,7 @@ def predict_noise(unet, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, 
     null = torch.full_like(labels, NULL_CLASS)
     eps = unet(torch.cat([x, x]), t, class_labels=torch.cat([null, labels])).sample.float()
     eps_uncond, eps_cond = eps.chunk(2)
-    return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+    return classifier_free_guidance(eps_uncond, eps_cond, guidance_scale)
 
 
 def step_kwargs(sampler: str, generator: torch.Generator) -> dict:

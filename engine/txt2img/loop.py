@@ -95,6 +95,16 @@ def prepare_extra_step_kwargs(scheduler, generator: torch.Generator, eta: float 
     return kwargs
 
 
+def classifier_free_guidance(noise_pred_uncond: torch.Tensor, noise_pred_text: torch.Tensor,
+                             guidance_scale: float) -> torch.Tensor:
+    """Ho & Salimans 2022, eq. 6, as diffusers writes it: eps_uncond + g * (eps_cond - eps_uncond), g = 1 + w.
+
+    The one home of the combination: ``denoise`` below and the Fashion sampler
+    (``engine.fashion.sampling.predict_noise``) both call it.
+    """
+    return noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+
+
 @torch.no_grad()
 def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning,
             guidance_scale: float, extra_step_kwargs: dict, guides: Sequence = ()) -> Iterator[StepState]:
@@ -125,7 +135,7 @@ def denoise(unet, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, con
         # perform guidance
         if cond.do_classifier_free_guidance:
             noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-            noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+            noise_pred = classifier_free_guidance(noise_pred_uncond, noise_pred_text, guidance_scale)
 
         x0 = pred_original_sample(scheduler, latents, noise_pred, t)
         losses = {}
