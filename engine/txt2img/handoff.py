@@ -57,7 +57,8 @@ def _finished(events: Iterator, stage: str, stages: int, index: int) -> Iterator
 
 def handoff_info(alone: Result, refined: Result) -> dict:
     """Both runs' step counts and loop times: the base alone, and the base's and the refiner's shares of the
-    hand-off (``refiner_info``'s figures), with the hand-off's time over the base alone's."""
+    hand-off (``refiner_info``'s figures). No ratio of the two: the first run of a fresh process pays the
+    warm-up (``scripts/eval_mini_refiner.py`` times them properly)."""
     stage = refined.info["refiner"]
     alone_seconds = alone.info["loop_seconds"]
     handoff_seconds = stage["base_seconds"] + stage["refiner_seconds"]
@@ -67,8 +68,7 @@ def handoff_info(alone: Result, refined: Result) -> dict:
             "handoff": {k: stage[k] for k in ("model", "denoising_end", "switch_timestep", "base_steps",
                                               "base_seconds", "refiner_steps", "refiner_seconds",
                                               "aesthetic_score", "negative_aesthetic_score")},
-            "handoff_seconds": round(handoff_seconds, 3),
-            "handoff_time_over_base_alone": round(handoff_seconds / max(alone_seconds, 1e-9), 3)}
+            "handoff_seconds": round(handoff_seconds, 3)}
 
 
 def compare_handoff(pipe, preset, refiner: str, refiner_pipe=None, **inputs) -> Iterator[dict | HandOff]:
