@@ -116,14 +116,25 @@ def grounding_sentence(unet: dict) -> str:
             f"{unet['pixel_loss_weight']:g}, each word grounded on its item's exact mask (`engine/mini/grounding.py`)")
 
 
+def _vae_losses(vae: dict) -> str:
+    """The losses of one VAE training stretch, from its record."""
+    gan = vae.get("patch_gan_weight")
+    return ("L1 + MSE" + (f" + a patch discriminator (PatchGAN, hinge loss, taming's adaptive weight x {gan:g})"
+                          if gan else ""))
+
+
 def vae_cell_text(vae: dict) -> str:
     """How the VAE was trained (and, for a decoder fine-tune, on what)."""
     text = (f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
             f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
     if vae.get("decoder_only"):
         trips = vae.get("judge_on_placed_round_trips") or {}
+        earlier = vae.get("previous") or {}
+        steps = f"{vae['steps']} steps of {vae['batch']}, {_vae_losses(vae)}"
+        if earlier.get("decoder_only"):  # a second decoder fine-tune: both stretches
+            steps = f"{earlier['steps']} steps of {earlier['batch']}, {_vae_losses(earlier)}, then {steps}"
         text = (f"trained from scratch, then its decoder alone fine-tuned on {vae.get('data', 'placed pictures')}: "
-                f"{vae['steps']} steps of {vae['batch']}, L1 + MSE (the encoder, the latent space and "
+                f"{steps} (the encoder, the latent space and "
                 f"`scaling_factor` {vae['scaling_factor']} stay, so the UNets still fit); test PSNR "
                 f"{vae['test_psnr_db']} dB" + "".join(f"; the judge reads {100 * v:.0f}% of {side} px placed real "
                                                        "items after a round trip" for side, v in trips.items()))
