@@ -168,9 +168,9 @@ def engine_fashion() -> dict:
 
 def engine_mini_sd() -> dict:
     from tabs.common import last_output
-    from tabs.text_to_image import generate
+    from tabs.text_to_image import generate_images
 
-    _, info, _ = last_output(generate(**MINI, model=MINI_SD, scheduler="default", randomize_seed=False,
+    _, info, _ = last_output(generate_images(**MINI, model=MINI_SD, scheduler="default", randomize_seed=False,
                                       original_size="", crops_coords_top_left="", target_size="",
                                       negative_original_size="", negative_crops_coords_top_left="",
                                       negative_target_size="", caller=API_CALLER, progress=no_progress))

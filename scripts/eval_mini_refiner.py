@@ -80,7 +80,7 @@ def register(args) -> None:
     os.environ["EXPLORER_MODELS"] = str(presets)
 
 
-def generate(args) -> dict:
+def make_pairs(args) -> dict:
     """Both images of every prompt: {"alone", "refined": [N, 3, 64, 64] in [0, 1], "classes", "colours"}."""
     from engine import loader
     from engine.presets import get_preset
@@ -147,7 +147,7 @@ def paired_se(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure_all(args, judge) -> dict:
-    made = generate(args)
+    made = make_pairs(args)
     real = cf.make_dataset("test", seed=0, num_items=1000).pictures()
     energy = {"base_alone": high_frequency_energy(made["alone"]), "base_plus_refiner":
               high_frequency_energy(made["refined"]), "real_pictures": high_frequency_energy(real),

@@ -113,7 +113,7 @@ def _save_pngs(result) -> list[tuple[str, str]]:
     return items
 
 
-# generate()'s settings that the controls hold (the upload, strength and colour guidance keep their defaults)
+# generate_images()'s settings that the controls hold (the upload, strength and colour guidance keep their defaults)
 GENERATE_ARGS = ("prompt", "negative_prompt", "model", "guidance_scale", "num_inference_steps", "scheduler", "seed",
                  "randomize_seed", "width", "height", "num_images", "original_size", "crops_coords_top_left",
                  "target_size", "negative_original_size", "negative_crops_coords_top_left", "negative_target_size")
@@ -142,7 +142,7 @@ def _stream(preset, progress, **kwargs):
 
 
 @model_job
-def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
+def generate_images(prompt, negative_prompt, model, guidance_scale, num_inference_steps, scheduler, seed, randomize_seed,
              width, height, num_images, original_size, crops_coords_top_left, target_size,
              negative_original_size, negative_crops_coords_top_left, negative_target_size, image=None,
              strength=0.6, colour=None, colour_scale=0.0, colour_every=5, clip_guidance_scale=0.0,
@@ -178,8 +178,8 @@ def generate(prompt, negative_prompt, model, guidance_scale, num_inference_steps
 
 
 def example_result(**settings):
-    """``generate`` for the result shown on arrival, its PNGs moved where pruning leaves them alone."""
-    gallery, info, preview = last_output(generate(**settings))
+    """``generate_images`` for the result shown on arrival, its PNGs moved where pruning leaves them alone."""
+    gallery, info, preview = last_output(generate_images(**settings))
     EXAMPLE_DIR.mkdir(parents=True, exist_ok=True)
     kept = []
     for path, caption in gallery:
@@ -252,7 +252,7 @@ def _sdxl_controls(preset):
 
 def _image_and_hidden_controls() -> dict:
     """Image to image (an accordion), then /generate's colour and CLIP guidance inputs, kept for API callers but
-    hidden: the Guidance tab shows them. By ``generate``'s parameter names, in its order."""
+    hidden: the Guidance tab shows them. By ``generate_images``'s parameter names, in its order."""
     with gr.Accordion("Image to image", open=False):
         gr.Markdown("Upload an image: the VAE encodes it, noise is added up to `strength`, and the loop "
                     "starts part-way through the schedule (strength 1 ignores the image, 0 keeps it).")
@@ -342,7 +342,7 @@ def build() -> Form:
               width, height, num_images, *micro.values(), *extra.values()]
     # A click and Enter in the prompt box are one event (one API endpoint); Stop cancels it at the next step
     # and frees the queue.
-    event = gr.on([run.click, prompt.submit], generate, inputs, [gallery, info, preview], api_name="generate",
+    event = gr.on([run.click, prompt.submit], generate_images, inputs, [gallery, info, preview], api_name="generate",
                   **COMPUTE)
     event.success(show_used_seed, info, seed, api_visibility="private", queue=False)
     form.record([event], gallery, info, lambda s: f"seed {s['seed']} · {s['prompt']}")

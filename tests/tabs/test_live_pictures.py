@@ -44,16 +44,16 @@ def test_fashion_streams_its_trajectory_to_the_page_only():
 
 @pytest.mark.usefixtures("tiny_presets")
 def test_text_to_image_previews_go_to_the_page_only():
-    from tabs.text_to_image import generate
+    from tabs.text_to_image import generate_images
 
     kwargs = dict(prompt="a cat", negative_prompt="", model="tiny-SD (test)", guidance_scale=2.0,
                   num_inference_steps=3, scheduler="default", seed=1, randomize_seed=False, width=64, height=64,
                   num_images=1, original_size="", crops_coords_top_left="", target_size="",
                   negative_original_size="", negative_crops_coords_top_left="", negative_target_size="",
                   progress=no_progress)
-    page = list(generate(**kwargs, caller=PAGE))
-    api = list(generate(**kwargs, caller=API))
+    page = list(generate_images(**kwargs, caller=PAGE))
+    api = list(generate_images(**kwargs, caller=API))
     assert _pictures(page) >= 1 and page[-1][2] is not None
     assert _pictures(api) == 0 and api[-1][2] is None
     assert page[-1][1]["seed"] == api[-1][1]["seed"] == 1
-    assert last_output(generate(**kwargs, caller=API))[1]["unet_calls"] == api[-1][1]["unet_calls"]
+    assert last_output(generate_images(**kwargs, caller=API))[1]["unet_calls"] == api[-1][1]["unet_calls"]
