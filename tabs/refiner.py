@@ -113,7 +113,8 @@ def build() -> None:
                                                   ("switch", "Handed over at the switch point"),
                                                   ("refined", "Base + refiner"))]
                 info = gr.JSON(label="Run details: both models' steps and times", elem_id="ref-info")
-    inputs = list(c.values())
+    inputs = [c[k] for k in ("prompt", "negative_prompt", "model", "refiner", "denoising_end", "guidance_scale",
+                             "num_inference_steps", "seed", "randomize_seed")]  # refiner_handoff's order
     event = gr.on([run.click, c["prompt"].submit], refiner_handoff, inputs, outputs + [info],
                   api_name="refiner_handoff", **COMPUTE)
     event.success(show_used_seed, info, c["seed"], api_visibility="private", queue=False)
