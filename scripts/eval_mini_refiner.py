@@ -198,9 +198,9 @@ def verdict(r: dict) -> str:
     e, c = r["high_frequency_energy"], r["class_fidelity"]
     class_change = c["base_plus_refiner"] - c["base_alone"]
     if abs(r["gap_to_real_closed"]) < 0.05 and abs(class_change) < 2 * c["difference_se"] + 1e-9:
+        decoder_bound = e["base_alone"] >= e["real_after_vae"]
         ceiling = (" The base's pictures already hold more high-frequency energy than real pictures keep through "
-                   "the VAE: the decoder, not the denoiser, limits the detail." if e["base_alone"] >= e["real_after_vae"]
-                   else "")
+                   "the VAE: the decoder, not the denoiser, limits the detail." if decoder_bound else "")
         return ("**The mini refiner makes no measurable difference**: the sharpness measure moves by less than 5% "
                 "of the gap to real pictures and the class and colour changes are within two standard errors. "
                 "Its \"crisp\" pictures are the base's own training data; SDXL's refiner needed a better data set "

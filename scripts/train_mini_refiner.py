@@ -67,6 +67,7 @@ from engine.mini import micro  # noqa: E402
 from engine.mini import models as ms  # noqa: E402
 from engine.mini.cards import save_grid  # noqa: E402
 from engine import noise_schedule  # noqa: E402
+from engine.txt2img.time_ids import aesthetic_time_ids  # noqa: E402
 from engine.training import (autocast, ema_update, load_checkpoint, lr_at, optimizer_step,  # noqa: E402
                              resumable_loop, save_checkpoint, set_lr)
 
@@ -211,8 +212,7 @@ def refiner_batch(latents: dict, table: dict, rng: np.random.Generator, batch: i
     idx = torch.from_numpy(rng.integers(0, len(latents["mean"]), batch))
     eps = torch.from_numpy(rng.standard_normal(latents["mean"][idx].shape).astype(np.float32))
     rows = table["index"][idx]
-    time_ids = torch.cat([latents["original_size"][idx].float(), torch.zeros(batch, 2),
-                          latents["aesthetic_score"][idx, None]], dim=1)
+    time_ids = aesthetic_time_ids(latents["original_size"][idx], (0, 0), latents["aesthetic_score"][idx])
     return {"z0": (latents["mean"][idx] + latents["std"][idx] * eps) * scaling_factor,
             "encoder_hidden_states": table["hidden"][rows],
             "added_cond_kwargs": {"text_embeds": table["pooled"][rows], "time_ids": time_ids}}

@@ -18,7 +18,6 @@ loader = lazy("engine.loader")
 handoff = lazy("engine.txt2img.handoff")
 latents = lazy("engine.txt2img.latents")
 
-SWITCH_RANGE = (0.6, 0.95)  # the slider's range; the engine takes any fraction strictly inside (0, 1)
 MINI_PROMPT = "a red sneaker"  # mini-SDXL has not learnt places yet (issue 21)
 HUB_PROMPT = "An oil painting of a collie in a top hat"
 
@@ -58,9 +57,10 @@ def refiner_handoff(prompt, negative_prompt, model, refiner, denoising_end, guid
     """Event handler (API ``/refiner_handoff``): (base alone, switch point decoded, base + refiner, JSON)."""
     preset = txt2img.get_pipeline_preset(model)
     size = txt2img.start_size(preset)
-    kwargs = dict(width=size, height=size, prompt=prompt, negative_prompt=negative_prompt or "", guidance_scale=guidance_scale,
-                  num_inference_steps=num_inference_steps, seed=seed_from_box(seed, randomize_seed),
-                  denoising_end=denoising_end, refiner=refiner, preview_every=0)
+    kwargs = dict(width=size, height=size, prompt=prompt, negative_prompt=negative_prompt or "",
+                  guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                  seed=seed_from_box(seed, randomize_seed), denoising_end=denoising_end, refiner=refiner,
+                  preview_every=0)
     txt2img.make_request(preset, **kwargs)  # every number checked before a model loads
     pipe = loader.load(preset)
     for event in handoff.compare_handoff(pipe, preset, **kwargs):
@@ -94,9 +94,9 @@ def build() -> None:
                      "prompt": gr.Textbox(MINI_PROMPT if mini else HUB_PROMPT, label="Prompt", lines=1,
                                           elem_id="ref-prompt"),
                      "negative_prompt": gr.Textbox("", label="Negative prompt"),
-                     "denoising_end": gr.Slider(*SWITCH_RANGE, value=txt2img.DEFAULT_DENOISING_END, step=0.05,
-                                                label="Switch point (denoising_end)", elem_id="ref-switch",
-                                                info="The share of the steps the base runs; the refiner runs the rest."),
+                     "denoising_end": gr.Slider(*txt2img.DENOISING_END_UI, value=txt2img.DEFAULT_DENOISING_END,
+                                                step=0.05, label="Switch point (denoising_end)", elem_id="ref-switch",
+                                                info="The share of the steps the base runs; the refiner the rest."),
                      "guidance_scale": gr.Slider(0, 20, value=2.0 if mini else 7.5, step=0.5, label="Guidance scale"),
                      "num_inference_steps": gr.Slider(2, txt2img.MAX_STEPS, value=25, step=1, label="Steps"),
                      "seed": gr.Number(value=42, label="Seed", minimum=0, maximum=MAX_SEED, precision=0,

@@ -29,9 +29,6 @@ from engine.txt2img.info import Result
 from engine.txt2img.pipeline import text_to_image
 from engine.txt2img.request import NO_REFINER
 
-# The view's switch-point slider (the issue's range); the engine accepts any fraction strictly inside (0, 1).
-SWITCH_RANGE = (0.6, 0.95)
-
 
 @dataclass
 class HandOff:
@@ -43,15 +40,14 @@ class HandOff:
     info: dict
 
 
-def _finished(events: Iterator, stage: str, stages: int, index: int) -> Iterator[dict]:
-    """Pass ``text_to_image``'s progress on, labelled with the stage (``stage``, ``index`` of ``stages``);
-    returns its ``Result``."""
+def _finished(events: Iterator, stage: str) -> Iterator[dict]:
+    """Pass ``text_to_image``'s progress on, labelled with ``stage``; returns its ``Result``."""
     result = None
     for event in events:
         if isinstance(event, Result):
             result = event
         else:
-            yield {**event, "stage": stage, "stage_index": index, "stages": stages}
+            yield {**event, "stage": stage}
     return result
 
 
@@ -79,9 +75,8 @@ def compare_handoff(pipe, preset, refiner: str, refiner_pipe=None, **inputs) -> 
         raise UserError("Choose a refiner: the hand-off needs one (the base alone is the left picture).")
     if inputs.get("guidance_scales"):
         raise UserError("The hand-off view runs one guidance scale; use guidance_scale, not a sweep.")
-    alone = yield from _finished(text_to_image(pipe, preset, **{**inputs, "refiner": NO_REFINER}),
-                                 "base alone", 2, 1)
+    alone = yield from _finished(text_to_image(pipe, preset, **{**inputs, "refiner": NO_REFINER}), "base alone")
     refined = yield from _finished(text_to_image(pipe, preset, refiner_pipe, decode_switch=True,
-                                                 **{**inputs, "refiner": refiner}), "base + refiner", 2, 2)
+                                                 **{**inputs, "refiner": refiner}), "base + refiner")
     yield HandOff(base_alone=alone.images, switch_point=refined.switch_images, refined=refined.images,
                   info=handoff_info(alone, refined))

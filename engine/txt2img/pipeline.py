@@ -276,7 +276,8 @@ def run(pipe, preset, request: Request, refiner_pipe=None, decode_switch: bool =
     info = run_info(preset, request, runs, pipe.unet, time.perf_counter() - start, embeds.warnings, *time_ids)
     switch = [r.switch_images for r in runs if r.switch_images is not None]
     yield Result(images=images, pil_images=numpy_to_pil(images), info=info,
-                 parameters=png_parameters(preset, request, runs), switch_images=np.concatenate(switch) if switch else None)
+                 parameters=png_parameters(preset, request, runs),
+                 switch_images=np.concatenate(switch) if switch else None)
 
 
 def run_to_end(events: Iterator) -> Result:

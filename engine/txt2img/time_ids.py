@@ -36,6 +36,15 @@ def add_time_ids(original_size, crops_coords_top_left, target_size) -> torch.Ten
     return torch.cat([p.expand(batch, 2) for p in pairs], dim=1).float()
 
 
+def aesthetic_time_ids(original_size, crops_coords_top_left, aesthetic_score) -> torch.Tensor:
+    """The SDXL refiner's five numbers per image [B, 5] float32: (orig h, orig w, crop top, crop left, aesthetic
+    score). Sizes and crops are one pair for all images or a tensor [B, 2]; the score a number or a tensor [B]."""
+    pairs = [torch.as_tensor(v).reshape(-1, 2) for v in (original_size, crops_coords_top_left)]
+    score = torch.as_tensor(aesthetic_score, dtype=torch.float32).reshape(-1, 1)
+    batch = max(len(pairs[0]), len(pairs[1]), len(score))
+    return torch.cat([pairs[0].expand(batch, 2), pairs[1].expand(batch, 2), score.expand(batch, 1)], dim=1).float()
+
+
 def check_added_embedding(unet, time_ids: torch.Tensor, text_encoder_projection_dim: int, what: str) -> None:
     """``ValueError`` unless the UNet's added embedding takes ``time_ids`` [1, n] plus the pooled text
     (``addition_time_embed_dim`` x n + the projection dim), as diffusers checks; ``what`` names the model."""
@@ -69,7 +78,7 @@ def get_refiner_add_time_ids(unet, original_size, crops_coords_top_left, aesthet
     score asks for the look of the best-rated training pictures (Podell et al. 2023, §2.5). As diffusers'
     ``StableDiffusionXLImg2ImgPipeline._get_add_time_ids`` with ``requires_aesthetics_score=True``.
     """
-    time_ids = torch.tensor([list(original_size) + list(crops_coords_top_left) + [float(aesthetic_score)]])
+    time_ids = aesthetic_time_ids(original_size, crops_coords_top_left, float(aesthetic_score))
     check_added_embedding(unet, time_ids, text_encoder_projection_dim, "refiner UNet")
     return time_ids.to(dtype)
 

@@ -49,8 +49,8 @@ def test_the_three_pictures_match_diffusers(pipes, refiner_preset, denoising_end
     assert info["base_alone"]["steps"] == STEPS
     assert info["handoff"]["base_steps"] + info["handoff"]["refiner_steps"] == STEPS
     assert info["handoff"]["switch_timestep"] == round(1000 - 1000 * denoising_end)
-    assert info["handoff_seconds"] == pytest.approx(info["handoff"]["base_seconds"] + info["handoff"]["refiner_seconds"],
-                                                    abs=2e-3)
+    stages = info["handoff"]["base_seconds"] + info["handoff"]["refiner_seconds"]
+    assert info["handoff_seconds"] == pytest.approx(stages, abs=2e-3)
     assert [e["stage"] for e in progress] == ["base alone"] * STEPS + ["base + refiner"] * STEPS
 
 
