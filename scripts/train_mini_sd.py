@@ -102,6 +102,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--unet-init", default=None,
                    help="start the UNets from the ones in this assets folder (DIR/mini-sd/unet, DIR/mini-sdxl/unet) "
                         "instead of from scratch: a fine-tune, for when the data changed but the VAE did not")
+    p.add_argument("--clip-init", default=None,
+                   help="start the mini CLIP's text encoder(s) from the ones in this pipeline folder (e.g. "
+                        "assets/mini-sd): a fine-tune")
+    p.add_argument("--clip-train", choices=("both", "text_encoder"), default="both",
+                   help="text_encoder: train only the first encoder and ship it into mini-sdxl only; the second "
+                        "stays as shipped (the refiner reads it) and mini-SD keeps its own (its CLIP-guidance "
+                        "tower was trained against it)")
     p.add_argument("--vae-init", default=None,
                    help="start the VAE from the one in this assets folder (DIR/mini-sd/vae): a fine-tune")
     p.add_argument("--vae-train", choices=("all", "decoder"), default="all",
@@ -186,13 +193,20 @@ def training_record(args, folder: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def ships_to(args, stage: str) -> tuple[str, ...]:
+    """``SHIPS_TO[stage]``, except a first-encoder-only CLIP (``--clip-train text_encoder``): mini-sdxl only."""
+    if stage == "clip" and args.clip_train == "text_encoder":
+        return ("mini-sdxl",)
+    return SHIPS_TO[stage]
+
+
 def is_done(args, stage: str) -> bool:
-    return all(stage in training_record(args, folder) for folder in SHIPS_TO[stage])
+    return all(stage in training_record(args, folder) for folder in ships_to(args, stage))
 
 
 def mark_done(args, stage: str, info: dict) -> None:
     """Record ``stage`` in the training.json of the folders it shipped to, and rewrite their model cards."""
-    for folder in SHIPS_TO[stage]:
+    for folder in ships_to(args, stage):
         path = args.assets / folder
         record = training_record(args, folder)
         # a new text encoder or VAE encoder invalidates the UNet trained on the old one (a decoder fine-tune does not)
@@ -218,7 +232,7 @@ def mark_done(args, stage: str, info: dict) -> None:
 
 def ship_part(args, stage: str, parts: dict) -> None:
     """Save ``parts`` ({subfolder: model}) as fp16 into every folder ``stage`` ships to (plus the tokenizers)."""
-    for folder in SHIPS_TO[stage]:
+    for folder in ships_to(args, stage):
         path = args.assets / folder
         for name, model in parts.items():
             if name == "text_encoder_2" and folder == "mini-sd":
@@ -239,14 +253,20 @@ def deadline(args) -> callable:
 
 
 def fits_of(data: cf.ColourFashion, idx) -> torch.Tensor:
-    """[B, B] bool: caption j describes picture i (same class, same colour or no colour named, same place).
+    """[B, B] bool: caption j describes picture i (same class, same colour or no colour named, same place, and
+    the same second item, if any: a two-item caption fits only a picture with both items, colours and places).
 
     A caption without a place word describes only a classic (centred, large) picture, so places always match.
     """
     labels, colours = torch.as_tensor(data.labels[idx]), torch.as_tensor(data.colours[idx])
     names_colour, places = torch.as_tensor(data.names_colour[idx]), torch.as_tensor(data.places[idx])
     same_colour = (colours[:, None] == colours[None, :]) | ~names_colour[None, :]
-    return (labels[:, None] == labels[None, :]) & same_colour & (places[:, None] == places[None, :])
+    fits = (labels[:, None] == labels[None, :]) & same_colour & (places[:, None] == places[None, :])
+    if data.second is not None:
+        for values in (data.second.labels, data.second.colours, data.second.places):
+            values = torch.as_tensor(values[idx])
+            fits &= values[:, None] == values[None, :]
+    return fits
 
 
 # ----------------------------------------------------------------------------
@@ -273,6 +293,24 @@ def clip_batch(data: cf.ColourFashion, tokens: dict, rng: np.random.Generator, b
     return cf.to_vae_input(data.pictures(idx)), tokens["ids"][rows], tokens["ids_2"][rows], fits_of(data, idx)
 
 
+def clip_model(args) -> ms.MiniCLIP:
+    """A fresh ``MiniCLIP``; with ``--clip-init`` its text encoder(s) start from a shipped pipeline's; with
+    ``--clip-train text_encoder`` the second encoder is mini-SDXL's shipped one, frozen."""
+    from safetensors.torch import load_file
+
+    model = ms.MiniCLIP(args.size)
+    if args.clip_init:
+        for name in ("text_encoder", "text_encoder_2"):
+            path = Path(args.clip_init) / name / "model.safetensors"
+            if path.exists():
+                getattr(model, name).load_state_dict({k: v.float() for k, v in load_file(path).items()})
+    if args.clip_train == "text_encoder":
+        path = args.assets / "mini-sdxl" / "text_encoder_2" / "model.safetensors"
+        model.text_encoder_2.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+        model.text_encoder_2.requires_grad_(False)
+    return model
+
+
 def train_clip(args) -> dict:
     folder = stage_dir(args, "clip")
     device = args.device
@@ -284,8 +322,8 @@ def train_clip(args) -> dict:
     test_batch = clip_batch(test, test_tokens, np.random.default_rng(0), len(test_idx), test_idx)
 
     torch.manual_seed(args.seed)
-    model = ms.MiniCLIP(args.size).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.clip_lr, weight_decay=0.01)
+    model = clip_model(args).to(device)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.clip_lr, weight_decay=0.01)
     step, running = resume(folder, device, model, opt)
     total = args.clip_steps
 
@@ -314,8 +352,13 @@ def train_clip(args) -> dict:
 
     model.eval()
     acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
-    ship_part(args, "clip", {"text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2})
+    parts = {"text_encoder": model.text_encoder, "text_encoder_2": model.text_encoder_2}
+    if args.clip_train == "text_encoder":
+        parts.pop("text_encoder_2")
+    ship_part(args, "clip", parts)
     info = dict(steps=step, batch=args.clip_batch, lr=args.clip_lr, loss=round(running, 4),
+                trained=args.clip_train, initialised_from=args.clip_init and f"{Path(args.clip_init).name}'s encoders",
+                two_item_share=args.two_item_share,
                 retrieval_accuracy_text_encoder=round(acc[0], 4), retrieval_accuracy_text_encoder_2=round(acc[1], 4),
                 retrieval_pool=len(test_idx), params_text_encoder=ms.count_parameters(model.text_encoder),
                 params_text_encoder_2=ms.count_parameters(model.text_encoder_2),
@@ -946,7 +989,7 @@ def main(argv=None) -> None:
                "unet-sdxl": lambda a: train_unet(a, True)}
     for stage in stages:
         if args.stage == "all" and is_done(args, stage):
-            print(f"{stage}: done already (see {args.assets}/{SHIPS_TO[stage][-1]}/training.json)", flush=True)
+            print(f"{stage}: done already (see {args.assets}/{ships_to(args, stage)[-1]}/training.json)", flush=True)
             continue
         for needed in STAGES[: STAGES.index(stage)][:2]:  # the UNets need the encoders and the VAE
             if stage.startswith("unet") and not is_done(args, needed):

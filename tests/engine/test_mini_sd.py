@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -360,3 +361,45 @@ def test_saving_a_loaded_pipeline_records_no_machine_path(saved, tmp_path):
 def test_shipped_configs_name_no_machine_path(kind):
     for config in _shipped(kind).glob("*/config.json"):
         assert "_name_or_path" not in json.loads(config.read_text()), config
+
+
+def test_a_two_item_caption_fits_only_pictures_with_both_items():
+    """The mini CLIP's positives (``fits_of``): a two-item caption names a second item, its colour and its place,
+    so it must not count as a fit for a one-item picture that shares only the first item, nor the reverse."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import train_mini_sd
+    from engine.mini import data as cf
+
+    data = cf.make_dataset(seed=5, num_items=600, two_item_share=0.5)
+    two = np.flatnonzero(data.second.labels >= 0)
+    assert len(two) > 20
+    i, j = int(two[0]), int(np.flatnonzero(data.second.labels < 0)[0])
+    # j becomes a one-item picture like i's first item: same class, colour and place, no second item
+    data.labels[j], data.colours[j], data.places[j], data.names_colour[j] = (
+        data.labels[i], data.colours[i], data.places[i], True)
+    fits = train_mini_sd.fits_of(data, np.array([i, j]))
+    assert bool(fits[0, 0]) and bool(fits[1, 1])
+    assert not bool(fits[0, 1]) and not bool(fits[1, 0])
+
+
+@pytest.mark.slow
+def test_first_encoder_only_clip_keeps_the_second_encoder_and_ships_into_mini_sdxl_only(tmp_path):
+    """``--clip-train text_encoder``: mini-SDXL's second encoder (the refiner reads it) stays as it was, and
+    mini-SD's encoder (its CLIP-guidance tower was trained against it) is not touched."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import train_mini_sd
+
+    run = tmp_path / "run"
+    train_mini_sd.main(["clip", "--smoke", "--out", str(run), "--num-items", "64", "--threads", "1"])
+    assets = run / "assets"
+    before = {p: (assets / p / "model.safetensors").read_bytes()
+              for p in ("mini-sd/text_encoder", "mini-sdxl/text_encoder", "mini-sdxl/text_encoder_2")}
+    train_mini_sd.main(["clip", "--smoke", "--out", str(tmp_path / "run2"), "--assets", str(assets),
+                        "--num-items", "64", "--threads", "1", "--clip-train", "text_encoder",
+                        "--clip-init", str(assets / "mini-sd"), "--clip-lr", "1e-2"])
+    after = {p: (assets / p / "model.safetensors").read_bytes() for p in before}
+    assert after["mini-sd/text_encoder"] == before["mini-sd/text_encoder"]
+    assert after["mini-sdxl/text_encoder_2"] == before["mini-sdxl/text_encoder_2"]
+    assert after["mini-sdxl/text_encoder"] != before["mini-sdxl/text_encoder"]
+    record = json.loads((assets / "mini-sdxl" / "training.json").read_text())
+    assert record["clip"]["trained"] == "text_encoder"
