@@ -207,7 +207,8 @@ def positioned_prompts(per_place: int = 8) -> list[tuple[int, str, str, str]]:
 
 def positioned(gen: Generator, judge, args, per_place: int = 8, per_prompt: int = 2) -> dict:
     """Position accuracy (the item's ink centroid in the named region: a half, a quadrant, or the middle),
-    and class fidelity and colour accuracy on the same images, the judge reading a crop around the item."""
+    and class fidelity and colour accuracy on the same images, the judge reading a crop around the item; and
+    the share with both the place and the class right."""
     asked, images = [], []
     for i, (label, colour, place, prompt) in enumerate(tqdm(positioned_prompts(per_place), desc=f"{gen.kind} placed",
                                                              mininterval=10, file=sys.stdout)):
@@ -222,7 +223,10 @@ def positioned(gen: Generator, judge, args, per_place: int = 8, per_prompt: int 
            "colour_accuracy": float(np.mean([a[1] == b for a, b in zip(asked, measure.item_colours(images))]))}
     if judge is not None:
         found = judged_classes(judge, images, measure.find_item_boxes(images))
-        out["class_fidelity_on_crop"] = float((found == torch.tensor([a[0] for a in asked])).float().mean())
+        right = (found == torch.tensor([a[0] for a in asked])).numpy()
+        out["class_fidelity_on_crop"] = float(right.mean())
+        # both at once: a model that ignores the place word draws large centred items, which read easily
+        out["in_place_and_right_class"] = float((right & np.array(hits)).mean())
     return out
 
 
@@ -439,6 +443,9 @@ def placed_rows(result: dict) -> list[str]:
             f"{verdict(None if crop is None else crop >= 0.75)} |",
             f"| colour accuracy on positioned prompts | {pct(placed['colour_accuracy'])} | - | - |",
         ]
+        if "in_place_and_right_class" in placed:
+            rows.append(f"| positioned prompts: the item in its place and of the asked class | "
+                        f"{pct(placed['in_place_and_right_class'])} | report | - |")
     if lifts:
         p, c = lifts["positioned"], lifts["centred"]
         rows += [f"| cross-attention lift of the item word, positioned prompts ({p['prompts']}) | {p['item']:.2f} | "
