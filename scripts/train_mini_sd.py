@@ -121,6 +121,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="steps in which only the discriminator learns, before its loss reaches the VAE")
     p.add_argument("--vae-item-weight", type=float, default=0.0,
                    help="extra loss weight on the items' pixels (0: plain L1 + MSE over the picture)")
+    p.add_argument("--positioned-share", type=float, default=cf.POSITIONED_SHARE,
+                   help="share of placed (not centred) pictures in the CLIP and UNet stages' data; the VAE "
+                        "stage uses its own, larger share")
     p.add_argument("--two-item-share", type=float, default=0.3,
                    help="share of the placed pictures that hold a second item at the opposite place")
     p.add_argument("--token-loss", type=float, default=0.0,
@@ -241,7 +244,10 @@ def ship_part(args, stage: str, parts: dict) -> None:
         ms.copy_tokenizers(path, ["tokenizer"] + (["tokenizer_2"] if folder == "mini-sdxl" else []))
 
 
-def dataset(args, split: str = "train", positioned_share: float = cf.POSITIONED_SHARE) -> cf.ColourFashion:
+def dataset(args, split: str = "train", positioned_share: float | None = None) -> cf.ColourFashion:
+    """The training (``--num-items``) or test (1,024) items; placed share ``positioned_share``, else
+    ``--positioned-share``."""
+    positioned_share = args.positioned_share if positioned_share is None else positioned_share
     return cf.make_dataset(split, seed=args.seed, num_items=args.num_items if split == "train" else 1024,
                            positioned_share=positioned_share, two_item_share=args.two_item_share)
 
@@ -298,15 +304,15 @@ def clip_model(args) -> ms.MiniCLIP:
     ``--clip-train text_encoder`` the second encoder is mini-SDXL's shipped one, frozen."""
     from safetensors.torch import load_file
 
+    def load(part, folder: Path) -> None:
+        part.load_state_dict({k: v.float() for k, v in load_file(folder / "model.safetensors").items()})
+
     model = ms.MiniCLIP(args.size)
-    if args.clip_init:
-        for name in ("text_encoder", "text_encoder_2"):
-            path = Path(args.clip_init) / name / "model.safetensors"
-            if path.exists():
-                getattr(model, name).load_state_dict({k: v.float() for k, v in load_file(path).items()})
+    for name in ("text_encoder", "text_encoder_2") if args.clip_init else ():
+        if (Path(args.clip_init) / name).exists():
+            load(getattr(model, name), Path(args.clip_init) / name)
     if args.clip_train == "text_encoder":
-        path = args.assets / "mini-sdxl" / "text_encoder_2" / "model.safetensors"
-        model.text_encoder_2.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+        load(model.text_encoder_2, args.assets / "mini-sdxl" / "text_encoder_2")
         model.text_encoder_2.requires_grad_(False)
     return model
 
@@ -633,7 +639,8 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
     Cached in ``OUT/latents-{sd,sdxl}.pt``, keyed by the VAE's weights, the seed and the item count.
     """
     path = args.out / f"latents-{'sdxl' if sdxl else 'sd'}.pt"
-    key = f"{frozen_parts_key(args, sdxl)} seed={args.seed} items={len(data)} two={args.two_item_share}"
+    key = (f"{frozen_parts_key(args, sdxl)} seed={args.seed} items={len(data)} two={args.two_item_share} "
+           f"placed={args.positioned_share}")
     if path.exists():
         cached = torch.load(path, weights_only=False)
         if cached.get("key") == key:
@@ -848,6 +855,7 @@ def train_unet(args, sdxl: bool) -> dict:
 
     info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                 token_loss_weight=args.token_loss, pixel_loss_weight=args.pixel_loss,
+                positioned_share=args.positioned_share,
                 two_item_share=args.two_item_share, loss_terms={k: round(v, 5) for k, v in terms.items()},
                 initialised_from="the previous shipped UNet" if args.unet_init else "scratch",
                 loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
