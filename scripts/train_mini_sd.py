@@ -190,9 +190,9 @@ SHIPS_TO = {"clip": ("mini-sd", "mini-sdxl"), "vae": ("mini-sd", "mini-sdxl"), "
             "unet-sdxl": ("mini-sdxl",)}
 
 
-def training_record(args, folder: str) -> dict:
-    """``ASSETS/<folder>/training.json``: {stage: facts} for the stages shipped there."""
-    path = args.assets / folder / "training.json"
+def training_record(args, folder: str, root=None) -> dict:
+    """``ROOT/<folder>/training.json`` (ROOT: ``--assets`` unless given): {stage: facts} shipped there."""
+    path = Path(root or args.assets) / folder / "training.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -591,7 +591,7 @@ def ship_vae(args, vae, data, test_x, judge_check, info: dict) -> dict:
         vae.register_to_config(scaling_factor=round(1.0 / std, 5))
         info["latent_std"] = round(std, 5)
     if args.vae_init:  # keep the history: what the starting VAE had been trained with
-        info["previous"] = training_record(args, "mini-sd").get("vae")
+        info["previous"] = training_record(args, "mini-sd", root=args.vae_init).get("vae")
     ship_part(args, "vae", {"vae": vae})
     info.update(test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x),
                 scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae),
@@ -861,7 +861,7 @@ def train_unet(args, sdxl: bool) -> dict:
                 loss=round(running, 5), params=ms.count_parameters(ema), train_items=len(data),
                 distinct_captions=int(len(table["hidden"])), wall_seconds_last_run=round(time.time() - started))
     if args.unet_init:  # keep the history: what the starting UNet had been trained with
-        info["previous"] = training_record(args, "mini-sdxl" if sdxl else "mini-sd").get(stage)
+        info["previous"] = training_record(args, "mini-sdxl" if sdxl else "mini-sd", root=args.unet_init).get(stage)
     ship(args, ema, sdxl)
     mark_done(args, stage, info)
     return info

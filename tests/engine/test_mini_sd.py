@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -185,6 +186,15 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
     before = (tmp_path / "run" / "unet-sd" / "checkpoint.pt").stat().st_mtime
     train_mini_sd.main(args)  # everything is done: nothing runs again
     assert (tmp_path / "run" / "unet-sd" / "checkpoint.pt").stat().st_mtime == before
+
+    # a fine-tune into another folder records the history of the UNet it started from, not the folder's own
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "run" / "assets", other)
+    (other / "mini-sd" / "training.json").write_text(json.dumps({**record, "unet-sd": {"steps": -1}}))
+    train_mini_sd.main(["unet-sd", "--smoke", "--out", str(tmp_path / "run2"), "--assets", str(other),
+                        "--unet-init", str(tmp_path / "run" / "assets"), "--num-items", "64", "--threads", "1"])
+    tuned = json.loads((other / "mini-sd" / "training.json").read_text())["unet-sd"]
+    assert tuned["previous"] == record["unet-sd"]
 
 
 # ----------------------------------------------------------------------------
