@@ -29,7 +29,8 @@ Every stage is resumable: ``OUT/<stage>/checkpoint.pt`` holds the model, EMA,
 optimiser and step (``OUT`` is ``runs/mini_sd/``, git-ignored). Batches are
 drawn from ``numpy.random.default_rng([seed, stage, step])``, so a resumed run
 sees the same batches as an uninterrupted one. Sample grids go to
-``OUT/<stage>/samples/``. bf16 autocast is used on CUDA only.
+``OUT/<stage>/samples/``. bf16 autocast is used on CUDA and on CPUs with native
+bf16 (``--bf16 auto``).
 
 Examples::
 
@@ -37,6 +38,9 @@ Examples::
     python scripts/train_mini_sd.py bench                # time a few steps of each stage, estimate the total
     python scripts/train_mini_sd.py all --smoke          # toy sizes, a few steps, into runs/mini_sd_smoke
     python scripts/train_mini_sd.py unet-sdxl --unet-steps 6000   # one stage, longer
+    # mini-SDXL reads mini-SD's first encoder (it tells places apart), then its UNet is fine-tuned on it
+    python scripts/train_mini_sd.py share-encoder --assets runs/x/assets
+    python scripts/train_mini_sd.py unet-sdxl --unet-init assets --assets runs/x/assets --token-loss 0.0125
 """
 
 from __future__ import annotations
@@ -85,7 +89,8 @@ CLIP_TOKENS = 20  # captions are at most ~17 tokens; CLIP's causal mask makes po
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=STAGES + ("all", "bench"))
+    p.add_argument("stage", choices=STAGES + ("all", "bench", "share-encoder"),
+                   help="share-encoder: mini-SDXL's first text encoder becomes mini-SD's (then fine-tune its UNet)")
     p.add_argument("--smoke", action="store_true", help="toy model sizes and a few steps (tests, quick checks)")
     p.add_argument("--out", default=None, help="run folder (default runs/mini_sd, or runs/mini_sd_smoke)")
     p.add_argument("--assets", default=None,
@@ -207,9 +212,10 @@ def is_done(args, stage: str) -> bool:
     return all(stage in training_record(args, folder) for folder in ships_to(args, stage))
 
 
-def mark_done(args, stage: str, info: dict) -> None:
-    """Record ``stage`` in the training.json of the folders it shipped to, and rewrite their model cards."""
-    for folder in ships_to(args, stage):
+def mark_done(args, stage: str, info: dict, folders=None) -> None:
+    """Record ``stage`` in the training.json of the folders it shipped to (``folders``, else ``ships_to``),
+    and rewrite their model cards."""
+    for folder in folders or ships_to(args, stage):
         path = args.assets / folder
         record = training_record(args, folder)
         # a new text encoder or VAE encoder invalidates the UNet trained on the old one (a decoder fine-tune does not)
@@ -371,6 +377,21 @@ def train_clip(args) -> dict:
                 params_image_tower=ms.count_parameters(model.image_tower))
     mark_done(args, "clip", info)
     return info
+
+
+def share_first_encoder(args) -> dict:
+    """mini-SDXL's first text encoder := mini-SD's, which was retrained on positioned captions and tells places
+    apart; the second (the refiner reads it) stays. mini-SDXL's UNet then has to be fine-tuned on it
+    (``unet-sdxl --unet-init DIR``, DIR holding the UNet to start from): its old UNet is dropped here."""
+    source = training_record(args, "mini-sd").get("clip")
+    if source is None or not is_done(args, "clip"):
+        raise SystemExit("share-encoder needs both pipelines' text encoders: run `clip` first.")
+    shutil.copytree(args.assets / "mini-sd" / "text_encoder", args.assets / "mini-sdxl" / "text_encoder",
+                    dirs_exist_ok=True)
+    clip = dict(training_record(args, "mini-sdxl")["clip"])
+    clip["text_encoder_from"] = {"folder": "mini-sd", **{k: v for k, v in source.items() if k != "text_encoder_from"}}
+    mark_done(args, "clip", clip, folders=("mini-sdxl",))
+    return clip["text_encoder_from"]
 
 
 def load_text_encoders(args, device: str, sdxl: bool = True):
@@ -991,6 +1012,9 @@ def main(argv=None) -> None:
         torch.set_flush_denormal(True)  # denormals make CPU convolutions 10-20x slower
     if args.stage == "bench":
         bench(args)
+        return
+    if args.stage == "share-encoder":
+        print(json.dumps({"share-encoder": share_first_encoder(args)}), flush=True)
         return
     stages = STAGES if args.stage == "all" else (args.stage,)
     runners = {"clip": train_clip, "vae": train_vae, "unet-sd": lambda a: train_unet(a, False),

@@ -141,6 +141,16 @@ def vae_cell_text(vae: dict) -> str:
     return text
 
 
+def shared_encoder_text(clip: dict) -> str:
+    """The text-encoder cell's words on a first encoder taken from the other pipeline (``share-encoder``)."""
+    source = clip.get("text_encoder_from")
+    if not source:
+        return ""
+    return (f"; the first encoder was then replaced by {source['folder']}'s, trained on positioned captions "
+            f"({source['steps']} steps of {source['batch']}, retrieval "
+            f"{100 * source['retrieval_accuracy_text_encoder']:.0f}%), so that it tells places apart")
+
+
 def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
     """The model card's table of parts: class, size and how each was trained (from ``training.json``)."""
     clip, vae, unet = record.get("clip"), record.get("vae"), record.get("unet-sdxl" if sdxl else "unet-sd")
@@ -160,7 +170,7 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
                      f"{clip['steps']} steps of {clip['batch']}; caption retrieval on test pictures "
                      f"{100 * clip['retrieval_accuracy_text_encoder']:.0f}%"
                      + (f" / {100 * clip['retrieval_accuracy_text_encoder_2']:.0f}%" if sdxl else "")
-                     + " (the top caption among 512 fits the picture); then frozen")
+                     + " (the top caption among 512 fits the picture); then frozen" + shared_encoder_text(clip))
     else:
         params, clip_cell = "-", todo
     vae_cell = todo if not vae else vae_cell_text(vae)

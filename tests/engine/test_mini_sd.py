@@ -413,3 +413,27 @@ def test_first_encoder_only_clip_keeps_the_second_encoder_and_ships_into_mini_sd
     assert after["mini-sdxl/text_encoder"] != before["mini-sdxl/text_encoder"]
     record = json.loads((assets / "mini-sdxl" / "training.json").read_text())
     assert record["clip"]["trained"] == "text_encoder"
+
+
+def test_share_encoder_gives_mini_sdxl_mini_sds_first_encoder_and_says_so(tmp_path):
+    """``share-encoder``: mini-SDXL's first encoder becomes mini-SD's (which tells places apart); the second
+    encoder stays, and the card and training.json say where the first came from."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import train_mini_sd
+
+    run = tmp_path / "run"
+    train_mini_sd.main(["clip", "--smoke", "--out", str(run), "--num-items", "64", "--threads", "1"])
+    assets = run / "assets"
+    # mini-SDXL's first encoder trained on its own, so the two folders' first encoders differ
+    train_mini_sd.main(["clip", "--smoke", "--out", str(tmp_path / "run2"), "--assets", str(assets),
+                        "--num-items", "64", "--threads", "1", "--clip-train", "text_encoder", "--clip-lr", "1e-2"])
+    weights = lambda part: (assets / part / "model.safetensors").read_bytes()  # noqa: E731
+    second = weights("mini-sdxl/text_encoder_2")
+    assert weights("mini-sdxl/text_encoder") != weights("mini-sd/text_encoder")
+    train_mini_sd.main(["share-encoder", "--smoke", "--out", str(run), "--threads", "1"])
+    assert weights("mini-sdxl/text_encoder") == weights("mini-sd/text_encoder")
+    assert weights("mini-sdxl/text_encoder_2") == second
+    record = json.loads((assets / "mini-sdxl" / "training.json").read_text())
+    sd_clip = json.loads((assets / "mini-sd" / "training.json").read_text())["clip"]
+    assert record["clip"]["text_encoder_from"] == {"folder": "mini-sd", **sd_clip}
+    assert "replaced by mini-sd's" in (assets / "mini-sdxl" / "README.md").read_text()
