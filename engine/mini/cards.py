@@ -151,6 +151,18 @@ def shared_encoder_text(clip: dict) -> str:
             f"{100 * source['retrieval_accuracy_text_encoder']:.0f}%), so that it tells places apart")
 
 
+def history_text(unet: dict) -> str:
+    """The UNet cell's words on the runs a fine-tuned UNet started from (``previous`` in training.json)."""
+    runs, node = [], unet
+    while node.get("previous"):
+        node = node["previous"]
+        runs.append(f"{node['steps']} steps of {node['batch']} at lr {node['lr']:g}"
+                    + (f", placed share {node['positioned_share']:g}" if "positioned_share" in node else "")
+                    + (f", grounding x {node['token_loss_weight']:g} / {node['pixel_loss_weight']:g}"
+                       if node.get("token_loss_weight") else ""))
+    return "; the runs before it, newest first: " + "; ".join(runs) if runs else ""
+
+
 def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
     """The model card's table of parts: class, size and how each was trained (from ``training.json``)."""
     clip, vae, unet = record.get("clip"), record.get("vae"), record.get("unet-sdxl" if sdxl else "unet-sd")
@@ -179,7 +191,7 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
         f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
         f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)" + grounding_sentence(unet)
         + (f"; initialised from {unet['initialised_from']}" if unet.get("initialised_from", "scratch") != "scratch"
-           else ""))
+           else "") + history_text(unet))
     return [
         "",
         "## Components",

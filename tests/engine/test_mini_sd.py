@@ -437,3 +437,15 @@ def test_share_encoder_gives_mini_sdxl_mini_sds_first_encoder_and_says_so(tmp_pa
     sd_clip = json.loads((assets / "mini-sd" / "training.json").read_text())["clip"]
     assert record["clip"]["text_encoder_from"] == {"folder": "mini-sd", **sd_clip}
     assert "replaced by mini-sd's" in (assets / "mini-sdxl" / "README.md").read_text()
+
+
+def test_a_fine_tuned_unets_card_lists_the_runs_it_started_from_newest_first():
+    from engine.mini.cards import history_text
+
+    scratch = dict(steps=3000, batch=128, lr=1e-3)
+    tuned = dict(steps=500, batch=32, lr=1e-4, positioned_share=0.25, token_loss_weight=0.0125,
+                 pixel_loss_weight=0.00125, previous=scratch)
+    assert history_text(scratch) == ""
+    text = history_text(dict(steps=2000, batch=96, lr=5e-5, previous=tuned))
+    assert text.index("500 steps of 32 at lr 0.0001, placed share 0.25, grounding x 0.0125") < text.index(
+        "3000 steps of 128 at lr 0.001")
