@@ -80,7 +80,8 @@ def model_card(folder: str, record: dict, path: Path) -> str:
         f"({', '.join(cf.COLOUR_NAMES)}), the pixel intensity as shading. Captions come from {len(cf.TEMPLATES)} "
         "templates and synonyms (\"a red ankle boot\", \"a photo of blue trousers\", \"sneakers in yellow\"); "
         "about 10% are empty, for classifier-free guidance, and about 10% leave the colour out (\"a photo of a "
-        "sneaker\"). About half the pictures are *positioned*: the item is smaller "
+        f"sneaker\"). {positioned_share(unet):.0%} of the pictures of the UNet's last run are *positioned*: "
+        "the item is smaller "
         f"({cf.PLACED_SIZES[0]}-{cf.PLACED_SIZES[1]} px) and sits at a named place ({', '.join(cf.PLACE_NAMES)}), "
         "jittered, and the caption says where (\"a red sneaker on the left\", \"a small blue bag in the top right "
         "corner\"). A caption without a place word means the classic centred 48 px item."
@@ -95,6 +96,11 @@ def model_card(folder: str, record: dict, path: Path) -> str:
     lines += components_section(sdxl, record, path)
     lines += training_section(sdxl, record)
     return "\n".join(lines)
+
+
+def positioned_share(unet: dict | None) -> float:
+    """The placed share of the pictures the UNet's last run saw (``--positioned-share``)."""
+    return (unet or {}).get("positioned_share", cf.POSITIONED_SHARE)
 
 
 def two_item_sentence(unet: dict | None) -> str:
@@ -160,7 +166,7 @@ def history_text(unet: dict) -> str:
                     + (f", placed share {node['positioned_share']:g}" if "positioned_share" in node else "")
                     + (f", grounding x {node['token_loss_weight']:g} / {node['pixel_loss_weight']:g}"
                        if node.get("token_loss_weight") else ""))
-    return "; the runs before it, newest first: " + "; ".join(runs) if runs else ""
+    return "; a fine-tune, after these runs (newest first): " + "; ".join(runs) if runs else ""
 
 
 def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
@@ -189,9 +195,11 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
     text_time = ', `addition_embed_type="text_time"`' if sdxl else ""
     unet_cell = todo if not unet else (
         f"epsilon MSE with min-SNR-{unet.get('snr_gamma', 0):g} weighting, {unet['steps']} steps of {unet['batch']}, "
-        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)" + grounding_sentence(unet)
-        + (f"; initialised from {unet['initialised_from']}" if unet.get("initialised_from", "scratch") != "scratch"
-           else "") + history_text(unet))
+        f"AdamW lr {unet['lr']}, EMA {unet['ema_decay']} (shipped)"
+        + (f", placed share {unet['positioned_share']:g}" if "positioned_share" in unet else "")
+        + grounding_sentence(unet)
+        + (history_text(unet) or (f"; initialised from {unet['initialised_from']}"
+                                  if unet.get("initialised_from", "scratch") != "scratch" else "")))
     return [
         "",
         "## Components",

@@ -448,4 +448,4 @@ def test_a_fine_tuned_unets_card_lists_the_runs_it_started_from_newest_first():
     assert history_text(scratch) == ""
     text = history_text(dict(steps=2000, batch=96, lr=5e-5, previous=tuned))
     assert text.index("500 steps of 32 at lr 0.0001, placed share 0.25, grounding x 0.0125") < text.index(
-        "3000 steps of 128 at lr 0.001")
+        "3000 steps of 128 at lr 0.001") and text.startswith("; a fine-tune")
