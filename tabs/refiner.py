@@ -18,7 +18,7 @@ loader = lazy("engine.loader")
 handoff = lazy("engine.txt2img.handoff")
 latents = lazy("engine.txt2img.latents")
 
-MINI_PROMPT = "a red sneaker"  # mini-SDXL has not learnt places yet (issue 21)
+MINI_PROMPT = "a red sneaker"  # the mini refiner reads text_encoder_2 only, which never read a place word
 HUB_PROMPT = "An oil painting of a collie in a top hat"
 
 INTRO = """### SDXL's refiner: two expert denoisers, one schedule

@@ -60,10 +60,10 @@ up most attention, as in CLIP. The same seed gives the same image as the text-to
 `(red:1.5)` or `(red:0.5)` (the Guidance tab's prompt weights), takes a visibly larger or smaller share."""
 
 #: Under the maps: how the mini models learned to look where they draw (their model cards have the recipe).
-GROUNDING_NOTE = """*How our toy learned to look where it draws:* while training, mini-SD's item, colour and place
-words were told where their item is (TokenCompose's grounding losses, Wang et al. 2024, on each item's exact
-mask), so their maps land on the item (mini-SDXL has not had this lesson yet: compare); the hub models learned it
-from billions of captions instead. Two items in one prompt are beyond both toys so far."""
+GROUNDING_NOTE = """*How our toy learned to look where it draws:* while training, the mini models' item, colour and
+place words were told where their item is (TokenCompose's grounding losses, Wang et al. 2024, on each item's exact
+mask), so their maps land on the item; the hub models learned it from billions of captions instead. Two items in
+one prompt are beyond both toys so far."""
 
 TIME_HELP = """**Why the UNet needs the time.** Left: the sinusoidal embedding of t = 0…999 (rows) over its channels.
 Middle: how alike two timesteps' embeddings are (cosine similarity). Then we noise a test image to a true t and ask

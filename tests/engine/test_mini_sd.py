@@ -201,9 +201,9 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
 # Our engine loop runs the mini pipelines unchanged
 
 
-#: The shipped pipelines trained on positioned captions (issue 13). mini-SDXL's retrain was not evaluated in time
-#: and is not shipped yet: the shipped mini-SDXL still knows only centred items.
-POSITIONED_KINDS = ["sd"]
+#: The shipped pipelines trained on positioned captions (mini-SD since issue 13, mini-SDXL since issue 21's
+#: grounded fine-tune on mini-SD's first text encoder).
+POSITIONED_KINDS = ["sd", "sdxl"]
 
 
 def _engine_images(pipe, path: Path, kind: str, **kwargs):
@@ -312,7 +312,7 @@ def test_shipped_pipeline_puts_the_item_where_the_prompt_says(kind):
         assert sum(hits) >= 5, (place, measure.ink_centroids(images).tolist())
 
 
-GROUNDED_KINDS = ["sd"]  # mini-SD v3 was fine-tuned with TokenCompose's losses; mini-SDXL's UNet not yet
+GROUNDED_KINDS = ["sd", "sdxl"]  # both UNets were fine-tuned with TokenCompose's losses (issue 21)
 
 
 @pytest.mark.slow
