@@ -383,13 +383,12 @@ def share_first_encoder(args) -> dict:
     """mini-SDXL's first text encoder := mini-SD's, which was retrained on positioned captions and tells places
     apart; the second (the refiner reads it) stays. mini-SDXL's UNet then has to be fine-tuned on it
     (``unet-sdxl --unet-init DIR``, DIR holding the UNet to start from): its old UNet is dropped here."""
-    source = training_record(args, "mini-sd").get("clip")
-    if source is None or not is_done(args, "clip"):
+    if not is_done(args, "clip"):
         raise SystemExit("share-encoder needs both pipelines' text encoders: run `clip` first.")
     shutil.copytree(args.assets / "mini-sd" / "text_encoder", args.assets / "mini-sdxl" / "text_encoder",
                     dirs_exist_ok=True)
-    clip = dict(training_record(args, "mini-sdxl")["clip"])
-    clip["text_encoder_from"] = {"folder": "mini-sd", **{k: v for k, v in source.items() if k != "text_encoder_from"}}
+    clip = training_record(args, "mini-sdxl")["clip"]
+    clip["text_encoder_from"] = {"folder": "mini-sd", **training_record(args, "mini-sd")["clip"]}
     mark_done(args, "clip", clip, folders=("mini-sdxl",))
     return clip["text_encoder_from"]
 
