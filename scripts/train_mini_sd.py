@@ -119,6 +119,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vae-train", choices=("all", "decoder"), default="all",
                    help="decoder: train only the decoder (and post_quant_conv), so the latent space, and with it "
                         "every UNet, stays as it is")
+    p.add_argument("--vae-layers", type=int, default=None,
+                   help="grow the VAE to this many ResNets per level before training (engine.mini.models."
+                        "deepen_vae: the added ones start as identities, so the latent space stays); use with "
+                        "--vae-train decoder to give only the decoder more depth")
     p.add_argument("--vae-gan-weight", type=float, default=0.0,
                    help="weight of the patch discriminator's loss on the VAE (0: off; taming's adaptive weight "
                         "times this)")
@@ -518,6 +522,8 @@ def make_trainable_vae(args, device: str):
         vae = AutoencoderKL.from_pretrained(Path(args.vae_init) / "mini-sd" / "vae", dtype=torch.float32)
     else:
         vae = ms.make_vae(args.size)
+    if args.vae_layers:
+        vae = ms.deepen_vae(vae, args.vae_layers)
     vae = vae.to(device)
     if args.vae_train == "decoder":
         vae.encoder.requires_grad_(False)
@@ -615,6 +621,7 @@ def ship_vae(args, vae, data, test_x, judge_check, info: dict) -> dict:
     ship_part(args, "vae", {"vae": vae})
     info.update(test_psnr_db=round(psnr(rec, test_x), 2), test_pictures=len(test_x),
                 scaling_factor=vae.config.scaling_factor, params=ms.count_parameters(vae),
+                layers_per_block=vae.config.layers_per_block,
                 judge_on_placed_round_trips=judge_check(vae), decoder_only=decoder_only,
                 item_loss_weight=args.vae_item_weight, patch_gan_weight=args.vae_gan_weight,
                 initialised_from="the previous shipped VAE" if args.vae_init else "scratch",

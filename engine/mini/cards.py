@@ -122,23 +122,27 @@ def grounding_sentence(unet: dict) -> str:
             f"{unet['pixel_loss_weight']:g}, each word grounded on its item's exact mask (`engine/mini/grounding.py`)")
 
 
-def _vae_losses(vae: dict) -> str:
-    """The losses of one VAE training stretch, from its record."""
+def _vae_stretch(vae: dict, before: dict | None) -> str:
+    """One decoder fine-tune from its record: steps, batch, losses, and the depth it grew to, if it did."""
     gan = vae.get("patch_gan_weight")
-    return ("L1 + MSE" + (f" + a patch discriminator (PatchGAN, hinge loss, taming's adaptive weight x {gan:g})"
-                          if gan else ""))
+    layers, layers_before = vae.get("layers_per_block", 1), (before or {}).get("layers_per_block", 1)
+    grown = (f"grown from {layers_before} to {layers} ResNets per level (`deepen_vae`: the new ones start as "
+             "identities), " if layers != layers_before else "")
+    return (f"{grown}{vae['steps']} steps of {vae['batch']}, L1 + MSE"
+            + (f" + a patch discriminator (PatchGAN, hinge loss, taming's adaptive weight x {gan:g})" if gan else ""))
 
 
 def vae_cell_text(vae: dict) -> str:
-    """How the VAE was trained (and, for a decoder fine-tune, on what)."""
+    """How the VAE was trained (and, for decoder fine-tunes, each stretch, oldest first, and on what)."""
     text = (f"L1 + MSE + 1e-6 KL, {vae['steps']} steps of {vae['batch']}; `scaling_factor` {vae['scaling_factor']} "
             f"= 1 / latent std; test PSNR {vae['test_psnr_db']} dB")
     if vae.get("decoder_only"):
         trips = vae.get("judge_on_placed_round_trips") or {}
-        earlier = vae.get("previous") or {}
-        steps = f"{vae['steps']} steps of {vae['batch']}, {_vae_losses(vae)}"
-        if earlier.get("decoder_only"):  # a second decoder fine-tune: both stretches
-            steps = f"{earlier['steps']} steps of {earlier['batch']}, {_vae_losses(earlier)}, then {steps}"
+        chain = [vae]
+        while (chain[-1].get("previous") or {}).get("decoder_only"):
+            chain.append(chain[-1]["previous"])
+        chain.reverse()  # oldest first
+        steps = ", then ".join(_vae_stretch(r, chain[i - 1] if i else None) for i, r in enumerate(chain))
         text = (f"trained from scratch, then its decoder alone fine-tuned on {vae.get('data', 'placed pictures')}: "
                 f"{steps} (the encoder, the latent space and "
                 f"`scaling_factor` {vae['scaling_factor']} stay, so the UNets still fit); test PSNR "

@@ -50,14 +50,14 @@ VOCAB_SIZE = 49408
 
 def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) -> dict:
     """One size's configs from compact tuples: text (width, mlp, layers, heads), text_2 (the same +
-    projection), vae (block channels, norm groups), unet (block channels, head dim, norm groups, time-id
-    embedding width), tower (image tower width, embedding width)."""
+    projection), vae (block channels, norm groups, ResNets per level), unet (block channels, head dim, norm groups, time-id embedding width), tower
+    (image tower width, embedding width)."""
     def clip(width, mlp, layers, heads):
         return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
 
     return dict(
         text=clip(*text), text_2=dict(clip(*text_2[:4]), projection_dim=text_2[4]),
-        vae=dict(block_out_channels=vae[0], layers_per_block=1, norm_num_groups=vae[1]),
+        vae=dict(block_out_channels=vae[0], layers_per_block=vae[2], norm_num_groups=vae[1]),
         unet=dict(block_out_channels=unet[0], layers_per_block=1, attention_head_dim=unet[1],
                   norm_num_groups=unet[2], addition_time_embed_dim=unet[3]),
         image_tower=dict(width=tower[0], embed_dim=tower[1]),
@@ -65,9 +65,9 @@ def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) ->
 
 
 MODEL_SIZES: dict[str, dict] = {
-    "full": _sizes(text=(64, 256, 4, 4), text_2=(96, 384, 4, 4, 96), vae=((16, 32, 64, 64), 16),
+    "full": _sizes(text=(64, 256, 4, 4), text_2=(96, 384, 4, 4, 96), vae=((16, 32, 64, 64), 16, 1),
                    unet=((64, 128, 128), 4, 32, 32), tower=(32, 64)),
-    "smoke": _sizes(text=(16, 32, 1, 2), text_2=(24, 48, 1, 2, 24), vae=((8, 8, 16, 16), 4),
+    "smoke": _sizes(text=(16, 32, 1, 2), text_2=(24, 48, 1, 2, 24), vae=((8, 8, 16, 16), 4, 1),
                     unet=((16, 32, 32), 2, 8, 8), tower=(8, 16)),
 }
 
@@ -122,6 +122,32 @@ def make_vae(size: str = "full", scaling_factor: float = 1.0):
                          down_block_types=("DownEncoderBlock2D",) * levels,
                          up_block_types=("UpDecoderBlock2D",) * levels,
                          sample_size=IMAGE_SIZE, scaling_factor=scaling_factor, **cfg)
+
+
+def deepen_vae(vae, layers_per_block: int):
+    """The same ``AutoencoderKL`` with ``layers_per_block`` ResNets per level (decoder: one more), computing
+    exactly the same function: each added ResNet starts with a zero ``conv2``, so it adds 0 to its skip path
+    (zero-initialised residuals, Goyal et al. 2017; function-preserving growth, Chen et al. 2016, Net2Net).
+    The encoder and the latent space stay, so every UNet trained on them still fits; fine-tuning the decoder
+    then gives it the extra depth. Returns a new model in fp32."""
+    from diffusers import AutoencoderKL
+
+    old = vae.config.layers_per_block
+    if layers_per_block < old:
+        raise ValueError(f"deepen_vae adds layers: the VAE has {old} per block, asked for {layers_per_block}.")
+    deeper = AutoencoderKL.from_config({**vae.config, "layers_per_block": layers_per_block})
+    missing, unexpected = deeper.load_state_dict(vae.state_dict(), strict=False)
+    if unexpected:
+        raise ValueError(f"deepen_vae: the VAE has weights the deeper one lacks: {unexpected[:3]}")
+    added = {k.rsplit(".", 2)[0] for k in missing}  # "decoder.up_blocks.0.resnets.2.conv1.weight" -> its ResNet
+    modules = dict(deeper.named_modules())
+    if any(".resnets." not in name or not hasattr(modules.get(name), "conv2") for name in added):
+        raise ValueError(f"deepen_vae: only whole ResNets should be new, got {sorted(added)[:3]}")
+    for name in added:
+        resnet = modules[name]
+        torch.nn.init.zeros_(resnet.conv2.weight)
+        torch.nn.init.zeros_(resnet.conv2.bias)
+    return deeper
 
 
 def unet_config(size: str = "full", sdxl: bool = False) -> dict:

@@ -54,6 +54,26 @@ def test_vae_maps_64x64x3_to_8x8x4_and_back():
     assert 2 ** (len(vae.config.block_out_channels) - 1) == 8
 
 
+def test_a_deepened_vae_computes_the_same_function_and_its_new_layers_learn():
+    torch.manual_seed(0)
+    vae = ms.make_vae("smoke").eval()
+    for p in vae.parameters():  # a trained-looking VAE: no zero weights anywhere
+        p.data.add_(0.05 * torch.randn_like(p))
+    deeper = ms.deepen_vae(vae, 2).eval()
+    assert deeper.config.layers_per_block == 2 and len(deeper.decoder.up_blocks[0].resnets) == 3
+    assert ms.count_parameters(deeper) > ms.count_parameters(vae)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z, z_deeper = vae.encode(x).latent_dist.mode(), deeper.encode(x).latent_dist.mode()
+        assert torch.allclose(z, z_deeper, atol=1e-6)
+        assert torch.allclose(vae.decode(z).sample, deeper.decode(z).sample, atol=1e-6)
+    deeper.decoder(z).square().mean().backward()
+    added = deeper.decoder.up_blocks[0].resnets[2]
+    assert added.conv2.weight.grad.abs().sum() > 0  # the zero layer is an identity that can still learn
+    with pytest.raises(ValueError, match="adds layers"):
+        ms.deepen_vae(deeper, 1)
+
+
 def test_sdxl_unet_takes_pooled_text_and_six_time_ids():
     cfg = ms.unet_config("smoke", sdxl=True)
     s = ms.MODEL_SIZES["smoke"]
@@ -195,6 +215,20 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
                         "--unet-init", str(tmp_path / "run" / "assets"), "--num-items", "64", "--threads", "1"])
     tuned = json.loads((other / "mini-sd" / "training.json").read_text())["unet-sd"]
     assert tuned["previous"] == record["unet-sd"]
+
+    # a deeper decoder, fine-tuned alone: the encoder and with it the latent space stay
+    train_mini_sd.main(["vae", "--smoke", "--out", str(tmp_path / "run3"), "--assets", str(other),
+                        "--vae-init", str(tmp_path / "run" / "assets"), "--vae-train", "decoder", "--vae-layers", "2",
+                        "--num-items", "64", "--threads", "1"])
+    before, after = (ms.load_pipeline(root / "mini-sd").vae for root in (tmp_path / "run" / "assets", other))
+    assert (before.config.layers_per_block, after.config.layers_per_block) == (1, 2)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(x).latent_dist.mean, after.encode(x).latent_dist.mean)
+        assert not torch.equal(before.decode(before.encode(x).latent_dist.mean).sample,
+                               after.decode(after.encode(x).latent_dist.mean).sample)
+    grown = json.loads((other / "mini-sdxl" / "training.json").read_text())["vae"]
+    assert grown["layers_per_block"] == 2 and grown["decoder_only"] and grown["previous"] == record["vae"]
 
 
 # ----------------------------------------------------------------------------
@@ -449,3 +483,19 @@ def test_a_fine_tuned_unets_card_lists_the_runs_it_started_from_newest_first():
     text = history_text(dict(steps=2000, batch=96, lr=5e-5, previous=tuned))
     assert text.index("500 steps of 32 at lr 0.0001, placed share 0.25, grounding x 0.0125") < text.index(
         "3000 steps of 128 at lr 0.001") and text.startswith("; a fine-tune")
+
+
+def test_a_vae_card_lists_every_decoder_stretch_oldest_first_and_when_it_grew():
+    from engine.mini.cards import vae_cell_text
+
+    scratch = dict(steps=3000, batch=32, scaling_factor=0.83, test_psnr_db=31.1)
+    plain = dict(steps=1833, batch=32, decoder_only=True, previous=scratch)
+    gan = dict(steps=1200, batch=32, decoder_only=True, patch_gan_weight=0.5, previous=plain, scaling_factor=0.83,
+               test_psnr_db=30.2)
+    deeper = dict(steps=1500, batch=32, decoder_only=True, patch_gan_weight=0.2, layers_per_block=2, previous=gan,
+                  scaling_factor=0.83, test_psnr_db=30.9, judge_on_placed_round_trips={"30": 0.714})
+    text = vae_cell_text(deeper)
+    assert text.index("1833 steps") < text.index("1200 steps") < text.index("grown from 1 to 2") < text.index(
+        "1500 steps")
+    assert "3000 steps" not in text and "71% of 30 px" in text  # the from-scratch stretch is named, not listed
+    assert "grown" not in vae_cell_text(gan)
