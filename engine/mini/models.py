@@ -50,8 +50,8 @@ VOCAB_SIZE = 49408
 
 def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) -> dict:
     """One size's configs from compact tuples: text (width, mlp, layers, heads), text_2 (the same +
-    projection), vae (block channels, norm groups, ResNets per level), unet (block channels, head dim, norm groups, time-id embedding width), tower
-    (image tower width, embedding width)."""
+    projection), vae (block channels, norm groups, ResNets per level), unet (block channels, head dim, norm groups, time-id
+    embedding width), tower (image tower width, embedding width)."""
     def clip(width, mlp, layers, heads):
         return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
 
@@ -135,7 +135,8 @@ def deepen_vae(vae, layers_per_block: int):
     old = vae.config.layers_per_block
     if layers_per_block < old:
         raise ValueError(f"deepen_vae adds layers: the VAE has {old} per block, asked for {layers_per_block}.")
-    deeper = AutoencoderKL.from_config({**vae.config, "layers_per_block": layers_per_block})
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # not where the VAE was loaded from
+    deeper = AutoencoderKL.from_config({**config, "layers_per_block": layers_per_block})
     missing, unexpected = deeper.load_state_dict(vae.state_dict(), strict=False)
     if unexpected:
         raise ValueError(f"deepen_vae: the VAE has weights the deeper one lacks: {unexpected[:3]}")

@@ -59,7 +59,9 @@ def test_a_deepened_vae_computes_the_same_function_and_its_new_layers_learn():
     vae = ms.make_vae("smoke").eval()
     for p in vae.parameters():  # a trained-looking VAE: no zero weights anywhere
         p.data.add_(0.05 * torch.randn_like(p))
+    vae.register_to_config(_name_or_path="/some/machine/path")  # as from_pretrained records it
     deeper = ms.deepen_vae(vae, 2).eval()
+    assert "_name_or_path" not in deeper.config
     assert deeper.config.layers_per_block == 2 and len(deeper.decoder.up_blocks[0].resnets) == 3
     assert ms.count_parameters(deeper) > ms.count_parameters(vae)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
