@@ -50,8 +50,9 @@ VOCAB_SIZE = 49408
 
 def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) -> dict:
     """One size's configs from compact tuples: text (width, mlp, layers, heads), text_2 (the same +
-    projection), vae (block channels, norm groups, ResNets per level), unet (block channels, head dim, norm groups, time-id
-    embedding width), tower (image tower width, embedding width)."""
+    projection), vae (block channels, norm groups, ResNets per level: 2 in "full", as shipped since its decoder
+    was grown by ``deepen_vae``), unet (block channels, head dim, norm groups, time-id embedding width), tower
+    (image tower width, embedding width)."""
     def clip(width, mlp, layers, heads):
         return dict(hidden_size=width, intermediate_size=mlp, num_hidden_layers=layers, num_attention_heads=heads)
 
@@ -65,7 +66,7 @@ def _sizes(text: tuple, text_2: tuple, vae: tuple, unet: tuple, tower: tuple) ->
 
 
 MODEL_SIZES: dict[str, dict] = {
-    "full": _sizes(text=(64, 256, 4, 4), text_2=(96, 384, 4, 4, 96), vae=((16, 32, 64, 64), 16, 1),
+    "full": _sizes(text=(64, 256, 4, 4), text_2=(96, 384, 4, 4, 96), vae=((16, 32, 64, 64), 16, 2),
                    unet=((64, 128, 128), 4, 32, 32), tower=(32, 64)),
     "smoke": _sizes(text=(16, 32, 1, 2), text_2=(24, 48, 1, 2, 24), vae=((8, 8, 16, 16), 4, 1),
                     unet=((16, 32, 32), 2, 8, 8), tower=(8, 16)),
