@@ -142,7 +142,8 @@ def vae_cell_text(vae: dict) -> str:
         while (chain[-1].get("previous") or {}).get("decoder_only"):
             chain.append(chain[-1]["previous"])
         chain.reverse()  # oldest first
-        steps = ", then ".join(_vae_stretch(r, chain[i - 1] if i else None) for i, r in enumerate(chain))
+        befores = [chain[0].get("previous")] + chain[:-1]  # the oldest stretch started from the scratch VAE
+        steps = ", then ".join(_vae_stretch(r, before) for r, before in zip(chain, befores))
         text = (f"trained from scratch, then its decoder alone fine-tuned on {vae.get('data', 'placed pictures')}: "
                 f"{steps} (the encoder, the latent space and "
                 f"`scaling_factor` {vae['scaling_factor']} stay, so the UNets still fit); test PSNR "

@@ -501,3 +501,6 @@ def test_a_vae_card_lists_every_decoder_stretch_oldest_first_and_when_it_grew():
         "1500 steps")
     assert "3000 steps" not in text and "71% of 30 px" in text  # the from-scratch stretch is named, not listed
     assert "grown" not in vae_cell_text(gan)
+    deep_scratch = dict(scratch, layers_per_block=2)  # a VAE built deep from scratch did not grow
+    assert "grown" not in vae_cell_text(dict(gan, layers_per_block=2, previous=dict(plain, previous=deep_scratch,
+                                                                                     layers_per_block=2)))
