@@ -138,6 +138,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--token-loss", type=float, default=0.0,
                    help="weight of TokenCompose's token loss on the item and colour words (engine.mini.grounding)")
     p.add_argument("--pixel-loss", type=float, default=0.0, help="weight of TokenCompose's pixel (BCE) loss")
+    p.add_argument("--grounding-mask", choices=("any", "coverage"), default="any",
+                   help="an item's mask at the 8x8 / 4x4 grids: any pixel (TokenCompose) or each cell's item share "
+                        "(engine.mini.grounding.MASKS)")
     p.add_argument("--deadline-minutes", type=float, default=None,
                    help="stop a stage after this many minutes (it checkpoints and ships what it has)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
@@ -775,11 +778,13 @@ def min_snr_weights(noise_scheduler, t: torch.Tensor, gamma: float) -> torch.Ten
 
 
 def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: str, snr_gamma: float = 0.0,
-              bf16: bool = False, grounding: tuple[float, float] = (0.0, 0.0)) -> dict[str, torch.Tensor]:
+              bf16: bool = False, grounding: tuple[float, float] = (0.0, 0.0),
+              grounding_mask: str = "any") -> dict[str, torch.Tensor]:
     """DDPM's simple loss || eps - eps_theta(sqrt(a) z0 + sqrt(1 - a) eps, t, text) ||^2, t uniform
     (Ho et al. 2020, Algorithm 1), each sample weighted by ``min_snr_weights``; plus, with ``grounding`` =
     (token weight, pixel weight) and a batch with "words", TokenCompose's two losses on the cross-attention
-    maps of the 8x8 and 4x4 layers, recorded by the app's recorder (``engine.mini.grounding``).
+    maps of the 8x8 and 4x4 layers, recorded by the app's recorder, with ``grounding_mask`` masks
+    (``engine.mini.grounding``).
     Returns {"loss": the total, "mse", and "token_loss", "pixel_loss" when grounded}."""
     from engine.mini.grounding import GROUNDED_SIDES, grounding_losses
     from engine.unet.attention import record_cross_attention
@@ -801,7 +806,8 @@ def unet_loss(unet, noise_scheduler, b: dict, rng: np.random.Generator, device: 
     out = {"mse": (per_sample * min_snr_weights(noise_scheduler, t, snr_gamma)).mean()}
     out["loss"] = out["mse"]
     if grounded:
-        out.update(grounding_losses(recorder.layer_maps, b["words"].to(device), b["shading"].to(device)))
+        out.update(grounding_losses(recorder.layer_maps, b["words"].to(device), b["shading"].to(device),
+                                    grounding_mask))
         out["loss"] = out["loss"] + grounding[0] * out["token_loss"] + grounding[1] * out["pixel_loss"]
     return out
 
@@ -857,7 +863,8 @@ def train_unet(args, sdxl: bool) -> dict:
         b = unet_batch(latents, table, rng, args.unet_batch, scaling_factor, sdxl, data)
         set_lr(opt, args.unet_lr * lr_at(step, total, warmup=min(200, total // 10 + 1)))
         unet.train()
-        losses = unet_loss(unet, noise_scheduler, b, rng, device, args.snr_gamma, args.bf16, grounding)
+        losses = unet_loss(unet, noise_scheduler, b, rng, device, args.snr_gamma, args.bf16, grounding,
+                           args.grounding_mask)
         optimizer_step(opt, losses["loss"], unet)
         ema_update(ema, unet, step, args.ema_decay)
         for name, value in losses.items():
@@ -882,6 +889,7 @@ def train_unet(args, sdxl: bool) -> dict:
 
     info = dict(steps=step, batch=args.unet_batch, lr=args.unet_lr, ema_decay=args.ema_decay, snr_gamma=args.snr_gamma,
                 token_loss_weight=args.token_loss, pixel_loss_weight=args.pixel_loss,
+                **({"grounding_mask": args.grounding_mask} if any(grounding) else {}),
                 positioned_share=args.positioned_share,
                 two_item_share=args.two_item_share, loss_terms={k: round(v, 5) for k, v in terms.items()},
                 initialised_from="the previous shipped UNet" if args.unet_init else "scratch",

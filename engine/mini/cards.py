@@ -119,7 +119,9 @@ def grounding_sentence(unet: dict) -> str:
         return ""
     return (f"; plus TokenCompose's grounding losses (Wang et al. 2024) on the item and colour words' "
             f"cross-attention at 8x8 and 4x4, token loss x {unet['token_loss_weight']:g} and pixel (BCE) loss x "
-            f"{unet['pixel_loss_weight']:g}, each word grounded on its item's exact mask (`engine/mini/grounding.py`)")
+            f"{unet['pixel_loss_weight']:g}, each word grounded on its item's exact mask (`engine/mini/grounding.py`"
+            + (", each grid cell weighted by the share of it the item covers" if unet.get("grounding_mask") ==
+               "coverage" else "") + ")")
 
 
 def _vae_stretch(vae: dict, before: dict | None) -> str:
@@ -170,6 +172,7 @@ def history_text(unet: dict) -> str:
         runs.append(f"{node['steps']} steps of {node['batch']} at lr {node['lr']:g}"
                     + (f", placed share {node['positioned_share']:g}" if "positioned_share" in node else "")
                     + (f", grounding x {node['token_loss_weight']:g} / {node['pixel_loss_weight']:g}"
+                       + (" on coverage masks" if node.get("grounding_mask") == "coverage" else "")
                        if node.get("token_loss_weight") else ""))
     return "; a fine-tune, after these runs (newest first): " + "; ".join(runs) if runs else ""
 

@@ -130,6 +130,31 @@ def test_token_loss_is_zero_when_all_attention_is_inside_the_mask():
     assert G.pixel_loss(maps, words, masks) < G.pixel_loss(torch.full((1, 77, 4, 4), 1 / 77), words, masks)
 
 
+def test_coverage_masks_ask_for_attention_on_the_cells_the_item_fills():
+    """At 8x8 a centred item touches cells it barely covers: a map spread evenly over every touched cell has
+    no token loss with TokenCompose's "any" masks, but has one with "coverage" masks, which are lowest when
+    the word's attention sits on the cells the item fills most."""
+    data = cf.make_dataset("test", seed=0, num_items=50, positioned_share=0.0)
+    shading = data.shading(np.arange(1))
+    any_mask, coverage = (G.layer_masks(shading, (8, 8), m) for m in G.MASKS)
+    assert torch.equal(any_mask, (coverage > 0).float())
+    assert coverage.min() >= 0 and coverage.max() <= 1 and ((coverage[0, 0] > 0) & (coverage[0, 0] < 1)).any()
+    words = torch.full((1, 77), -1)
+    words[0, 2] = 0
+    maps = torch.full((1, 77, 8, 8), 1 / 77)
+    maps[0, 2] = any_mask[0, 0] / any_mask[0, 0].sum()
+    assert G.token_loss(maps, words, any_mask) == pytest.approx(0.0)
+    spread = G.token_loss(maps, words, coverage)
+    assert spread > 0.01
+    best = coverage[0, 0].max()
+    fullest = (coverage[0, 0] == best).float()
+    maps[0, 2] = fullest / fullest.sum()
+    assert G.token_loss(maps, words, coverage) == pytest.approx(float((1 - best) ** 2), abs=1e-6)
+    assert G.token_loss(maps, words, coverage) < spread / 4
+    with pytest.raises(ValueError, match="mask must be one of"):
+        G.layer_masks(shading, (8, 8), "bbox")
+
+
 def test_training_maps_equal_the_tabs_maps_for_the_same_unet_inputs():
     from diffusers import StableDiffusionPipeline
 

@@ -214,9 +214,12 @@ def test_training_cli_smoke_run_ships_loadable_pipelines_and_resumes(tmp_path):
     shutil.copytree(tmp_path / "run" / "assets", other)
     (other / "mini-sd" / "training.json").write_text(json.dumps({**record, "unet-sd": {"steps": -1}}))
     train_mini_sd.main(["unet-sd", "--smoke", "--out", str(tmp_path / "run2"), "--assets", str(other),
-                        "--unet-init", str(tmp_path / "run" / "assets"), "--num-items", "64", "--threads", "1"])
+                        "--unet-init", str(tmp_path / "run" / "assets"), "--num-items", "64", "--threads", "1",
+                        "--token-loss", "0.05", "--pixel-loss", "0.005", "--grounding-mask", "coverage"])
     tuned = json.loads((other / "mini-sd" / "training.json").read_text())["unet-sd"]
     assert tuned["previous"] == record["unet-sd"]
+    assert tuned["grounding_mask"] == "coverage" and tuned["loss_terms"]["token_loss"] > 0
+    assert "the share of it the item covers" in (other / "mini-sd" / "README.md").read_text()
 
     # a deeper decoder, fine-tuned alone: the encoder and with it the latent space stay
     train_mini_sd.main(["vae", "--smoke", "--out", str(tmp_path / "run3"), "--assets", str(other),
@@ -485,6 +488,8 @@ def test_a_fine_tuned_unets_card_lists_the_runs_it_started_from_newest_first():
     text = history_text(dict(steps=2000, batch=96, lr=5e-5, previous=tuned))
     assert text.index("500 steps of 32 at lr 0.0001, placed share 0.25, grounding x 0.0125") < text.index(
         "3000 steps of 128 at lr 0.001") and text.startswith("; a fine-tune")
+    covered = history_text(dict(steps=1200, batch=64, lr=5e-5, previous=dict(tuned, grounding_mask="coverage")))
+    assert "grounding x 0.0125 / 0.00125 on coverage masks" in covered and "coverage" not in text
 
 
 def test_a_vae_card_lists_every_decoder_stretch_oldest_first_and_when_it_grew():
