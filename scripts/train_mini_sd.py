@@ -68,6 +68,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from engine import metrics  # noqa: E402
 from engine import text_encoding as te_  # noqa: E402
 from engine.mini import data as cf  # noqa: E402
+from engine.mini.grounding import MASKS  # noqa: E402
 from engine.mini import micro  # noqa: E402
 from engine.mini import measure  # noqa: E402
 from engine.mini.cards import DEFAULT_GUIDANCE, STAGES, model_card, sample_grid, save_grid  # noqa: E402
@@ -138,7 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--token-loss", type=float, default=0.0,
                    help="weight of TokenCompose's token loss on the item and colour words (engine.mini.grounding)")
     p.add_argument("--pixel-loss", type=float, default=0.0, help="weight of TokenCompose's pixel (BCE) loss")
-    p.add_argument("--grounding-mask", choices=("any", "coverage"), default="any",
+    p.add_argument("--grounding-mask", choices=MASKS, default="any",
                    help="an item's mask at the 8x8 / 4x4 grids: any pixel (TokenCompose) or each cell's item share "
                         "(engine.mini.grounding.MASKS)")
     p.add_argument("--deadline-minutes", type=float, default=None,

@@ -18,8 +18,8 @@ Masks at a layer's grid: TokenCompose resizes each mask and binarises it (a
 cell is the item's when any of its pixels is, ``mask="any"``). At SD's 64x64
 latents that is tight; at our 8x8 and 4x4 grids a centred 48 px item touches
 nearly every cell, and a map spread evenly over those cells already has no loss
-(measured: the centred item-word lift sat at 1.7-1.9, the mean of exactly that
-ceiling over the recorded layers). ``mask="coverage"`` uses each cell's share
+(measured: the centred item-word lift sat at 1.7-1.9, close to that ceiling
+averaged over the recorded layers). ``mask="coverage"`` uses each cell's share
 of item pixels instead (area-downsampled, in [0, 1]): the token loss is zero
 only when a word's attention sits on cells the item covers fully, and the pixel
 loss's BCE target is that share.
