@@ -378,7 +378,7 @@ def test_shipped_pipeline_reads_the_item_and_colour_words_where_it_draws_the_ite
     assert sum(r["colour"] for r in rows) / len(rows) > 2.0, rows
 
 
-COVERAGE_KINDS = ["sd", "sdxl"]  # grounded on coverage masks (engine.mini.grounding.MASKS), which lift centred items too
+COVERAGE_KINDS = ["sd", "sdxl"]  # grounded on coverage masks (engine.mini.grounding.MASKS): centred items lift too
 
 
 @pytest.mark.slow
