@@ -354,6 +354,23 @@ def test_shipped_pipeline_puts_the_item_where_the_prompt_says(kind):
 GROUNDED_KINDS = ["sd", "sdxl"]  # both UNets were fine-tuned with TokenCompose's losses (issue 21)
 
 
+def _shipped_lifts(kind: str, prompts) -> list[dict]:
+    """``measure.item_lifts`` of the shipped model on (label, colour, prompt) triples, 20 steps, the preset's
+    guidance, seed = label; the pictures that show an item."""
+    from engine.mini import measure
+    from engine.presets import Preset
+
+    path = _shipped(kind)
+    pipe = ms.load_pipeline(path)
+    preset = Preset(name="shipped (test)", kind=kind, path=str(path),
+                    options={"min_size": 64, "max_size": 256, "default_size": 64})
+    rows = [measure.item_lifts(pipe, preset, label, colour, prompt, seed=label, guidance_scale=_default_guidance(kind),
+                               num_inference_steps=20, width=64, height=64) for label, colour, prompt in prompts]
+    rows = [r for r in rows if r is not None]
+    assert len(rows) >= 2
+    return rows
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", GROUNDED_KINDS)
 def test_shipped_pipeline_reads_the_item_and_colour_words_where_it_draws_the_item(kind):
@@ -361,46 +378,23 @@ def test_shipped_pipeline_reads_the_item_and_colour_words_where_it_draws_the_ite
     mass on the drawn item's pixels is well above their share of the picture (lift > 2; an ungrounded UNet,
     the previous mini-SD, gives about 1.0 and 0.9)."""
     from engine.mini import data as cf
-    from engine.mini import measure
-    from engine.presets import Preset
 
-    path = _shipped(kind)
-    pipe = ms.load_pipeline(path)
-    preset = Preset(name="shipped (test)", kind=kind, path=str(path),
-                    options={"min_size": 64, "max_size": 256, "default_size": 64})
-    rows = [measure.item_lifts(pipe, preset, label, colour, cf.positioned_prompt_for(label, colour, place),
-                               seed=label, guidance_scale=_default_guidance(kind), num_inference_steps=20,
-                               width=64, height=64)
-            for label, colour, place in ((7, "red", "left"), (8, "blue", "top right"), (3, "green", "bottom"))]
-    rows = [r for r in rows if r is not None]
-    assert len(rows) >= 2
+    places = ((7, "red", "left"), (8, "blue", "top right"), (3, "green", "bottom"))
+    rows = _shipped_lifts(kind, [(label, colour, cf.positioned_prompt_for(label, colour, place))
+                                 for label, colour, place in places])
     assert sum(r["item"] for r in rows) / len(rows) > 2.0, rows
     assert sum(r["colour"] for r in rows) / len(rows) > 2.0, rows
 
 
-COVERAGE_KINDS = ["sd", "sdxl"]  # grounded on coverage masks (engine.mini.grounding.MASKS): centred items lift too
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", COVERAGE_KINDS)
+@pytest.mark.parametrize("kind", GROUNDED_KINDS)
 def test_shipped_pipeline_reads_the_item_word_on_a_centred_item(kind):
-    """Grounding on coverage masks: on centred prompts the item word's mass on the drawn item is twice its share
-    of the picture (lift > 2; grounding on TokenCompose's any-pixel masks stalled at about 1.7-1.9, the ceiling
-    of those masks at the 8x8 and 4x4 grids)."""
-    from engine.mini import measure
-    from engine.presets import Preset
-
-    path = _shipped(kind)
-    record = json.loads((path / "training.json").read_text())["unet-sdxl" if kind == "sdxl" else "unet-sd"]
+    """Grounding on coverage masks (``engine.mini.grounding.MASKS``): on centred prompts the item word's mass on
+    the drawn item is twice its share of the picture (lift > 2; the previous UNets, grounded on TokenCompose's
+    any-pixel masks, give 1.61 and 1.93 here: the ceiling of those masks at the 8x8 and 4x4 grids)."""
+    record = json.loads((_shipped(kind) / "training.json").read_text())["unet-sdxl" if kind == "sdxl" else "unet-sd"]
     assert record["grounding_mask"] == "coverage"
-    pipe = ms.load_pipeline(path)
-    preset = Preset(name="shipped (test)", kind=kind, path=str(path),
-                    options={"min_size": 64, "max_size": 256, "default_size": 64})
-    rows = [measure.item_lifts(pipe, preset, label, colour, f"a {colour} {noun}", seed=label,
-                               guidance_scale=_default_guidance(kind), num_inference_steps=20, width=64, height=64)
-            for label, colour, noun in ((7, "red", "sneaker"), (8, "blue", "bag"), (3, "green", "dress"))]
-    rows = [r for r in rows if r is not None]
-    assert len(rows) >= 2
+    rows = _shipped_lifts(kind, [(7, "red", "a red sneaker"), (8, "blue", "a blue bag"), (3, "green", "a green dress")])
     assert sum(r["item"] for r in rows) / len(rows) > 2.0, rows
 
 
