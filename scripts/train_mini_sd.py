@@ -85,7 +85,7 @@ DEFAULTS = {
     "smoke": dict(clip_steps=4, clip_batch=16, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=8,
                   num_items=256, sample_every=4, checkpoint_every=2, grid_steps=2),
 }
-CLIP_TOKENS = 20  # captions are at most ~17 tokens; CLIP's causal mask makes positions < 20 the same at 77
+CLIP_TOKENS = 24  # two-item captions take up to 24 tokens; CLIP's causal mask makes positions < 24 the same at 77
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -115,6 +115,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="text_encoder: train only the first encoder and ship it into mini-sdxl only; the second "
                         "stays as shipped (the refiner reads it) and mini-SD keeps its own (its CLIP-guidance "
                         "tower was trained against it)")
+    p.add_argument("--clip-folder", choices=("mini-sd", "mini-sdxl"), default="mini-sdxl",
+                   help="with --clip-train text_encoder: the one pipeline folder the first encoder ships into")
+    p.add_argument("--clip-hard-negatives", action="store_true",
+                   help="add each two-item caption with its colours swapped as a caption no picture has (NegCLIP)")
+    p.add_argument("--clip-clause", type=float, default=0.0,
+                   help="weight of clause distillation: the first encoder's states on a two-item caption's second "
+                        "clause are pulled to its starting states on that clause alone (structured text, as Feng "
+                        "et al. 2023 encode each noun phrase on its own)")
+    p.add_argument("--clip-anchor", type=float, default=0.0,
+                   help="weight of an MSE between the first encoder's states and its starting states, on one-item "
+                        "captions: the prompts that work today keep their meaning while two-item ones change")
     p.add_argument("--vae-init", default=None,
                    help="start the VAE from the one in this assets folder (DIR/mini-sd/vae): a fine-tune")
     p.add_argument("--vae-train", choices=("all", "decoder"), default="all",
@@ -210,9 +221,10 @@ def training_record(args, folder: str, root=None) -> dict:
 
 
 def ships_to(args, stage: str) -> tuple[str, ...]:
-    """``SHIPS_TO[stage]``, except a first-encoder-only CLIP (``--clip-train text_encoder``): mini-sdxl only."""
+    """``SHIPS_TO[stage]``, except a first-encoder-only CLIP (``--clip-train text_encoder``): ``--clip-folder``
+    only (mini-sdxl unless told)."""
     if stage == "clip" and args.clip_train == "text_encoder":
-        return ("mini-sdxl",)
+        return (args.clip_folder,)
     return SHIPS_TO[stage]
 
 
@@ -294,23 +306,118 @@ def fits_of(data: cf.ColourFashion, idx) -> torch.Tensor:
 
 
 def token_table(captions: list[str], tokenizers: dict) -> dict:
-    """Each distinct caption tokenised once, cut to 16 tokens: {"index" [N], "ids" [U, 16], "ids_2" [U, 16]}."""
+    """Each distinct caption tokenised once in ``CLIP_TOKENS`` positions: {"index" [N], "ids" [U, T], "ids_2"
+    [U, T]}. A caption that would be cut (the tokenizer would still end it with an end token) is an error."""
     unique = sorted(set(captions))
     row = {c: i for i, c in enumerate(unique)}
     table = {"index": torch.tensor([row[c] for c in captions])}
     for key, name in (("ids", "tokenizer"), ("ids_2", "tokenizer_2")):
+        longest = max(len(ids) for ids in tokenizers[name](unique).input_ids)
+        if longest > CLIP_TOKENS:
+            raise ValueError(f"A caption takes {longest} tokens, more than {CLIP_TOKENS}: raise CLIP_TOKENS.")
         table[key] = te_.tokenize(tokenizers[name], unique, CLIP_TOKENS)
-        if not bool((table[key] == ms.EOS).any(1).all()):
-            raise ValueError(f"A caption is longer than {CLIP_TOKENS} tokens: raise CLIP_TOKENS.")
     return table
 
 
 def clip_batch(data: cf.ColourFashion, tokens: dict, rng: np.random.Generator, batch: int,
                captioned: np.ndarray) -> tuple:
     """Pictures [B, 3, 64, 64] in [-1, 1], ids [B, 16] for each tokenizer, fits [B, B]; captioned items only."""
-    idx = rng.choice(captioned, size=batch, replace=False)
+    return clip_examples(data, tokens, rng.choice(captioned, size=batch, replace=False))
+
+
+def clip_examples(data: cf.ColourFashion, tokens: dict, idx: np.ndarray) -> tuple:
+    """``clip_batch`` for the pictures ``idx`` [B]."""
     rows = tokens["index"][idx]
     return cf.to_vae_input(data.pictures(idx)), tokens["ids"][rows], tokens["ids_2"][rows], fits_of(data, idx)
+
+
+def swapped_captions(data: cf.ColourFashion) -> list[str]:
+    """Per picture: its two-item caption with the two colours swapped (``cf.swap_colour_words``), else ""."""
+    out = [""] * len(data)
+    for i in np.flatnonzero(data.second.labels >= 0) if data.second is not None else ():
+        out[i] = cf.swap_colour_words(data.captions[i], cf.COLOUR_NAMES[int(data.colours[i])],
+                                      cf.COLOUR_NAMES[int(data.second.colours[i])])
+    return out
+
+
+def hard_negatives(data: cf.ColourFashion, negative_tokens: dict, idx: np.ndarray) -> tuple:
+    """(ids [K, 16], ids_2 [K, 16], fits [B, K]): the swapped captions of the batch's K two-item pictures, and
+    which of the B pictures each one describes (one holding the same two items with the colours the other way)."""
+    second = data.second
+    two = idx[second.labels[idx] >= 0]
+    rows = negative_tokens["index"][two]
+    col = lambda values, where: torch.as_tensor(values[where])  # noqa: E731
+    fits = torch.ones(len(idx), len(two), dtype=torch.bool)
+    for values in (data.labels, data.places, second.labels, second.places):
+        fits &= col(values, idx)[:, None] == col(values, two)[None, :]
+    fits &= col(data.colours, idx)[:, None] == col(second.colours, two)[None, :]
+    fits &= col(second.colours, idx)[:, None] == col(data.colours, two)[None, :]
+    return negative_tokens["ids"][rows], negative_tokens["ids_2"][rows], fits
+
+
+@torch.no_grad()
+def binding_accuracy(model, data: cf.ColourFashion, tokens: dict, idx: np.ndarray, device: str) -> str:
+    """For the two-item pictures among ``idx``: the share whose own caption each encoder scores above the same
+    caption with the colours swapped (0.5 is chance), as "a / b"."""
+    if data.second is None or not (data.second.labels[idx] >= 0).any():
+        return "- (no two-item pictures)"
+    two = idx[data.second.labels[idx] >= 0]
+    negative_tokens = token_table(swapped_captions(data), ms.load_tokenizers())
+    pictures, ids, ids_2, _ = clip_examples(data, tokens, two)
+    images = model.image_tower(pictures.to(device))
+    own, swapped = model.embed_texts(ids.to(device), ids_2.to(device)), model.embed_texts(
+        *(t.to(device) for t in hard_negatives(data, negative_tokens, two)[:2]))
+    wins = [float(((img * a).sum(1) > (img * b).sum(1)).float().mean()) for img, a, b in zip(images, own, swapped)]
+    return f"{wins[0]:.3f} / {wins[1]:.3f} of {len(two)}"
+
+
+def second_clauses(data: cf.ColourFashion) -> list[str]:
+    """Per picture: the second clause of its two-item caption ("a blue bag on the right"), else "". Every
+    ``cf.TWO_ITEM_TEMPLATES`` joins its clauses with " and " or ", "."""
+    out = [""] * len(data)
+    for i in np.flatnonzero(data.second.labels >= 0) if data.second is not None else ():
+        out[i] = re.split(r" and |, ", data.captions[i], maxsplit=1)[1]
+    return out
+
+
+def clause_table(data: cf.ColourFashion, tokens: dict, tokenizers: dict) -> dict:
+    """Each two-item caption's second clause, tokenised on its own (``token_table``: "index" [N], "ids" [U, T]),
+    with "start" [N]: the position of the clause's first word in the whole caption's ids (-1: no clause), and
+    "length" [N]: its tokens, without the start and end tokens."""
+    table = token_table(second_clauses(data), tokenizers)
+    start, length = torch.full((len(data),), -1), torch.zeros(len(data), dtype=torch.long)
+    for i in np.flatnonzero(data.second.labels >= 0) if data.second is not None else ():
+        clause, whole = table["ids"][table["index"][i]], tokens["ids"][tokens["index"][i]]
+        n, end = int((clause == ms.EOS).nonzero()[0]) - 1, int((whole == ms.EOS).nonzero()[0])
+        if torch.equal(whole[end - n:end], clause[1:1 + n]):
+            start[i], length[i] = end - n, n
+    return {**table, "start": start, "length": length}
+
+
+def clause_loss(text_encoder, reference, clauses: dict, idx: np.ndarray, ids: torch.Tensor) -> torch.Tensor:
+    """MSE between ``text_encoder``'s last hidden states on the second clause of each two-item caption among
+    ``idx`` (ids [B, T]: the batch's captions) and the frozen ``reference``'s states on that clause alone: the
+    second item's words should read as they would in a one-item caption. 0 when the batch has none."""
+    rows = torch.as_tensor(idx)[clauses["start"][idx] >= 0]
+    keep = clauses["start"][idx] >= 0
+    if not bool(keep.any()):
+        return torch.zeros((), device=ids.device)
+    with torch.no_grad():
+        target = reference(clauses["ids"][clauses["index"][rows]].to(ids.device)).last_hidden_state
+    states = text_encoder(ids[keep]).last_hidden_state
+    pos = torch.arange(ids.shape[1])
+    inside = (pos[None] < clauses["length"][rows][:, None]).to(ids.device)
+    at = lambda x, p: x.gather(1, p.clamp(max=ids.shape[1] - 1).to(ids.device)[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+    return F.mse_loss(at(states, clauses["start"][rows][:, None] + pos[None])[inside].float(),
+                      at(target, 1 + pos[None].expand(len(rows), -1))[inside].float())
+
+
+def anchor_loss(text_encoder, reference, ids: torch.Tensor) -> torch.Tensor:
+    """MSE between ``text_encoder``'s last hidden states [N, T, D] (what the UNets read) and the frozen
+    ``reference``'s for the same ids [N, T]."""
+    with torch.no_grad():
+        target = reference(ids).last_hidden_state
+    return F.mse_loss(text_encoder(ids).last_hidden_state.float(), target.float())
 
 
 def clip_model(args) -> ms.MiniCLIP:
@@ -341,21 +448,34 @@ def train_clip(args) -> dict:
     test_idx = np.flatnonzero([bool(c) for c in test.captions])[:512]
     test_batch = clip_batch(test, test_tokens, np.random.default_rng(0), len(test_idx), test_idx)
 
+    negative_tokens = token_table(swapped_captions(data), tokenizers) if args.clip_hard_negatives else None
     torch.manual_seed(args.seed)
     model = clip_model(args).to(device)
+    clauses = clause_table(data, tokens, tokenizers) if args.clip_clause else None
+    reference = copy.deepcopy(model.text_encoder).eval().requires_grad_(False) if (
+        args.clip_anchor or args.clip_clause) else None
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=args.clip_lr, weight_decay=0.01)
     step, running = resume(folder, device, model, opt)
     total = args.clip_steps
 
     def train_step(step: int) -> float:
-        pictures, ids, ids_2, fits = clip_batch(data, tokens, batch_rng(args.seed, "clip", step),
-                                                args.clip_batch, captioned)
+        idx = batch_rng(args.seed, "clip", step).choice(captioned, size=args.clip_batch, replace=False)
+        pictures, ids, ids_2, fits = clip_examples(data, tokens, idx)
+        negatives = None if negative_tokens is None else tuple(
+            t.to(device) for t in hard_negatives(data, negative_tokens, idx))
         set_lr(opt, args.clip_lr * lr_at(step, total, warmup=min(100, total // 10 + 1)))
         model.train()
         with autocast(device):
-            losses = model(pictures.to(device), ids.to(device), ids_2.to(device), fits.to(device))
-        optimizer_step(opt, losses["loss"], model)
-        return losses["loss"].item()
+            losses = model(pictures.to(device), ids.to(device), ids_2.to(device), fits.to(device), negatives)
+            loss = losses["loss"]
+            if args.clip_anchor:
+                one_item = torch.as_tensor(data.second.labels[idx] < 0 if data.second is not None else np.ones(len(idx), bool))
+                loss = loss + args.clip_anchor * anchor_loss(model.text_encoder, reference, ids[one_item].to(device))
+            if clauses is not None:
+                loss = loss + args.clip_clause * clause_loss(model.text_encoder, reference, clauses, idx,
+                                                             ids.to(device))
+        optimizer_step(opt, loss, model)
+        return loss.item()
 
     def checkpoint(step: int, running: float, last: bool) -> None:
         save_checkpoint(folder / "checkpoint.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step,
@@ -365,7 +485,8 @@ def train_clip(args) -> dict:
         model.eval()
         acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
         print(f"\nclip step {step}: loss {running:.3f}, test retrieval accuracy "
-              f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}", flush=True)
+              f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}; binding "
+              f"{binding_accuracy(model, test, test_tokens, test_idx, device)}", flush=True)
 
     step, running = resumable_loop(step, total, train_step, desc="clip", running=running,
                                    every=[(args.checkpoint_every, checkpoint), (args.sample_every, evaluate)])
@@ -378,6 +499,8 @@ def train_clip(args) -> dict:
     ship_part(args, "clip", parts)
     info = dict(steps=step, batch=args.clip_batch, lr=args.clip_lr, loss=round(running, 4),
                 trained=args.clip_train, initialised_from=args.clip_init and f"{Path(args.clip_init).name}'s encoders",
+                hard_negatives=args.clip_hard_negatives, anchor_weight=args.clip_anchor, clause_weight=args.clip_clause,
+                binding_swap_accuracy=binding_accuracy(model, test, test_tokens, test_idx, device),
                 two_item_share=args.two_item_share,
                 retrieval_accuracy_text_encoder=round(acc[0], 4), retrieval_accuracy_text_encoder_2=round(acc[1], 4),
                 retrieval_pool=len(test_idx), params_text_encoder=ms.count_parameters(model.text_encoder),
@@ -645,15 +768,16 @@ def load_vae(args, device: str):
 # 3 and 4. UNets
 
 
-def frozen_parts_key(args, sdxl: bool = True) -> str:
+def frozen_parts_key(args, sdxl: bool = True, text: bool = True) -> str:
     """A fingerprint of the text encoders a UNet stage reads (``load_text_encoders``) and the VAE's encoder: UNet
-    checkpoints and latent caches made with other ones are stale. The VAE's decoder is left out: a decoder
-    fine-tune keeps the latents."""
+    checkpoints made with other ones are stale. The VAE's decoder is left out: a decoder fine-tune keeps the
+    latents. ``text=False``: the VAE's encoder alone, all that a latent cache depends on."""
     from safetensors.torch import load_file
 
     digest = hashlib.sha256()
     folder = args.assets / ("mini-sdxl" if sdxl else "mini-sd")
-    for name in ("text_encoder/model.safetensors",) + (("text_encoder_2/model.safetensors",) if sdxl else ()):
+    names = ("text_encoder/model.safetensors",) + (("text_encoder_2/model.safetensors",) if sdxl else ())
+    for name in names if text else ():
         digest.update((folder / name).read_bytes())
     vae = load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
     for key in sorted(k for k in vae if k.startswith(("encoder.", "quant_conv."))):
@@ -667,10 +791,10 @@ def encode_latents(args, vae, data: cf.ColourFashion, sdxl: bool, device: str) -
 
     For mini-SDXL each picture first gets its micro-conditioning augmentation
     (drawn from the seed), and its original_size and crop [N, 2] are kept.
-    Cached in ``OUT/latents-{sd,sdxl}.pt``, keyed by the VAE's weights, the seed and the item count.
+    Cached in ``OUT/latents-{sd,sdxl}.pt``, keyed by the VAE's encoder, the seed and the data's make-up.
     """
     path = args.out / f"latents-{'sdxl' if sdxl else 'sd'}.pt"
-    key = (f"{frozen_parts_key(args, sdxl)} seed={args.seed} items={len(data)} two={args.two_item_share} "
+    key = (f"{frozen_parts_key(args, sdxl, text=False)} seed={args.seed} items={len(data)} two={args.two_item_share} "
            f"placed={args.positioned_share}")
     if path.exists():
         cached = torch.load(path, weights_only=False)

@@ -352,6 +352,20 @@ def two_item_caption(first: str, place: str, second: str, place_2: str, template
         first=first, place=phrase, second=second, place_2=phrase_2, place_cap=phrase)
 
 
+def swap_colour_words(caption: str, colour: str, colour_2: str) -> str:
+    """The caption with its two colours exchanged, every other word kept: "a red sneaker on the left and a
+    blue bag on the right" -> "a blue sneaker on the left and a red bag on the right". The same bag of words
+    with the other binding: a hard negative for the mini CLIP (NegCLIP, Yuksekgonul et al. 2023). An article
+    before a colour follows it ("an orange bag" <-> "a black bag")."""
+    swap = {colour: colour_2, colour_2: colour}
+
+    def swapped(m: re.Match) -> str:
+        new = swap[m.group(2)]
+        return (f"{_article(new)} " if m.group(1) else "") + new
+
+    return re.sub(rf"\b(?:(an?) )?({re.escape(colour)}|{re.escape(colour_2)})\b", swapped, caption)
+
+
 def add_second_items(data: ColourFashion, rng: np.random.Generator, share: float) -> None:
     """Turn ``share`` of the placed pictures (not "centre") into two-item pictures, in place.
 

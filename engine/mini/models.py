@@ -225,7 +225,8 @@ class ImageTower(nn.Module):
 
 
 def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-                     fits: torch.Tensor) -> torch.Tensor:
+                     fits: torch.Tensor, negative_emb: torch.Tensor | None = None,
+                     negative_fits: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP's loss) over a batch of normalised embeddings [B, E].
 
     A caption names only a class and perhaps a colour, so a batch holds many
@@ -233,11 +234,22 @@ def contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scal
     j describes picture i, the diagonal true) marks them all as positives, with
     equal weight, instead of as negatives. With ``fits`` the identity this is
     CLIP's loss exactly.
+
+    ``negative_emb`` [K, E]: extra captions that belong to no picture of their
+    own, such as a two-item caption with its colours swapped (NegCLIP's hard
+    negatives, Yuksekgonul et al. 2023). They join the image-to-text side as
+    more columns; ``negative_fits`` [B, K] marks a picture they do describe
+    (all false unless given).
     """
-    logits = logit_scale.exp().clamp(max=100) * image_emb @ text_emb.t()
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * image_emb @ text_emb.t()
     fits = fits.float()
-    image_to_text = F.cross_entropy(logits, fits / fits.sum(1, keepdim=True))
     text_to_image = F.cross_entropy(logits.t(), fits.t() / fits.t().sum(1, keepdim=True))
+    if negative_emb is not None:
+        extra = torch.zeros(len(fits), len(negative_emb), device=fits.device) if negative_fits is None \
+            else negative_fits.float()
+        logits, fits = torch.cat([logits, scale * image_emb @ negative_emb.t()], 1), torch.cat([fits, extra], 1)
+    image_to_text = F.cross_entropy(logits, fits / fits.sum(1, keepdim=True))
     return (image_to_text + text_to_image) / 2
 
 
@@ -261,23 +273,33 @@ class MiniCLIP(nn.Module):
         self.image_tower = ImageTower(s["image_tower"]["width"], (embed, s["text_2"]["projection_dim"]))
         self.logit_scale = nn.Parameter(torch.full((2,), 2.6593))  # log(1 / 0.07), CLIP's initial temperature
 
-    def forward(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor,
-                fits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pictures [B, 3, 64, 64], ids [B, T] for each tokenizer, fits [B, B] -> the two losses and their sum."""
+    def forward(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor, fits: torch.Tensor,
+                negatives: tuple | None = None) -> dict[str, torch.Tensor]:
+        """Pictures [B, 3, 64, 64], ids [B, T] for each tokenizer, fits [B, B] -> the two losses and their sum.
+
+        ``negatives``: (ids [K, T], ids_2 [K, T], fits [B, K]) of hard-negative captions
+        (``contrastive_loss``), or None; K may be 0.
+        """
         image_1, image_2 = self.image_tower(pictures)
-        text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
-        text_2 = F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
-        loss_1 = contrastive_loss(image_1, text_1, self.logit_scale[0], fits)
-        loss_2 = contrastive_loss(image_2, text_2, self.logit_scale[1], fits)
+        text_1, text_2 = self.embed_texts(ids, ids_2)
+        negative_1 = negative_2 = negative_fits = None
+        if negatives is not None and len(negatives[0]):
+            (negative_1, negative_2), negative_fits = self.embed_texts(*negatives[:2]), negatives[2]
+        loss_1 = contrastive_loss(image_1, text_1, self.logit_scale[0], fits, negative_1, negative_fits)
+        loss_2 = contrastive_loss(image_2, text_2, self.logit_scale[1], fits, negative_2, negative_fits)
         return {"loss": loss_1 + loss_2, "loss_text_encoder": loss_1, "loss_text_encoder_2": loss_2}
+
+    def embed_texts(self, ids: torch.Tensor, ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids [B, T] for each tokenizer -> the normalised embeddings [B, E] of each text encoder."""
+        text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
+        return text_1, F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
 
     @torch.no_grad()
     def retrieval_accuracy(self, pictures: torch.Tensor, ids: torch.Tensor, ids_2: torch.Tensor,
                            fits: torch.Tensor) -> tuple[float, float]:
         """Share of pictures whose best-matching caption (among the batch's) describes them (``fits``)."""
         image_1, image_2 = self.image_tower(pictures)
-        text_1 = F.normalize(self.text_projection(self.text_encoder(ids).pooler_output), dim=-1)
-        text_2 = F.normalize(self.text_encoder_2(ids_2).text_embeds, dim=-1)
+        text_1, text_2 = self.embed_texts(ids, ids_2)
         rows = torch.arange(len(fits), device=fits.device)
         acc = [float(fits[rows, (img @ txt.t()).argmax(1)].float().mean())
                for img, txt in ((image_1, text_1), (image_2, text_2))]

@@ -167,6 +167,65 @@ def test_contrastive_loss_rewards_matching_pairs():
     assert torch.isfinite(ms.contrastive_loss(emb, emb, scale, fits))
 
 
+def test_a_hard_negative_caption_counts_against_the_picture_unless_it_describes_it():
+    """NegCLIP's extra columns: a negative caption as close as the true one raises the image-to-text loss and
+    is pushed away from its picture; one marked as fitting (``negative_fits``) is pulled towards it instead;
+    none at all is the plain loss."""
+    torch.manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    fits, scale = torch.eye(4, dtype=torch.bool), torch.tensor(2.0)
+    plain = ms.contrastive_loss(emb, emb, scale, fits)
+    assert torch.equal(ms.contrastive_loss(emb, emb, scale, fits, emb[:0]), plain)
+    near = torch.nn.functional.normalize(emb[:2] + 0.05 * torch.randn(2, 16), dim=-1)
+    assert ms.contrastive_loss(emb, emb, scale, fits, near) > plain + 0.1
+    fitting = torch.zeros(4, 2, dtype=torch.bool)
+    fitting[0, 0] = fitting[1, 1] = True
+    for marks, sign in ((None, 1.0), (fitting, -1.0)):
+        negative = near.clone().requires_grad_(True)
+        ms.contrastive_loss(emb, emb, scale, fits, negative, marks).backward()
+        # gradient descent moves each negative along -grad: towards its picture (emb[:2]) only when it fits
+        towards = -(negative.grad * emb[:2]).sum(1)
+        assert bool((sign * towards < 0).all())
+
+
+def test_swapping_colour_words_keeps_every_other_word():
+    from engine.mini import data as cf
+
+    assert cf.swap_colour_words("a red sneaker on the left and a blue bag on the right", "red", "blue") == (
+        "a blue sneaker on the left and a red bag on the right")
+    assert cf.swap_colour_words("on the left pink trainers and on the right a black bag", "pink", "black") == (
+        "on the left black trainers and on the right a pink bag")
+    assert cf.swap_colour_words("a reddish red bag", "red", "green") == "a reddish green bag"
+    assert cf.swap_colour_words("an orange sneaker at the top, a black bag at the bottom", "orange", "black") == (
+        "a black sneaker at the top, an orange bag at the bottom")
+
+
+def test_a_swapped_caption_is_a_negative_for_its_picture_and_fits_the_swapped_one():
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import train_mini_sd
+    from engine.mini import data as cf
+
+    data = cf.make_dataset(seed=5, num_items=600, two_item_share=0.5)
+    tok = ms.load_tokenizers()
+    table = train_mini_sd.token_table(train_mini_sd.swapped_captions(data), tok)
+    two = np.flatnonzero(data.second.labels >= 0)
+    i, j, k = int(two[0]), int(two[1]), int(np.flatnonzero(data.second.labels < 0)[0])
+    # j becomes i's picture with the two colours the other way round
+    for values in (data.labels, data.places):
+        values[j] = values[i]
+    for values in (data.second.labels, data.second.places):
+        values[j] = values[i]
+    data.colours[j], data.second.colours[j] = data.second.colours[i], data.colours[i]
+    ids, ids_2, fits = train_mini_sd.hard_negatives(data, table, np.array([i, j, k]))
+    assert ids.shape[0] == ids_2.shape[0] == 2 and fits.shape == (3, 2)  # the one-item picture k has none
+    assert fits.tolist() == [[False, True], [True, False], [False, False]]
+    swapped = train_mini_sd.swapped_captions(data)[i]
+    colour, colour_2 = (cf.COLOUR_NAMES[int(c)] for c in (data.colours[i], data.second.colours[i]))
+    assert data.captions[i].index(colour) < data.captions[i].index(colour_2)
+    assert swapped.index(colour_2) < swapped.index(colour)
+    assert torch.equal(ids[0], text_encoding.tokenize(tok["tokenizer"], [swapped], ids.shape[1])[0])
+
+
 @pytest.mark.slow
 def test_mini_clip_learns_a_fixed_batch():
     torch.manual_seed(0)
@@ -472,6 +531,17 @@ def test_first_encoder_only_clip_keeps_the_second_encoder_and_ships_into_mini_sd
     assert after["mini-sdxl/text_encoder"] != before["mini-sdxl/text_encoder"]
     record = json.loads((assets / "mini-sdxl" / "training.json").read_text())
     assert record["clip"]["trained"] == "text_encoder"
+    # --clip-folder mini-sd: the same run ships into mini-SD only, with NegCLIP's negatives and the anchor
+    sdxl_before = (assets / "mini-sdxl/text_encoder/model.safetensors").read_bytes()
+    train_mini_sd.main(["clip", "--smoke", "--out", str(tmp_path / "run3"), "--assets", str(assets),
+                        "--num-items", "64", "--threads", "1", "--clip-train", "text_encoder",
+                        "--clip-folder", "mini-sd", "--clip-init", str(assets / "mini-sd"), "--clip-lr", "1e-2",
+                        "--clip-hard-negatives", "--clip-anchor", "1"])
+    assert (assets / "mini-sd/text_encoder/model.safetensors").read_bytes() != before["mini-sd/text_encoder"]
+    assert (assets / "mini-sdxl/text_encoder/model.safetensors").read_bytes() == sdxl_before
+    record = json.loads((assets / "mini-sd" / "training.json").read_text())["clip"]
+    assert record["hard_negatives"] is True and record["anchor_weight"] == 1.0
+    assert record["binding_swap_accuracy"].endswith(")") or " of " in record["binding_swap_accuracy"]
 
 
 def test_share_encoder_gives_mini_sdxl_mini_sds_first_encoder_and_says_so(tmp_path):
@@ -529,3 +599,38 @@ def test_a_vae_card_lists_every_decoder_stretch_oldest_first_and_when_it_grew():
     deep_scratch = dict(scratch, layers_per_block=2)  # a VAE built deep from scratch did not grow
     assert "grown" not in vae_cell_text(dict(gan, layers_per_block=2, previous=dict(plain, previous=deep_scratch,
                                                                                      layers_per_block=2)))
+
+
+@pytest.mark.parametrize("kind", ["sd", "sdxl"])
+def test_second_item_hearing_measures_both_changes_at_both_words(saved, kind):
+    """The text-side binding measure reads the states the UNet reads: the changed colour word itself always
+    moves. In mini-SD's states (the last layer, after attention) a change of either colour moves both of the
+    second item's words, as the encoder is causal; the smoke SDXL reads the layer before the last, which in its
+    one-layer encoders is the token embedding alone, so there nothing but the changed word moves."""
+    from engine.mini import measure
+
+    pipe = ms.load_pipeline(saved[kind])
+    heard = measure.second_item_hearing(pipe, kind, class_pairs=((7, 8),))
+    assert set(heard) == {f"{c} colour, {w}" for c in ("own", "other") for w in ("colour word", "noun")}
+    assert heard["own colour, colour word"] > 0.01
+    if kind == "sd":
+        assert all(0.001 < v < 2 for v in heard.values())
+    else:
+        assert max(abs(v) for k, v in heard.items() if k != "own colour, colour word") < 1e-4
+
+
+def test_every_training_caption_fits_the_clip_window_and_a_longer_one_is_an_error():
+    """Two-item captions in corners take up to 24 tokens; none may be cut (the tokenizer would still end a cut
+    caption with an end token, so the window check must count the tokens before cutting)."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import train_mini_sd
+    from engine.mini import data as cf
+
+    tok = ms.load_tokenizers()
+    data = cf.make_dataset(seed=0, num_items=4000, two_item_share=0.6)
+    table = train_mini_sd.token_table(data.captions, tok)
+    whole = [tok["tokenizer"](c).input_ids for c in sorted(set(data.captions))]
+    assert max(map(len, whole)) > 20  # the corners' two-item captions, which the old 20-token window cut
+    assert all(table["ids"][k, :len(ids)].tolist() == ids for k, ids in enumerate(whole))
+    with pytest.raises(ValueError, match="raise CLIP_TOKENS"):
+        train_mini_sd.token_table(["a red sneaker " * 10], tok)
