@@ -374,7 +374,7 @@ def sweep_scales(args) -> list[float]:
     return sorted(scales - {args.guidance})
 
 
-PARTS = ("class", "sweep", "positioned", "two_items", "vae", "lift", "negative", "micro", "speed")
+PARTS = ("class", "sweep", "positioned", "two_items", "text_binding", "vae", "lift", "negative", "micro", "speed")
 
 
 def evaluate(kind: str, path: Path, judge, args) -> dict:
@@ -392,6 +392,7 @@ def evaluate(kind: str, path: Path, judge, args) -> dict:
                                                                args.sweep_per_prompt) for g in sweep_scales(args)}),
         "positioned": ("positioned", lambda: positioned(gen, judge, args)),
         "two_items": ("two_items", lambda: two_items(gen, judge, args)),
+        "text_binding": ("text_binding", lambda: measure.second_item_hearing(gen.pipe, kind)),
         "vae_round_trips": ("vae", lambda: vae_round_trips(path, judge)),
         "attention_lift": ("lift", lambda: attention_lift(gen, args)),
         "negative_prompt_red": ("negative", lambda: negative_prompt_effect(gen, args)),
@@ -461,6 +462,11 @@ def placed_rows(result: dict) -> list[str]:
                  f"{verdict(two['each_half_its_colour'] >= 0.8)} |",
                  f"| two items: each half holds its own class and colour | "
                  f"{pct(two.get('each_half_its_item_and_colour'))} | report | - |"]
+    heard = result.get("text_binding")
+    if heard:
+        rows.append(f"| text the UNet reads, second item's noun: change when its own colour changes / when the "
+                    f"first item's does (1 - cos; `second_item_hearing`) | {heard['own colour, noun']:.2f} / "
+                    f"{heard['other colour, noun']:.2f} | report | - |")
     for side, r in result.get("vae_round_trips", {}).items():
         target = {"30": 0.75, "36": 0.80}.get(side)
         rows.append(f"| judge on VAE round trips of placed real test items, {side} px (real pictures: "

@@ -185,3 +185,43 @@ def judge_on_round_trips(vae, judge_classes, items: np.ndarray, labels: np.ndarr
         after = float((judge_classes(vae_round_trip(vae, pictures), boxes) == truth).float().mean())
         out[side] = {"real": round(real, 4), "vae": round(after, 4)}
     return out
+
+
+#: Class pairs of the text-side binding measure: (first item, second item), all classes once.
+BINDING_CLASS_PAIRS = ((7, 8), (0, 3), (1, 4), (2, 9), (5, 6))
+
+
+@torch.no_grad()
+def second_item_hearing(pipe, kind: str, class_pairs=BINDING_CLASS_PAIRS) -> dict:
+    """Does the text the UNet reads keep two items' colours apart? For "a red sneaker on the left and a blue bag
+    on the right", the cosine distance (1 - cos) of the second item's states (``engine.text_encoding.encode_text``,
+    what the UNet reads) when its own colour changes ("own": blue -> another) and when the first item's does
+    ("other": red -> another), at the second colour word and at the second item's last noun token.
+
+    A causal text encoder lets the second item's words see the first colour: "other" larger than "own" means
+    those words mostly carry the wrong colour, so grounding the UNet on them cannot bind colours (Yuksekgonul
+    et al. 2023 show CLIP's embeddings behave like bags of words). Mean over ``class_pairs`` x every ordered
+    pair of colours; values in [0, 2].
+    """
+    from engine.mini.data import COLOUR_NAMES, prompt_for, two_item_caption
+    from engine.text_encoding import encode_text
+    from engine.tokenizer import find_token_positions
+
+    caption = lambda l1, c1, l2, c2: two_item_caption(prompt_for(l1, c1), "left", prompt_for(l2, c2), "right", 0)  # noqa: E731
+    dist = {(change, at): [] for change in ("own", "other") for at in ("colour word", "noun")}
+    for (l1, l2) in class_pairs:
+        for c1 in COLOUR_NAMES:
+            for c2 in COLOUR_NAMES:
+                if c1 == c2:
+                    continue
+                c3 = next(c for c in COLOUR_NAMES if c not in (c1, c2))
+                base = caption(l1, c1, l2, c2)
+                noun = find_token_positions(pipe.tokenizer, base, "on")[0] - 1
+                colour_at = find_token_positions(pipe.tokenizer, base, c2)[0]
+                states = {key: encode_text(pipe, kind, text)[0][0].float() for key, text in
+                          (("base", base), ("own", caption(l1, c1, l2, c3)), ("other", caption(l1, c3, l2, c2)))}
+                for change in ("own", "other"):
+                    for at, pos in (("colour word", colour_at), ("noun", noun)):
+                        dist[(change, at)].append(1 - float(torch.cosine_similarity(
+                            states["base"][pos], states[change][pos], dim=0)))
+    return {f"{change} colour, {at}": round(float(np.mean(v)), 4) for (change, at), v in dist.items()}
