@@ -356,19 +356,20 @@ def hard_negatives(data: cf.ColourFashion, negative_tokens: dict, idx: np.ndarra
 
 
 @torch.no_grad()
-def binding_accuracy(model, data: cf.ColourFashion, tokens: dict, idx: np.ndarray, device: str) -> str:
+def binding_accuracy(model, data: cf.ColourFashion, tokens: dict, idx: np.ndarray, device: str) -> dict:
     """For the two-item pictures among ``idx``: the share whose own caption each encoder scores above the same
-    caption with the colours swapped (0.5 is chance), as "a / b"."""
+    caption with the colours swapped (0.5 is chance): {"text_encoder", "text_encoder_2", "pictures"}."""
     if data.second is None or not (data.second.labels[idx] >= 0).any():
-        return "- (no two-item pictures)"
+        return {"pictures": 0}
     two = idx[data.second.labels[idx] >= 0]
     negative_tokens = token_table(swapped_captions(data), ms.load_tokenizers())
     pictures, ids, ids_2, _ = clip_examples(data, tokens, two)
     images = model.image_tower(pictures.to(device))
     own, swapped = model.embed_texts(ids.to(device), ids_2.to(device)), model.embed_texts(
         *(t.to(device) for t in hard_negatives(data, negative_tokens, two)[:2]))
-    wins = [float(((img * a).sum(1) > (img * b).sum(1)).float().mean()) for img, a, b in zip(images, own, swapped)]
-    return f"{wins[0]:.3f} / {wins[1]:.3f} of {len(two)}"
+    wins = [round(float(((img * a).sum(1) > (img * b).sum(1)).float().mean()), 4)
+            for img, a, b in zip(images, own, swapped)]
+    return {"text_encoder": wins[0], "text_encoder_2": wins[1], "pictures": len(two)}
 
 
 def second_clauses(data: cf.ColourFashion) -> list[str]:
@@ -485,8 +486,8 @@ def train_clip(args) -> dict:
         model.eval()
         acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
         print(f"\nclip step {step}: loss {running:.3f}, test retrieval accuracy "
-              f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}; binding "
-              f"{binding_accuracy(model, test, test_tokens, test_idx, device)}", flush=True)
+              f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}; own caption above the "
+              f"swapped one {binding_accuracy(model, test, test_tokens, test_idx, device)}", flush=True)
 
     step, running = resumable_loop(step, total, train_step, desc="clip", running=running,
                                    every=[(args.checkpoint_every, checkpoint), (args.sample_every, evaluate)])
@@ -506,6 +507,9 @@ def train_clip(args) -> dict:
                 retrieval_pool=len(test_idx), params_text_encoder=ms.count_parameters(model.text_encoder),
                 params_text_encoder_2=ms.count_parameters(model.text_encoder_2),
                 params_image_tower=ms.count_parameters(model.image_tower))
+    started_from = Path(args.clip_init or "") / "training.json"
+    if args.clip_init and started_from.exists():  # keep the history: how the starting encoder had been trained
+        info["previous"] = json.loads(started_from.read_text()).get("clip")
     mark_done(args, "clip", info)
     return info
 

@@ -164,6 +164,31 @@ def shared_encoder_text(clip: dict) -> str:
             f"{100 * source['retrieval_accuracy_text_encoder']:.0f}%), so that it tells places apart")
 
 
+def two_item_text(clip: dict, sdxl: bool) -> str:
+    """The text-encoder cell's words on a fine-tune for two-item captions (``--clip-init`` with hard negatives,
+    clause distillation or an anchor)."""
+    if not clip.get("previous"):
+        return ""
+    parts = (["each two-item caption with its colours swapped as a hard negative (NegCLIP, Yuksekgonul et al. "
+              "2023)"] if clip.get("hard_negatives") else []) + (
+        [f"clause distillation x {clip['clause_weight']:g} (the second item's words pulled to their states in "
+         "the clause alone, as Feng et al. 2023 encode each noun phrase on its own)"]
+        if clip.get("clause_weight") else []) + (
+        [f"an anchor x {clip['anchor_weight']:g} on one-item captions' states"] if clip.get("anchor_weight") else [])
+    return (f", then fine-tuned for two items, {clip['steps']} steps of {clip['batch']} at lr {clip['lr']:g}"
+            + (": " + ", ".join(parts) if parts else "")
+            + swap_accuracy_text(clip.get("binding_swap_accuracy") or {}, sdxl))
+
+
+def swap_accuracy_text(swap: dict, sdxl: bool) -> str:
+    """"; a picture scores its own caption above the colour-swapped one for 68% of 83 test pictures"."""
+    if not swap.get("pictures"):
+        return ""
+    shares = [swap["text_encoder"]] + ([swap["text_encoder_2"]] if sdxl else [])
+    return (f"; a two-item picture scores its own caption above the colour-swapped one for "
+            f"{' / '.join(f'{100 * v:.0f}%' for v in shares)} of {swap['pictures']} test pictures (chance: 50%)")
+
+
 def history_text(unet: dict) -> str:
     """The UNet cell's words on the runs a fine-tuned UNet started from (``previous`` in training.json)."""
     runs, node = [], unet
@@ -192,9 +217,10 @@ def components_section(sdxl: bool, record: dict, path: Path) -> list[str]:
                     f"concatenated (77 x {t1['hidden_size'] + t2['hidden_size']}) and the pooled projection")
     if clip:
         params = f"{clip['params_text_encoder']:,}" + (f" + {clip['params_text_encoder_2']:,}" if sdxl else "")
+        first = clip.get("previous") or clip
         clip_cell = (f"as a mini CLIP (InfoNCE against a {clip['params_image_tower']:,}-parameter CNN image tower), "
-                     f"{clip['steps']} steps of {clip['batch']}; caption retrieval on test pictures "
-                     f"{100 * clip['retrieval_accuracy_text_encoder']:.0f}%"
+                     f"{first['steps']} steps of {first['batch']}" + two_item_text(clip, sdxl)
+                     + f"; caption retrieval on test pictures {100 * clip['retrieval_accuracy_text_encoder']:.0f}%"
                      + (f" / {100 * clip['retrieval_accuracy_text_encoder_2']:.0f}%" if sdxl else "")
                      + " (the top caption among 512 fits the picture); then frozen" + shared_encoder_text(clip))
     else:

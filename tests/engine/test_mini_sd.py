@@ -541,7 +541,11 @@ def test_first_encoder_only_clip_keeps_the_second_encoder_and_ships_into_mini_sd
     assert (assets / "mini-sdxl/text_encoder/model.safetensors").read_bytes() == sdxl_before
     record = json.loads((assets / "mini-sd" / "training.json").read_text())["clip"]
     assert record["hard_negatives"] is True and record["anchor_weight"] == 1.0
-    assert record["binding_swap_accuracy"].endswith(")") or " of " in record["binding_swap_accuracy"]
+    swap = record["binding_swap_accuracy"]
+    assert swap["pictures"] > 0 and 0 <= swap["text_encoder"] <= 1
+    assert record["previous"]["steps"] == 4 and record["previous"]["trained"] == "both"
+    card = (assets / "mini-sd" / "README.md").read_text()
+    assert "then fine-tuned for two items, 4 steps of 16" in card and "NegCLIP" in card and "anchor x 1" in card
 
 
 def test_share_encoder_gives_mini_sdxl_mini_sds_first_encoder_and_says_so(tmp_path):
