@@ -408,7 +408,11 @@ def clause_loss(text_encoder, reference, clauses: dict, idx: np.ndarray, ids: to
     states = text_encoder(ids[keep]).last_hidden_state
     pos = torch.arange(ids.shape[1])
     inside = (pos[None] < clauses["length"][rows][:, None]).to(ids.device)
-    at = lambda x, p: x.gather(1, p.clamp(max=ids.shape[1] - 1).to(ids.device)[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
+
+    def at(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:  # x [K, T, D] at positions [K, T]
+        positions = positions.clamp(max=ids.shape[1] - 1).to(ids.device)
+        return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
+
     return F.mse_loss(at(states, clauses["start"][rows][:, None] + pos[None])[inside].float(),
                       at(target, 1 + pos[None].expand(len(rows), -1))[inside].float())
 
@@ -468,13 +472,8 @@ def train_clip(args) -> dict:
         model.train()
         with autocast(device):
             losses = model(pictures.to(device), ids.to(device), ids_2.to(device), fits.to(device), negatives)
-            loss = losses["loss"]
-            if args.clip_anchor:
-                one_item = torch.as_tensor(data.second.labels[idx] < 0 if data.second is not None else np.ones(len(idx), bool))
-                loss = loss + args.clip_anchor * anchor_loss(model.text_encoder, reference, ids[one_item].to(device))
-            if clauses is not None:
-                loss = loss + args.clip_clause * clause_loss(model.text_encoder, reference, clauses, idx,
-                                                             ids.to(device))
+            loss = losses["loss"] + text_side_loss(args, model.text_encoder, reference, data, clauses, idx,
+                                                   ids.to(device))
         optimizer_step(opt, loss, model)
         return loss.item()
 
@@ -498,19 +497,40 @@ def train_clip(args) -> dict:
     if args.clip_train == "text_encoder":
         parts.pop("text_encoder_2")
     ship_part(args, "clip", parts)
+    info = clip_record(args, model, step, running, acc, binding_accuracy(model, test, test_tokens, test_idx, device),
+                       len(test_idx))
+    mark_done(args, "clip", info)
+    return info
+
+
+def text_side_loss(args, text_encoder, reference, data: cf.ColourFashion, clauses: dict | None, idx: np.ndarray,
+                   ids: torch.Tensor) -> torch.Tensor:
+    """``--clip-anchor`` x ``anchor_loss`` on the batch's one-item captions plus ``--clip-clause`` x
+    ``clause_loss`` on its two-item ones (0 when both weights are 0)."""
+    loss = torch.zeros((), device=ids.device)
+    if args.clip_anchor:
+        one_item = data.second.labels[idx] < 0 if data.second is not None else np.ones(len(idx), bool)
+        loss = loss + args.clip_anchor * anchor_loss(text_encoder, reference, ids[torch.as_tensor(one_item)])
+    if clauses is not None:
+        loss = loss + args.clip_clause * clause_loss(text_encoder, reference, clauses, idx, ids)
+    return loss
+
+
+def clip_record(args, model, step: int, running: float, acc: tuple, binding: dict, pool: int) -> dict:
+    """The clip stage's facts for training.json and the model card (``acc``: retrieval among ``pool`` test
+    captions), with the starting encoder's record (``previous``) when it was a fine-tune."""
     info = dict(steps=step, batch=args.clip_batch, lr=args.clip_lr, loss=round(running, 4),
                 trained=args.clip_train, initialised_from=args.clip_init and f"{Path(args.clip_init).name}'s encoders",
                 hard_negatives=args.clip_hard_negatives, anchor_weight=args.clip_anchor, clause_weight=args.clip_clause,
-                binding_swap_accuracy=binding_accuracy(model, test, test_tokens, test_idx, device),
+                binding_swap_accuracy=binding,
                 two_item_share=args.two_item_share,
                 retrieval_accuracy_text_encoder=round(acc[0], 4), retrieval_accuracy_text_encoder_2=round(acc[1], 4),
-                retrieval_pool=len(test_idx), params_text_encoder=ms.count_parameters(model.text_encoder),
+                retrieval_pool=pool, params_text_encoder=ms.count_parameters(model.text_encoder),
                 params_text_encoder_2=ms.count_parameters(model.text_encoder_2),
                 params_image_tower=ms.count_parameters(model.image_tower))
     started_from = Path(args.clip_init or "") / "training.json"
     if args.clip_init and started_from.exists():  # keep the history: how the starting encoder had been trained
         info["previous"] = json.loads(started_from.read_text()).get("clip")
-    mark_done(args, "clip", info)
     return info
 
 

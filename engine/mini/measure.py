@@ -207,7 +207,9 @@ def second_item_hearing(pipe, kind: str, class_pairs=BINDING_CLASS_PAIRS) -> dic
     from engine.text_encoding import encode_text
     from engine.tokenizer import find_token_positions
 
-    caption = lambda l1, c1, l2, c2: two_item_caption(prompt_for(l1, c1), "left", prompt_for(l2, c2), "right", 0)  # noqa: E731
+    def caption(l1: int, c1: str, l2: int, c2: str) -> str:
+        return two_item_caption(prompt_for(l1, c1), "left", prompt_for(l2, c2), "right", 0)
+
     dist = {(change, at): [] for change in ("own", "other") for at in ("colour word", "noun")}
     for (l1, l2) in class_pairs:
         for c1 in COLOUR_NAMES:
