@@ -331,10 +331,15 @@ def clip_examples(data: cf.ColourFashion, tokens: dict, idx: np.ndarray) -> tupl
     return cf.to_vae_input(data.pictures(idx)), tokens["ids"][rows], tokens["ids_2"][rows], fits_of(data, idx)
 
 
+def two_item_rows(data: cf.ColourFashion) -> np.ndarray:
+    """The indices of the pictures that hold two items (none when the data has no second items)."""
+    return np.flatnonzero(data.second.labels >= 0) if data.second is not None else np.array([], dtype=np.int64)
+
+
 def swapped_captions(data: cf.ColourFashion) -> list[str]:
     """Per picture: its two-item caption with the two colours swapped (``cf.swap_colour_words``), else ""."""
     out = [""] * len(data)
-    for i in np.flatnonzero(data.second.labels >= 0) if data.second is not None else ():
+    for i in two_item_rows(data):
         out[i] = cf.swap_colour_words(data.captions[i], cf.COLOUR_NAMES[int(data.colours[i])],
                                       cf.COLOUR_NAMES[int(data.second.colours[i])])
     return out
@@ -356,13 +361,14 @@ def hard_negatives(data: cf.ColourFashion, negative_tokens: dict, idx: np.ndarra
 
 
 @torch.no_grad()
-def binding_accuracy(model, data: cf.ColourFashion, tokens: dict, idx: np.ndarray, device: str) -> dict:
+def binding_accuracy(model, data: cf.ColourFashion, tokens: dict, negative_tokens: dict, idx: np.ndarray,
+                     device: str) -> dict:
     """For the two-item pictures among ``idx``: the share whose own caption each encoder scores above the same
-    caption with the colours swapped (0.5 is chance): {"text_encoder", "text_encoder_2", "pictures"}."""
-    if data.second is None or not (data.second.labels[idx] >= 0).any():
+    caption with the colours swapped (``negative_tokens``, 0.5 is chance): {"text_encoder", "text_encoder_2",
+    "pictures"}."""
+    two = np.intersect1d(idx, two_item_rows(data))
+    if not len(two):
         return {"pictures": 0}
-    two = idx[data.second.labels[idx] >= 0]
-    negative_tokens = token_table(swapped_captions(data), ms.load_tokenizers())
     pictures, ids, ids_2, _ = clip_examples(data, tokens, two)
     images = model.image_tower(pictures.to(device))
     own, swapped = model.embed_texts(ids.to(device), ids_2.to(device)), model.embed_texts(
@@ -376,7 +382,7 @@ def second_clauses(data: cf.ColourFashion) -> list[str]:
     """Per picture: the second clause of its two-item caption ("a blue bag on the right"), else "". Every
     ``cf.TWO_ITEM_TEMPLATES`` joins its clauses with " and " or ", "."""
     out = [""] * len(data)
-    for i in np.flatnonzero(data.second.labels >= 0) if data.second is not None else ():
+    for i in two_item_rows(data):
         out[i] = re.split(r" and |, ", data.captions[i], maxsplit=1)[1]
     return out
 
@@ -387,7 +393,7 @@ def clause_table(data: cf.ColourFashion, tokens: dict, tokenizers: dict) -> dict
     "length" [N]: its tokens, without the start and end tokens."""
     table = token_table(second_clauses(data), tokenizers)
     start, length = torch.full((len(data),), -1), torch.zeros(len(data), dtype=torch.long)
-    for i in np.flatnonzero(data.second.labels >= 0) if data.second is not None else ():
+    for i in two_item_rows(data):
         clause, whole = table["ids"][table["index"][i]], tokens["ids"][tokens["index"][i]]
         n, end = int((clause == ms.EOS).nonzero()[0]) - 1, int((whole == ms.EOS).nonzero()[0])
         if torch.equal(whole[end - n:end], clause[1:1 + n]):
@@ -399,8 +405,8 @@ def clause_loss(text_encoder, reference, clauses: dict, idx: np.ndarray, ids: to
     """MSE between ``text_encoder``'s last hidden states on the second clause of each two-item caption among
     ``idx`` (ids [B, T]: the batch's captions) and the frozen ``reference``'s states on that clause alone: the
     second item's words should read as they would in a one-item caption. 0 when the batch has none."""
-    rows = torch.as_tensor(idx)[clauses["start"][idx] >= 0]
     keep = clauses["start"][idx] >= 0
+    rows = torch.as_tensor(idx)[keep]
     if not bool(keep.any()):
         return torch.zeros((), device=ids.device)
     with torch.no_grad():
@@ -454,6 +460,7 @@ def train_clip(args) -> dict:
     test_batch = clip_batch(test, test_tokens, np.random.default_rng(0), len(test_idx), test_idx)
 
     negative_tokens = token_table(swapped_captions(data), tokenizers) if args.clip_hard_negatives else None
+    test_negatives = token_table(swapped_captions(test), tokenizers)
     torch.manual_seed(args.seed)
     model = clip_model(args).to(device)
     clauses = clause_table(data, tokens, tokenizers) if args.clip_clause else None
@@ -481,12 +488,14 @@ def train_clip(args) -> dict:
         save_checkpoint(folder / "checkpoint.pt", dict(model=model.state_dict(), opt=opt.state_dict(), step=step,
                                                        running=running))
 
+    binding = lambda: binding_accuracy(model, test, test_tokens, test_negatives, test_idx, device)  # noqa: E731
+
     def evaluate(step: int, running: float, last: bool) -> None:
         model.eval()
         acc = model.retrieval_accuracy(*(t.to(device) for t in test_batch))
         print(f"\nclip step {step}: loss {running:.3f}, test retrieval accuracy "
               f"(a fitting caption among {len(test_idx)}) {acc[0]:.3f} / {acc[1]:.3f}; own caption above the "
-              f"swapped one {binding_accuracy(model, test, test_tokens, test_idx, device)}", flush=True)
+              f"swapped one {binding()}", flush=True)
 
     step, running = resumable_loop(step, total, train_step, desc="clip", running=running,
                                    every=[(args.checkpoint_every, checkpoint), (args.sample_every, evaluate)])
@@ -497,8 +506,7 @@ def train_clip(args) -> dict:
     if args.clip_train == "text_encoder":
         parts.pop("text_encoder_2")
     ship_part(args, "clip", parts)
-    info = clip_record(args, model, step, running, acc, binding_accuracy(model, test, test_tokens, test_idx, device),
-                       len(test_idx))
+    info = clip_record(args, model, step, running, acc, binding(), len(test_idx))
     mark_done(args, "clip", info)
     return info
 

@@ -226,6 +226,40 @@ def test_a_swapped_caption_is_a_negative_for_its_picture_and_fits_the_swapped_on
     assert torch.equal(ids[0], text_encoding.tokenize(tok["tokenizer"], [swapped], ids.shape[1])[0])
 
 
+def test_clause_distillation_finds_every_second_clause_and_learns_to_read_it_alone():
+    """``clause_table`` places every two-item caption's second clause among the whole caption's tokens; the
+    clause loss is not zero at first (the causal prefix changes the clause's states) and falls when trained."""
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+    import train_mini_sd
+    from engine.mini import data as cf
+
+    data = cf.make_dataset(seed=5, num_items=400, two_item_share=0.6)
+    tok = ms.load_tokenizers()
+    tokens = train_mini_sd.token_table(data.captions, tok)
+    clauses = train_mini_sd.clause_table(data, tokens, tok)
+    two = train_mini_sd.two_item_rows(data)
+    assert len(two) > 20 and bool((clauses["start"][two] > 0).all())
+    assert bool((clauses["start"][np.flatnonzero(data.second.labels < 0)] == -1).all())
+    for i in two[:5]:
+        whole, clause = tokens["ids"][tokens["index"][i]], clauses["ids"][clauses["index"][i]]
+        n, start = int(clauses["length"][i]), int(clauses["start"][i])
+        assert torch.equal(whole[start:start + n], clause[1:1 + n])
+        assert tok["tokenizer"].decode(clause[1:1 + n]) == train_mini_sd.second_clauses(data)[i]
+    torch.manual_seed(0)
+    te, reference = ms.make_text_encoder("smoke"), ms.make_text_encoder("smoke")
+    reference.load_state_dict(te.state_dict())
+    idx = two[:16]
+    ids = tokens["ids"][tokens["index"][idx]]
+    first = train_mini_sd.clause_loss(te, reference, clauses, idx, ids)
+    opt = torch.optim.Adam(te.parameters(), lr=3e-3)
+    for _ in range(30):
+        loss = train_mini_sd.clause_loss(te, reference, clauses, idx, ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 0.01 and loss.item() < 0.5 * first.item()
+
+
 @pytest.mark.slow
 def test_mini_clip_learns_a_fixed_batch():
     torch.manual_seed(0)
